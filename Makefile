@@ -1,0 +1,34 @@
+# Developer entry points. `make test` is what CI runs (through .ci/run).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(STAMP)
+
+# Reinstalls whenever pyproject.toml (dependencies, extras, entry points) changes.
+$(STAMP): pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: venv
+	$(BIN)/df demo
+
+test: venv
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy dfcore
+
+bench: venv
+	$(BIN)/python bench/order_throughput.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .df
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Optional extras that plug into the public API, installed as ``dfcore.contrib``."""

@@ -1,0 +1,81 @@
+"""DurableFuture: durable workflows for Python web applications, on NATS JetStream.
+
+Quick start::
+
+    from dfcore import App
+
+    app = App("shop")
+
+    @app.activity(timeout=30)
+    def charge(customer: str, amount: float) -> dict: ...
+
+    @app.workflow
+    async def order(ctx, customer: str, amount: float) -> dict:
+        return await ctx.activity(charge, customer, amount)
+
+    handle = order.start("bob", 10.0, workflow_id="order-42")
+    handle.result(timeout=30)
+"""
+
+from . import activity
+from ._app import ActivityFunction, App, WorkflowFunction
+from ._client import WorkflowHandle, WorkflowStatus
+from ._codec import IdentityCodec, JSONConverter, PayloadCodec
+from ._config import Settings
+from ._context import WorkflowContext, WorkflowInfo
+from ._definitions import RetryPolicy
+from ._errors import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ConfigurationError,
+    DFError,
+    NondeterminismError,
+    PayloadError,
+    PayloadTooLargeError,
+    RegistrationError,
+    SerializationError,
+    WorkflowAlreadyStartedError,
+    WorkflowFailureError,
+    WorkflowNotFoundError,
+)
+from ._errors import ConnectionError_ as DFConnectionError
+from ._history import HistoryEvent
+from ._server import EmbeddedServer
+from ._worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivityError",
+    "ActivityFunction",
+    "App",
+    "ApplicationError",
+    "CancelledError",
+    "ConfigurationError",
+    "DFConnectionError",
+    "DFError",
+    "EmbeddedServer",
+    "HistoryEvent",
+    "IdentityCodec",
+    "JSONConverter",
+    "NondeterminismError",
+    "PayloadCodec",
+    "PayloadError",
+    "PayloadTooLargeError",
+    "RegistrationError",
+    "RetryPolicy",
+    "SerializationError",
+    "Settings",
+    "Worker",
+    "WorkflowAlreadyStartedError",
+    "WorkflowContext",
+    "WorkflowFailureError",
+    "WorkflowFunction",
+    "WorkflowHandle",
+    "WorkflowInfo",
+    "WorkflowNotFoundError",
+    "WorkflowStatus",
+    "__version__",
+    "activity",
+]

@@ -1,0 +1,391 @@
+"""The App: settings, the registry of workflows and activities, and the entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from ._client import Client, IfExists, WorkflowHandle, WorkflowStatus
+from ._codec import IdentityCodec, PayloadCodec, return_hint
+from ._config import Settings, load_codec, read_config_object, resolve_settings
+from ._definitions import ActivityDefinition, ActivityOptions, RetryPolicy, WorkflowDefinition
+from ._errors import RegistrationError
+from ._loopthread import on_exit, run_sync
+from ._naming import check_queue
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class WorkflowFunction(Generic[P, R]):
+    """A registered workflow. Call ``start``/``astart``/``delay`` to run it durably.
+
+    Calling it directly runs the function as plain Python (useful in unit tests).
+    """
+
+    def __init__(self, app: App, definition: WorkflowDefinition) -> None:
+        self.app = app
+        self.definition = definition
+        self._result_hint = return_hint(definition.fn)
+        functools.update_wrapper(self, definition.fn)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def __call__(self, ctx: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self.definition.fn(ctx, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name!r}>"
+
+    async def astart(
+        self,
+        *args: Any,
+        workflow_id: str | None = None,
+        task_queue: str | None = None,
+        if_exists: IfExists = "use_existing",
+        execution_timeout: float | None = None,
+    ) -> WorkflowHandle[R]:
+        """Start the workflow and return a handle to it (async).
+
+        Args:
+            *args: the workflow's arguments (after ``ctx``), JSON-serialisable.
+            workflow_id: makes the start idempotent: starting the same id again returns the
+                existing workflow's handle (or raises, with ``if_exists="fail"``).
+            task_queue: run it on workers of this queue.
+            if_exists: ``"use_existing"`` (default) or ``"fail"`` (raise WorkflowAlreadyStarted).
+            execution_timeout: fail the workflow if it runs longer than this many seconds.
+        """
+        return await self.app._client().start(
+            self.name,
+            args,
+            workflow_id=workflow_id,
+            task_queue=check_queue(task_queue or self.definition.task_queue or self.app.settings.task_queue),
+            if_exists=if_exists,
+            execution_timeout=execution_timeout or self.definition.execution_timeout,
+            result_hint=self._result_hint,
+        )
+
+    def start(
+        self,
+        *args: Any,
+        workflow_id: str | None = None,
+        task_queue: str | None = None,
+        if_exists: IfExists = "use_existing",
+        execution_timeout: float | None = None,
+    ) -> WorkflowHandle[R]:
+        """Start the workflow from sync code; same arguments as :meth:`astart`."""
+        return run_sync(
+            self.astart(
+                *args,
+                workflow_id=workflow_id,
+                task_queue=task_queue,
+                if_exists=if_exists,
+                execution_timeout=execution_timeout,
+            )
+        )
+
+    delay = start  # Celery-style alias
+
+    def get_handle(self, workflow_id: str) -> WorkflowHandle[R]:
+        """A handle to an existing run of this workflow, typed with its result."""
+        return WorkflowHandle(self.app, workflow_id, result_hint=self._result_hint)
+
+
+class ActivityFunction(Generic[P, T]):
+    """A registered activity. Calling it runs the function directly (not durably)."""
+
+    def __init__(self, definition: ActivityDefinition) -> None:
+        self.definition = definition
+        functools.update_wrapper(self, definition.fn)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self.definition.fn(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<activity {self.name!r}>"
+
+
+class App:
+    """A DurableFuture application: settings plus registered workflows and activities.
+
+    Settings come from, in order of precedence: keyword arguments, ``config_from_object``,
+    ``DF_*`` environment variables, defaults. See :class:`dfcore.Settings` for every key.
+
+    Example::
+
+        app = App("shop", nats_url="nats://127.0.0.1:4222")
+
+        @app.activity(timeout=30)
+        def charge(customer: str, amount: float) -> dict: ...
+
+        @app.workflow
+        async def order(ctx, customer: str, amount: float) -> dict:
+            return await ctx.activity(charge, customer, amount)
+    """
+
+    def __init__(self, name: str = "default", *, codec: PayloadCodec | str | None = None, **settings: Any) -> None:
+        self.name = name
+        self._kwargs = dict(settings)
+        if codec is not None:
+            self._kwargs["codec"] = codec
+        self._from_object: dict[str, Any] | None = None
+        self._settings: Settings | None = None
+        self._codec: PayloadCodec | None = None
+        self.workflows: dict[str, WorkflowDefinition] = {}
+        self.activities: dict[str, ActivityDefinition] = {}
+        self._by_fn: dict[Any, ActivityDefinition] = {}
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Client] = (
+            weakref.WeakKeyDictionary()
+        )
+        _ = self.settings  # validate now: a bad value fails at start-up, naming the key
+        on_exit(self._close_sync_client)
+
+    def __repr__(self) -> str:
+        return f"<App {self.name!r} namespace={self.settings.namespace!r}>"
+
+    # -- settings ---------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = resolve_settings(
+                kwargs=self._kwargs, from_object=self._from_object, environ=os.environ
+            )
+        return self._settings
+
+    def configure(self, **settings: Any) -> None:
+        """Override settings given as keyword arguments (validated at once)."""
+        self._kwargs.update(settings)
+        self._settings = None
+        self._codec = None
+        _ = self.settings
+
+    def config_from_object(self, obj: object | str, namespace: str = "DF") -> None:
+        """Read settings from a module, class, object or dict (keys ``DF_NATS_URL`` ...)."""
+        self._from_object = read_config_object(obj, namespace)
+        self._settings = None
+        self._codec = None
+        _ = self.settings
+
+    @property
+    def codec(self) -> PayloadCodec:
+        if self._codec is None:
+            self._codec = load_codec(self.settings.codec) or IdentityCodec()
+        return self._codec
+
+    # -- registration -----------------------------------------------------------------------
+
+    @overload
+    def workflow(self, fn: Callable[..., Awaitable[R]], /) -> WorkflowFunction[..., R]: ...
+    @overload
+    def workflow(self, fn: Callable[..., R], /) -> WorkflowFunction[..., R]: ...
+    @overload
+    def workflow(
+        self,
+        *,
+        name: str | None = None,
+        task_queue: str | None = None,
+        execution_timeout: float | None = None,
+    ) -> Callable[[Callable[..., Any]], WorkflowFunction[..., Any]]: ...
+    def workflow(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        task_queue: str | None = None,
+        execution_timeout: float | None = None,
+    ) -> Any:
+        """Register a workflow: ``@app.workflow`` or ``@app.workflow(name=..., task_queue=...)``.
+
+        The first parameter receives the :class:`WorkflowContext`.
+        """
+
+        def register(fn: Callable[..., Any]) -> WorkflowFunction[..., Any]:
+            wf_name = name or fn.__name__
+            defn = WorkflowDefinition(
+                wf_name,
+                fn,
+                task_queue=check_queue(task_queue) if task_queue else None,
+                execution_timeout=execution_timeout,
+            )
+            _register(self.workflows, wf_name, defn, "workflow")
+            return WorkflowFunction(self, defn)
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def activity(self, fn: Callable[P, T], /) -> ActivityFunction[P, T]: ...
+    @overload
+    def activity(
+        self,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        schedule_to_close: float | None = None,
+        heartbeat_timeout: float | None = None,
+        task_queue: str | None = None,
+    ) -> Callable[[Callable[P, T]], ActivityFunction[P, T]]: ...
+    def activity(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        schedule_to_close: float | None = None,
+        heartbeat_timeout: float | None = None,
+        task_queue: str | None = None,
+    ) -> Any:
+        """Register an activity: ``@app.activity`` or ``@app.activity(retry=..., timeout=...)``.
+
+        ``def`` activities run in a thread pool, ``async def`` ones on the worker's loop.
+        ``timeout`` is the start-to-close timeout of each attempt, in seconds.
+        """
+        options = ActivityOptions(
+            retry=retry,
+            start_to_close=timeout,
+            schedule_to_close=schedule_to_close,
+            heartbeat_timeout=heartbeat_timeout,
+            task_queue=check_queue(task_queue) if task_queue else None,
+        )
+
+        def register(fn: Callable[..., Any]) -> ActivityFunction[..., Any]:
+            act_name = name or fn.__name__
+            options.validate(act_name)
+            defn = ActivityDefinition(act_name, fn, options)
+            _register(self.activities, act_name, defn, "activity")
+            wrapper: ActivityFunction[..., Any] = ActivityFunction(defn)
+            self._by_fn[fn] = defn
+            self._by_fn[wrapper] = defn
+            return wrapper
+
+        return register(fn) if fn is not None else register
+
+    def lookup_activity(self, ref: Any) -> tuple[str, ActivityOptions, Any]:
+        """Resolve what workflow code passed to ``ctx.activity``: name, options, result type."""
+        if isinstance(ref, ActivityFunction):
+            defn = ref.definition
+        elif isinstance(ref, str):
+            found = self.activities.get(ref)
+            if found is None:
+                return ref, ActivityOptions(), None  # may live on other workers
+            defn = found
+        elif (found := _hashable_get(self._by_fn, ref)) is not None:
+            defn = found
+        else:
+            raise RegistrationError(
+                f"{getattr(ref, '__qualname__', ref)!r} is not an activity: decorate it with "
+                "@app.activity, or pass the registered activity name as a string"
+            )
+        return defn.name, defn.options, return_hint(defn.fn)
+
+    # -- clients ----------------------------------------------------------------------------
+
+    def _client(self) -> Client:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = Client(self)
+        return client
+
+    async def _close_sync_client(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = self._clients.pop(loop, None)
+        if client is not None:
+            await client.close()
+
+    async def aclose(self) -> None:
+        """Close this loop's connection (sync callers' connection closes at exit)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
+
+    def get_handle(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """A handle to the workflow with this id (whatever its type)."""
+        return WorkflowHandle(self, workflow_id)
+
+    async def astart(self, workflow: str | WorkflowFunction[..., Any], *args: Any, **options: Any) -> WorkflowHandle[Any]:
+        """Start a workflow by function or registered name (async)."""
+        if isinstance(workflow, WorkflowFunction):
+            return await workflow.astart(*args, **options)
+        defn = self.workflows.get(workflow)
+        if defn is not None:
+            return await WorkflowFunction(self, defn).astart(*args, **options)
+        queue = options.pop("task_queue", None) or self.settings.task_queue
+        return await self._client().start(
+            workflow,
+            args,
+            workflow_id=options.pop("workflow_id", None),
+            task_queue=check_queue(queue),
+            if_exists=options.pop("if_exists", "use_existing"),
+            execution_timeout=options.pop("execution_timeout", None),
+            result_hint=None,
+        )
+
+    def start(self, workflow: str | WorkflowFunction[..., Any], *args: Any, **options: Any) -> WorkflowHandle[Any]:
+        """Sync twin of :meth:`astart`."""
+        return run_sync(self.astart(workflow, *args, **options))
+
+    async def alist_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
+        """The most recently active workflows, newest first."""
+        from ._inspect import list_workflows
+
+        return await list_workflows(await self._client().store(), limit)
+
+    def list_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
+        """Sync twin of :meth:`alist_workflows`."""
+        return run_sync(self.alist_workflows(limit))
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def worker(self, **options: Any) -> Worker:
+        """A worker for this app; see :class:`dfcore.Worker` for the options."""
+        from ._worker import Worker
+
+        return Worker(self, **options)
+
+    async def arun_worker(self, **options: Any) -> None:
+        """Run a worker on the current loop until cancelled or SIGTERM/SIGINT."""
+        await self.worker(**options).run(handle_signals=True)
+
+    def run_worker(self, **options: Any) -> None:
+        """Run a worker in the foreground until SIGTERM/SIGINT."""
+        asyncio.run(self.arun_worker(**options))
+
+
+def _register(registry: dict[str, Any], name: str, defn: Any, kind: str) -> None:
+    existing = registry.get(name)
+    if existing is not None and existing.fn is not defn.fn:
+        where = f"{existing.fn.__module__}.{existing.fn.__qualname__}"
+        raise RegistrationError(
+            f"{kind} name {name!r} is already registered by {where}; "
+            f"pass name='...' to @app.{kind} to give one of them another name"
+        )
+    registry[name] = defn
+
+
+def _hashable_get(mapping: dict[Any, ActivityDefinition], key: Any) -> ActivityDefinition | None:
+    try:
+        return mapping.get(key)
+    except TypeError:
+        return None
+
+
+__all__ = ["ActivityFunction", "App", "WorkflowFunction"]

@@ -1,0 +1,215 @@
+"""The ``df`` command: workers, the embedded development server, inspection, the demo.
+
+Parsers are built by small ``add_*_arguments`` functions so that framework integrations
+(``manage.py df_worker``, ``flask df worker``) reuse exactly the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._app import App
+from ._errors import DFError
+from ._inspect import render_history
+from ._server import EmbeddedServer
+
+
+def load_app(spec: str | None) -> App:
+    """Import ``module:attribute`` (or ``module``, finding its App) and return the App."""
+    if not spec:
+        return App("df-cli")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DFError(f"cannot import {module_name!r} given with -A/--app: {exc}") from exc
+    if attr:
+        app = getattr(module, attr, None)
+        if not isinstance(app, App):
+            raise DFError(f"{spec!r}: {module_name} has no App named {attr!r}")
+        return app
+    apps = [v for v in vars(module).values() if isinstance(v, App)]
+    if len(apps) != 1:
+        raise DFError(
+            f"{module_name} defines {len(apps)} App objects; name one with -A {module_name}:NAME"
+        )
+    return apps[0]
+
+
+def add_app_argument(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument(
+        "-A", "--app", required=required, metavar="MODULE[:APP]",
+        help="the module defining your App (and its workflows and activities)",
+    )
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The worker options, shared by ``df worker`` and the framework commands."""
+    parser.add_argument(
+        "-Q", "--queues", metavar="Q1,Q2",
+        help="task queues to serve (default: the app's task_queue setting)",
+    )
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--workflows-only", action="store_true", help="serve only workflow tasks")
+    only.add_argument("--activities-only", action="store_true", help="serve only activity tasks")
+    parser.add_argument(
+        "-c", "--concurrency", type=int, metavar="N",
+        help="max activities running at once (default: the activity_concurrency setting)",
+    )
+    parser.add_argument(
+        "--workflow-concurrency", type=int, metavar="N",
+        help="max workflow tasks processed at once (default: the workflow_concurrency setting)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="on SIGTERM, how long in-flight work may finish before it is handed back",
+    )
+    parser.add_argument(
+        "-l", "--loglevel", default="INFO", help="logging level (DEBUG, INFO, WARNING...)"
+    )
+
+
+def worker_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Turn parsed worker arguments into ``App.worker(...)`` keyword arguments."""
+    return {
+        "task_queues": [q for q in (args.queues or "").split(",") if q] or None,
+        "workflows": not args.activities_only,
+        "activities": not args.workflows_only,
+        "activity_concurrency": args.concurrency,
+        "workflow_concurrency": args.workflow_concurrency,
+        "shutdown_timeout": args.shutdown_timeout,
+    }
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _setup_logging(args.loglevel)
+    app = load_app(args.app)
+    app.run_worker(**worker_options(args))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    _setup_logging(args.loglevel)
+    data = Path(args.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    server = EmbeddedServer(data / "nats", port=args.port, log_file=str(data / "nats.log"),
+                            kill_with_parent=True)
+    server.start()
+    os.environ["DF_NATS_URL"] = server.url
+    try:
+        app = load_app(args.app)
+        app.configure(nats_url=server.url)
+        print(f"\nEmbedded NATS JetStream running at {server.url} (data in {data}/nats).")
+        print(f"Point other processes at it with:  export DF_NATS_URL={server.url}\n", flush=True)
+        app.run_worker(**worker_options(args))
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_workflow(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    if args.action == "list":
+        rows = app.list_workflows(limit=args.limit)
+        print(f"{'WORKFLOW ID':40}  {'STATUS':10}  LAST EVENT")
+        for row in rows:
+            when = row.last_event_time.isoformat(timespec="seconds") if row.last_event_time else ""
+            print(f"{row.workflow_id:40}  {row.status:10}  {when}")
+        return 0
+    handle = app.get_handle(args.workflow_id)
+    if args.action == "show":
+        print(f"Workflow {args.workflow_id}: {handle.status().status}")
+        print(render_history(handle.history()))
+    elif args.action == "cancel":
+        handle.cancel()
+        print(f"cancellation requested for {args.workflow_id}")
+    elif args.action == "signal":
+        payload = orjson.loads(args.payload) if args.payload else None
+        handle.signal(args.name, payload)
+        print(f"signal {args.name!r} sent to {args.workflow_id}")
+    elif args.action == "result":
+        print(orjson.dumps(handle.result(timeout=args.timeout), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import main as demo_main
+
+    return demo_main(args.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="df", description="DurableFuture command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run a worker for an app")
+    add_app_argument(worker, required=True)
+    add_worker_arguments(worker)
+    worker.set_defaults(func=cmd_worker)
+
+    dev = sub.add_parser("dev", help="start an embedded NATS JetStream server and a worker")
+    add_app_argument(dev, required=True)
+    add_worker_arguments(dev)
+    dev.add_argument("--data-dir", default=".df", help="where the server keeps its data (.df)")
+    dev.add_argument("--port", type=int, default=0, help="port for the server (default: a free one)")
+    dev.set_defaults(func=cmd_dev)
+
+    demo = sub.add_parser("demo", help="run the order demo on an embedded server")
+    demo.add_argument("--data-dir", default=".df/demo", help="where the server keeps its data")
+    demo.set_defaults(func=cmd_demo)
+
+    wf = sub.add_parser("workflow", help="inspect and control workflows")
+    wf_sub = wf.add_subparsers(dest="action", required=True)
+    for name, helptext in (
+        ("show", "print a workflow's status and event history"),
+        ("cancel", "request cancellation of a workflow"),
+        ("signal", "send a signal to a workflow"),
+        ("result", "wait for a workflow's result and print it"),
+    ):
+        p = wf_sub.add_parser(name, help=helptext)
+        add_app_argument(p)
+        p.add_argument("workflow_id")
+        if name == "signal":
+            p.add_argument("name")
+            p.add_argument("payload", nargs="?", help="JSON payload")
+        if name == "result":
+            p.add_argument("--timeout", type=float, default=None)
+    lst = wf_sub.add_parser("list", help="list recent workflows with their status")
+    add_app_argument(lst)
+    lst.add_argument("--limit", type=int, default=50)
+    wf.set_defaults(func=cmd_workflow)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DFError as exc:
+        print(f"df: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

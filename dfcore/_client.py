@@ -1,0 +1,291 @@
+"""Starting and following workflows. The async methods are the implementation; each sync method
+runs its async twin on the process's background loop (see ``_loopthread``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from nats.aio.client import Client as NATS
+
+from . import _history as h
+from ._codec import convert
+from ._connection import connect
+from ._errors import (
+    DFError,
+    SerializationError,
+    WorkflowAlreadyStartedError,
+    WorkflowFailureError,
+    WorkflowNotFoundError,
+)
+from ._loopthread import run_sync
+from ._naming import workflow_token
+from ._store import AppendConflict, Store
+
+if TYPE_CHECKING:
+    from ._app import App
+
+R = TypeVar("R")
+IfExists = Literal["use_existing", "fail"]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Client:
+    """An App's connection and store on one event loop (created lazily, shared by callers)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._store: Store | None = None
+        self._lock = asyncio.Lock()
+
+    async def store(self) -> Store:
+        if self._store is None:
+            async with self._lock:
+                if self._store is None:
+                    settings = self.app.settings
+                    nc = await connect(settings, f"dfcore-client:{self.app.name}")
+                    store = Store(nc, settings, self.app.codec)
+                    await store.ensure()
+                    self._store = store
+        return self._store
+
+    @property
+    def nc(self) -> NATS | None:
+        return self._store.nc if self._store else None
+
+    async def close(self) -> None:
+        if self._store is not None:
+            nc, self._store = self._store.nc, None
+            await nc.drain()
+
+    async def start(
+        self,
+        workflow: str,
+        args: Sequence[Any],
+        *,
+        workflow_id: str | None,
+        task_queue: str,
+        if_exists: IfExists,
+        execution_timeout: float | None,
+        result_hint: Any,
+    ) -> WorkflowHandle[Any]:
+        store = await self.store()
+        wf_id = workflow_id or str(uuid.uuid4())
+        body: dict[str, Any] = {
+            "t": h.WORKFLOW_STARTED,
+            "ts": now_ms(),
+            "workflow": workflow,
+            "args": list(args),
+            "task_queue": task_queue,
+            "run_id": uuid.uuid4().hex,
+        }
+        if execution_timeout:
+            body["execution_timeout"] = execution_timeout
+        data = _encode_start(store, body)
+        lay = store.layout
+        subject = lay.history_subject(task_queue, wf_id)
+        msg_id = f"{workflow_token(wf_id)}:start" if if_exists == "use_existing" else None
+        try:
+            await store.append(
+                subject,
+                body,
+                msg_id=msg_id,
+                expected_seq=0,
+                expected_subject=lay.history_any_queue(wf_id),
+                data=data,
+            )
+        except AppendConflict:
+            if if_exists == "fail":
+                raise WorkflowAlreadyStartedError(wf_id) from None
+            existing = await store.last(lay.history_any_queue(wf_id))
+            subject = existing[0] if existing else subject
+        return WorkflowHandle(self.app, wf_id, subject=subject, result_hint=result_hint)
+
+
+def _encode_start(store: Store, body: dict[str, Any]) -> bytes:
+    """Encode a start record; an unserialisable argument is named in the error."""
+    try:
+        return store.encode(body, f"the start of workflow {body['workflow']!r}")
+    except SerializationError:
+        for i, arg in enumerate(body["args"], 1):
+            store.converter.dumps(arg, what=f"argument {i} of workflow {body['workflow']!r}")
+        raise
+
+
+@dataclass(frozen=True)
+class WorkflowStatus:
+    """Where a workflow stands (``handle.status()``)."""
+
+    workflow_id: str
+    workflow_type: str | None
+    status: str  # "running", "completed", "failed", "cancelled", "timed_out"
+    last_event_time: datetime | None
+    events: int | None = None
+
+
+class WorkflowHandle(Generic[R]):
+    """A reference to a workflow by id: wait for its result, inspect, signal or cancel it.
+
+    Every method has a sync form and an async twin (``result`` / ``aresult``...).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        workflow_id: str,
+        *,
+        subject: str | None = None,
+        result_hint: Any = None,
+    ) -> None:
+        self.app = app
+        self.workflow_id = workflow_id
+        self._subject = subject
+        self._result_hint = result_hint
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.workflow_id!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WorkflowHandle) and other.workflow_id == self.workflow_id
+
+    def __hash__(self) -> int:
+        return hash(self.workflow_id)
+
+    async def _locate(self) -> tuple[Store, str]:
+        store = await self.app._client().store()
+        if self._subject is None:
+            found = await store.last(store.layout.history_any_queue(self.workflow_id))
+            if found is None:
+                raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
+            self._subject = found[0]
+        return store, self._subject
+
+    # -- result -----------------------------------------------------------------------------
+
+    async def aresult(self, timeout: float | None = None) -> R:
+        """Wait for the workflow to finish and return its result.
+
+        Raises:
+            WorkflowFailureError: it failed, timed out or was cancelled.
+            TimeoutError: it did not finish within ``timeout`` seconds.
+        """
+        store, subject = await self._locate()
+        sub = await store.nc.subscribe(subject)
+        try:
+            await asyncio.sleep(0)  # let the SUB reach the buffer before the flush
+            await store.nc.flush()
+            last = await store.last(subject)
+            if last is not None and (outcome := self._outcome(last[1])) is not None:
+                return outcome()
+            return await asyncio.wait_for(self._await_end(store, sub), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"workflow {self.workflow_id!r} did not finish within {timeout}s "
+                "(it keeps running; call result() again to keep waiting)"
+            ) from None
+        finally:
+            await sub.unsubscribe()
+
+    def result(self, timeout: float | None = None) -> R:
+        """Sync twin of :meth:`aresult`."""
+        return run_sync(self.aresult(timeout))
+
+    async def _await_end(self, store: Store, sub: Any) -> R:
+        while True:
+            msg = await sub.next_msg(timeout=None)
+            if h.HDR_STATUS not in (msg.headers or {}):
+                continue
+            record = h.validate_record(0, store.decode(msg.data, "history record"))
+            outcome = self._outcome(record)
+            if outcome is not None:
+                return outcome()
+
+    def _outcome(self, record: h.Record) -> Any:
+        """A thunk returning the result (or raising the failure) if ``record`` ends the run."""
+        for cmd in record.commands:
+            kind = cmd["t"]
+            if kind == h.WORKFLOW_COMPLETED:
+                return lambda: convert(cmd.get("result"), self._result_hint)
+            if kind in h.TERMINAL_STATUS:
+                error = cmd.get("error") or {}
+                failure = WorkflowFailureError(
+                    self.workflow_id,
+                    h.TERMINAL_STATUS[kind],
+                    error.get("type"),
+                    error.get("message", "cancelled" if kind == h.WORKFLOW_CANCELLED else ""),
+                )
+
+                def fail(failure: WorkflowFailureError = failure) -> Any:
+                    raise failure
+
+                return fail
+        return None
+
+    # -- inspection -------------------------------------------------------------------------
+
+    async def astatus(self) -> WorkflowStatus:
+        """The workflow's status, read from the last record of its history."""
+        store, subject = await self._locate()
+        last = await store.last(subject)
+        if last is None:
+            raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
+        record = last[1]
+        status = h.terminal_status(record.commands) or "running"
+        when = datetime.fromtimestamp(record.ts / 1000, tz=timezone.utc) if record.ts else None
+        return WorkflowStatus(self.workflow_id, None, status, when)
+
+    def status(self) -> WorkflowStatus:
+        """Sync twin of :meth:`astatus`."""
+        return run_sync(self.astatus())
+
+    async def ahistory(self) -> list[h.HistoryEvent]:
+        """Every event of the workflow, in order (decisions expanded into their commands)."""
+        store, subject = await self._locate()
+        return h.flatten(await store.load(subject))
+
+    def history(self) -> list[h.HistoryEvent]:
+        """Sync twin of :meth:`ahistory`."""
+        return run_sync(self.ahistory())
+
+    # -- interaction ------------------------------------------------------------------------
+
+    async def asignal(self, name: str, payload: Any = None, *, signal_id: str | None = None) -> None:
+        """Deliver a signal; the workflow receives it with ``await ctx.wait_signal(name)``.
+
+        ``signal_id`` makes a retried send idempotent (within the dedup window).
+        """
+        store, subject = await self._locate()
+        await self._ensure_open(store, subject, "signal")
+        body = {"t": h.SIGNAL_RECEIVED, "ts": now_ms(), "name": name, "payload": payload}
+        msg_id = f"{workflow_token(self.workflow_id)}:signal:{signal_id or uuid.uuid4().hex}"
+        await store.append(subject, body, msg_id=msg_id)
+
+    def signal(self, name: str, payload: Any = None, *, signal_id: str | None = None) -> None:
+        """Sync twin of :meth:`asignal`."""
+        run_sync(self.asignal(name, payload, signal_id=signal_id))
+
+    async def acancel(self, reason: str = "") -> None:
+        """Request cancellation: the workflow sees ``CancelledError`` at its next await."""
+        store, subject = await self._locate()
+        await self._ensure_open(store, subject, "cancel")
+        body = {"t": h.CANCEL_REQUESTED, "ts": now_ms(), "reason": reason}
+        await store.append(subject, body, msg_id=f"{workflow_token(self.workflow_id)}:cancel")
+
+    def cancel(self, reason: str = "") -> None:
+        """Sync twin of :meth:`acancel`."""
+        run_sync(self.acancel(reason))
+
+    async def _ensure_open(self, store: Store, subject: str, action: str) -> None:
+        last = await store.last(subject)
+        if last is not None and (status := h.terminal_status(last[1].commands)):
+            raise DFError(
+                f"cannot {action} workflow {self.workflow_id!r}: it already ended ({status})"
+            )

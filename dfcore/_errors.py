@@ -1,0 +1,181 @@
+"""Exceptions raised by DurableFuture.
+
+Every exception a user can catch derives from :class:`DFError`::
+
+    DFError
+    ├── ConfigurationError            a setting is missing or has a bad value
+    ├── ConnectionError_              the NATS server cannot be reached (exported as DFConnectionError)
+    ├── RegistrationError             a workflow/activity name is unknown or registered twice
+    ├── PayloadError
+    │   ├── SerializationError        a value cannot be encoded to or decoded from JSON
+    │   └── PayloadTooLargeError      an encoded message exceeds the server's max_payload
+    ├── WorkflowAlreadyStartedError   start(..., if_exists="fail") found the id in use
+    ├── WorkflowNotFoundError         no history exists for a workflow id
+    ├── WorkflowFailureError          handle.result(): the workflow failed, timed out or was cancelled
+    ├── NondeterminismError           workflow code no longer matches its recorded history
+    ├── ApplicationError              raised by user code to control retries
+    └── ActivityError                 an activity failed for good; raised inside the workflow
+        (the cause's type name and message are attached)
+
+:class:`CancelledError` derives from :class:`asyncio.CancelledError` (a ``BaseException``), so a
+bare ``except Exception`` in workflow code cannot swallow a cancellation by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+
+class DFError(Exception):
+    """Root of every DurableFuture error."""
+
+
+class ConfigurationError(DFError):
+    """A setting is missing or invalid; the message names the key."""
+
+
+class ConnectionError_(DFError):  # noqa: N801 - exported as DFConnectionError
+    """The NATS server could not be reached (or the connection was lost)."""
+
+
+class RegistrationError(DFError):
+    """An unknown workflow/activity name, or a name registered twice."""
+
+
+class PayloadError(DFError):
+    """A payload could not be encoded, decoded or sent."""
+
+
+class SerializationError(PayloadError):
+    """A value cannot be converted to or from JSON."""
+
+
+class PayloadTooLargeError(PayloadError):
+    """An encoded message is larger than the server accepts."""
+
+
+class WorkflowAlreadyStartedError(DFError):
+    """A workflow with this id already exists and the start policy says to fail."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} was already started; use app.get_handle({workflow_id!r}) "
+            "to follow it, or start with if_exists='use_existing' (the default)"
+        )
+        self.workflow_id = workflow_id
+
+
+class WorkflowNotFoundError(DFError):
+    """No history exists for the workflow id."""
+
+    def __init__(self, workflow_id: str, namespace: str) -> None:
+        super().__init__(
+            f"no workflow with id {workflow_id!r} in namespace {namespace!r}; "
+            "check the id and that the client uses the same DF_NAMESPACE as the worker"
+        )
+        self.workflow_id = workflow_id
+
+
+class NondeterminismError(DFError):
+    """Workflow code no longer matches its recorded history.
+
+    The history is left untouched; deploy code that matches it (or version the change)
+    and the worker picks the workflow up again.
+    """
+
+    def __init__(self, workflow_id: str, step: int, recorded: str, produced: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} is not deterministic at step {step}: the history "
+            f"recorded {recorded}, but the code now does {produced}. The history was not changed; "
+            "restore the previous code (or guard the change) and the workflow will continue."
+        )
+        self.workflow_id = workflow_id
+        self.step = step
+        self.recorded = recorded
+        self.produced = produced
+
+
+class ApplicationError(DFError):
+    """Raise from an activity (or workflow) to fail it with control over retries.
+
+    Args:
+        message: what went wrong.
+        type: a short error type name; defaults to ``"ApplicationError"``.
+        non_retryable: when true, the engine does not retry the activity.
+        next_retry_delay: overrides the retry policy's backoff for the next attempt (seconds).
+        details: JSON-serialisable values passed to the workflow with the failure.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *details: Any,
+        type: str | None = None,  # noqa: A002 - mirrors the well-known Temporal signature
+        non_retryable: bool = False,
+        next_retry_delay: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.type = type or "ApplicationError"
+        self.non_retryable = non_retryable
+        self.next_retry_delay = next_retry_delay
+        self.details: Sequence[Any] = details
+
+
+class ActivityError(DFError):
+    """An activity failed for good (retries exhausted, non-retryable, or timed out).
+
+    Attributes:
+        activity: the activity's registered name.
+        cause_type: the type name of the last error (``"ValueError"``, ``"TimeoutError"``...).
+        cause_message: that error's message.
+        attempts: how many attempts were made.
+        non_retryable: whether the failure was marked non-retryable.
+    """
+
+    def __init__(
+        self,
+        activity: str,
+        cause_type: str,
+        cause_message: str,
+        attempts: int,
+        *,
+        non_retryable: bool = False,
+        details: Sequence[Any] = (),
+    ) -> None:
+        super().__init__(
+            f"activity {activity!r} failed after {attempts} attempt(s): {cause_type}: {cause_message}"
+        )
+        self.activity = activity
+        self.cause_type = cause_type
+        self.cause_message = cause_message
+        self.attempts = attempts
+        self.non_retryable = non_retryable
+        self.details = details
+
+
+class WorkflowFailureError(DFError):
+    """The workflow ended without a result: it failed, timed out or was cancelled.
+
+    Attributes:
+        workflow_id: the workflow's id.
+        status: ``"failed"``, ``"timed_out"`` or ``"cancelled"``.
+        cause_type: the type name of the error that ended it (``None`` when cancelled).
+        cause_message: that error's message.
+    """
+
+    def __init__(
+        self, workflow_id: str, status: str, cause_type: str | None, cause_message: str
+    ) -> None:
+        what = f"{cause_type}: {cause_message}" if cause_type else cause_message
+        super().__init__(f"workflow {workflow_id!r} {status}: {what}")
+        self.workflow_id = workflow_id
+        self.status = status
+        self.cause_type = cause_type
+        self.cause_message = cause_message
+
+
+class CancelledError(asyncio.CancelledError):
+    """The workflow (or activity) was cancelled. Catch it to compensate, then re-raise."""

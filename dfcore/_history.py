@@ -1,0 +1,187 @@
+"""The history vocabulary: record and event shapes shared by the engine, workers and client.
+
+A workflow's history is the sequence of JetStream messages on its subject. Each message is one
+*record*, a JSON object with a type ``t`` and a timestamp ``ts`` (epoch milliseconds):
+
+* facts, appended by whoever observed them: ``WorkflowStarted`` (client), ``ActivityCompleted`` and
+  ``ActivityFailed`` (activity worker), ``TimerFired`` (the server's message scheduler),
+  ``SignalReceived`` and ``CancelRequested`` (client);
+* ``Decided``, appended by a workflow worker with the expected-last-subject-sequence check, holding
+  the commands (``cmds``) the workflow code produced after the facts before it.
+
+Users see the flattened *event* list: every fact, and every command of every decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+# Facts
+WORKFLOW_STARTED: Final = "WorkflowStarted"
+ACTIVITY_COMPLETED: Final = "ActivityCompleted"
+ACTIVITY_FAILED: Final = "ActivityFailed"
+TIMER_FIRED: Final = "TimerFired"
+SIGNAL_RECEIVED: Final = "SignalReceived"
+CANCEL_REQUESTED: Final = "CancelRequested"
+DECIDED: Final = "Decided"
+
+# Commands (inside a Decided record)
+ACTIVITY_SCHEDULED: Final = "ActivityScheduled"
+ACTIVITY_CANCEL_REQUESTED: Final = "ActivityCancelRequested"
+TIMER_STARTED: Final = "TimerStarted"
+WORKFLOW_COMPLETED: Final = "WorkflowCompleted"
+WORKFLOW_FAILED: Final = "WorkflowFailed"
+WORKFLOW_CANCELLED: Final = "WorkflowCancelled"
+WORKFLOW_TIMED_OUT: Final = "WorkflowTimedOut"
+
+FACT_TYPES: Final = frozenset(
+    {
+        WORKFLOW_STARTED,
+        ACTIVITY_COMPLETED,
+        ACTIVITY_FAILED,
+        TIMER_FIRED,
+        SIGNAL_RECEIVED,
+        CANCEL_REQUESTED,
+    }
+)
+COMMAND_TYPES: Final = frozenset(
+    {
+        ACTIVITY_SCHEDULED,
+        ACTIVITY_CANCEL_REQUESTED,
+        TIMER_STARTED,
+        WORKFLOW_COMPLETED,
+        WORKFLOW_FAILED,
+        WORKFLOW_CANCELLED,
+        WORKFLOW_TIMED_OUT,
+    }
+)
+TERMINAL_STATUS: Final[Mapping[str, str]] = {
+    WORKFLOW_COMPLETED: "completed",
+    WORKFLOW_FAILED: "failed",
+    WORKFLOW_CANCELLED: "cancelled",
+    WORKFLOW_TIMED_OUT: "timed_out",
+}
+
+# Message headers (plain text, so operators can read them even when bodies are encrypted)
+HDR_EVENT: Final = "Df-Event"
+HDR_STATUS: Final = "Df-Status"
+
+
+class MalformedRecordError(ValueError):
+    """A history message is not a record this engine understands."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One history message: its stream sequence and decoded body."""
+
+    seq: int
+    body: Mapping[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.body["t"])
+
+    @property
+    def ts(self) -> int:
+        return int(self.body.get("ts", 0))
+
+    @property
+    def commands(self) -> list[Mapping[str, Any]]:
+        return list(self.body.get("cmds", ())) if self.type == DECIDED else []
+
+
+def validate_record(seq: int, body: Any) -> Record:
+    """Check the shape of a decoded message body and wrap it; raise MalformedRecordError."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("t"), str):
+        raise MalformedRecordError(f"message {seq} is not a history record (no type field)")
+    kind = body["t"]
+    if kind != DECIDED and kind not in FACT_TYPES:
+        raise MalformedRecordError(f"message {seq} has unknown record type {kind!r}")
+    if kind == DECIDED:
+        cmds = body.get("cmds")
+        if not isinstance(cmds, list) or not all(
+            isinstance(c, Mapping) and c.get("t") in COMMAND_TYPES for c in cmds
+        ):
+            raise MalformedRecordError(f"message {seq} is a decision with malformed commands")
+    return Record(seq, body)
+
+
+def command_key(cmd: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The identity of a command: what a replay matches it by."""
+    kind = cmd["t"]
+    if kind == ACTIVITY_SCHEDULED:
+        return (kind, cmd["seq"], cmd["attempt"])
+    if kind == ACTIVITY_CANCEL_REQUESTED:
+        return (kind, cmd["seq"])
+    if kind == TIMER_STARTED:
+        return (kind, cmd["timer"])
+    return (kind,)
+
+
+def terminal_status(cmds: Iterable[Mapping[str, Any]]) -> str | None:
+    """The workflow status a decision's commands end it with, if any."""
+    for cmd in cmds:
+        status = TERMINAL_STATUS.get(cmd["t"])
+        if status:
+            return status
+    return None
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    """One row of a workflow's history as users see it (``handle.history()``)."""
+
+    index: int
+    stream_seq: int
+    type: str
+    time_ms: int
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A one-line description of the event for tables and logs."""
+        a = self.attributes
+        if self.type == WORKFLOW_STARTED:
+            return f"{a.get('workflow')}({_args(a)}) queue={a.get('task_queue')}"
+        if self.type == ACTIVITY_SCHEDULED:
+            return f"#{a.get('seq')} {a.get('activity')}({_args(a)}) attempt={a.get('attempt')}"
+        if self.type == ACTIVITY_COMPLETED:
+            return f"#{a.get('seq')} attempt={a.get('attempt')} -> {_short(a.get('result'))}"
+        if self.type == ACTIVITY_FAILED:
+            err = a.get("error") or {}
+            return f"#{a.get('seq')} attempt={a.get('attempt')} {err.get('type')}: {err.get('message')}"
+        if self.type in (TIMER_STARTED, TIMER_FIRED):
+            extra = f" {a.get('duration')}s ({a.get('purpose')})" if self.type == TIMER_STARTED else ""
+            return f"timer {a.get('timer')}{extra}"
+        if self.type == SIGNAL_RECEIVED:
+            return f"{a.get('name')} {_short(a.get('payload'))}"
+        if self.type == WORKFLOW_COMPLETED:
+            return _short(a.get("result"))
+        if self.type in (WORKFLOW_FAILED, WORKFLOW_TIMED_OUT):
+            err = a.get("error") or {}
+            return f"{err.get('type')}: {err.get('message')}"
+        return ""
+
+
+def flatten(records: Iterable[Record]) -> list[HistoryEvent]:
+    """Turn records into the user-visible event list (decisions expand into their commands)."""
+    events: list[HistoryEvent] = []
+    for record in records:
+        items = record.commands if record.type == DECIDED else [record.body]
+        for item in items:
+            attrs = {k: v for k, v in item.items() if k not in ("t", "ts")}
+            events.append(HistoryEvent(len(events) + 1, record.seq, item["t"], record.ts, attrs))
+    return events
+
+
+def _args(attrs: Mapping[str, Any]) -> str:
+    parts = [_short(v) for v in attrs.get("args") or ()]
+    parts += [f"{k}={_short(v)}" for k, v in (attrs.get("kwargs") or {}).items()]
+    return ", ".join(parts)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

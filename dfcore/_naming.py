@@ -1,0 +1,116 @@
+"""Every stream, subject and consumer name the engine uses, derived from the namespace.
+
+See docs/architecture.md for why the layout is what it is; tests/test_layout.py pins it.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+
+from ._errors import ConfigurationError
+
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
+MAX_WORKFLOW_ID = 200
+
+
+def workflow_token(workflow_id: str) -> str:
+    """A subject token for a workflow id: the id itself when safe, else ``~`` + base64url."""
+    if not workflow_id or len(workflow_id) > MAX_WORKFLOW_ID:
+        raise ConfigurationError(
+            f"workflow_id must be 1 to {MAX_WORKFLOW_ID} characters, got {len(workflow_id)}"
+        )
+    if _SAFE_TOKEN.fullmatch(workflow_id):
+        return workflow_id
+    encoded = base64.urlsafe_b64encode(workflow_id.encode()).decode().rstrip("=")
+    return "~" + encoded
+
+
+def workflow_id_from_token(token: str) -> str:
+    """Inverse of :func:`workflow_token`."""
+    if not token.startswith("~"):
+        return token
+    body = token[1:]
+    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+
+
+def check_queue(name: str, what: str = "task_queue") -> str:
+    if not _SAFE_TOKEN.fullmatch(name) or len(name) > 64:
+        raise ConfigurationError(
+            f"{what} {name!r} may only contain letters, digits, '_' and '-' (at most 64)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names for one namespace.
+
+    Streams:
+        ``DF_<ns>_HISTORY``  limits retention; ``<ns>.history.<queue>.<wf>`` holds each workflow's
+                             records, ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timer schedules.
+        ``DF_<ns>_TASKS``    work-queue retention; ``<ns>.task.<queue>`` holds activity tasks.
+    Consumers:
+        ``wf_<queue>``   on HISTORY, filter ``<ns>.history.<queue>.*``: workflow tasks.
+        ``act_<queue>``  on TASKS, filter ``<ns>.task.<queue>``: activity tasks.
+    """
+
+    namespace: str
+
+    @property
+    def history_stream(self) -> str:
+        return f"DF_{self.namespace}_HISTORY"
+
+    @property
+    def tasks_stream(self) -> str:
+        return f"DF_{self.namespace}_TASKS"
+
+    def history_subject(self, queue: str, workflow_id: str) -> str:
+        return f"{self.namespace}.history.{queue}.{workflow_token(workflow_id)}"
+
+    def history_any_queue(self, workflow_id: str) -> str:
+        return f"{self.namespace}.history.*.{workflow_token(workflow_id)}"
+
+    def history_filter(self, queue: str) -> str:
+        return f"{self.namespace}.history.{queue}.*"
+
+    @property
+    def history_all(self) -> str:
+        return f"{self.namespace}.history.>"
+
+    @property
+    def timers_all(self) -> str:
+        return f"{self.namespace}.timer.>"
+
+    def timer_subject(self, queue: str, workflow_id: str, timer_id: str) -> str:
+        return f"{self.namespace}.timer.{queue}.{workflow_token(workflow_id)}.{timer_id}"
+
+    def task_subject(self, queue: str) -> str:
+        return f"{self.namespace}.task.{queue}"
+
+    @property
+    def tasks_all(self) -> str:
+        return f"{self.namespace}.task.>"
+
+    def activity_cancel_subject(self, workflow_id: str) -> str:
+        return f"{self.namespace}.cancel.{workflow_token(workflow_id)}"
+
+    @property
+    def activity_cancel_all(self) -> str:
+        return f"{self.namespace}.cancel.>"
+
+    @staticmethod
+    def workflow_consumer(queue: str) -> str:
+        return f"wf_{queue}"
+
+    @staticmethod
+    def activity_consumer(queue: str) -> str:
+        return f"act_{queue}"
+
+    def parse_history_subject(self, subject: str) -> tuple[str, str]:
+        """``(queue, workflow_id)`` of a history subject."""
+        parts = subject.split(".")
+        if len(parts) != 4 or parts[0] != self.namespace or parts[1] != "history":
+            raise ValueError(f"{subject!r} is not a history subject of namespace {self.namespace!r}")
+        return parts[2], workflow_id_from_token(parts[3])

@@ -1,0 +1,345 @@
+"""JetStream storage: streams, history appends and loads, tasks and durable timers.
+
+Everything that talks to JetStream for the engine goes through :class:`Store`, so the rest of the
+code never sees a ``nats`` exception: they are wrapped in ours, with the cause chained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import APIError, NotFoundError
+
+from . import _history as h
+from ._codec import JSONConverter, PayloadCodec, check_size, safe_decode, safe_encode
+from ._config import Settings
+from ._errors import ConnectionError_, DFError, PayloadError
+from ._naming import Layout
+
+log = logging.getLogger("dfcore.store")
+
+WRONG_LAST_SEQUENCE = 10071
+_HEADROOM = 512  # bytes of headers and protocol framing on top of the body
+
+
+class AppendConflict(DFError):
+    """Another writer appended to the history since we last read it (or the id exists)."""
+
+
+class Store:
+    """One namespace's JetStream storage, over one NATS connection."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        settings: Settings,
+        codec: PayloadCodec,
+        converter: JSONConverter | None = None,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=10.0)
+        self.settings = settings
+        self.layout = Layout(settings.namespace)
+        self.codec = codec
+        self.converter = converter or JSONConverter()
+        self._getter = _BatchGetter(nc)
+        self._ensured = False
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    async def ensure(self) -> None:
+        """Create (or update) the namespace's streams. Idempotent; run once per connection."""
+        if self._ensured:
+            return
+        for config in self._stream_configs():
+            await self._ensure_stream(config)
+        await self._getter.start()
+        self._ensured = True
+
+    def _stream_configs(self) -> list[api.StreamConfig]:
+        storage = api.StorageType.MEMORY if self.settings.storage == "memory" else api.StorageType.FILE
+        lay = self.layout
+        history = api.StreamConfig(
+            name=lay.history_stream,
+            subjects=[lay.history_all, lay.timers_all],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=storage,
+            num_replicas=self.settings.stream_replicas,
+            allow_direct=True,
+            allow_msg_schedules=True,
+            duplicate_window=120.0,
+            description="DurableFuture workflow histories and timer schedules",
+        )
+        tasks = api.StreamConfig(
+            name=lay.tasks_stream,
+            subjects=[lay.tasks_all],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=storage,
+            num_replicas=self.settings.stream_replicas,
+            duplicate_window=300.0,
+            description="DurableFuture activity tasks, one subject per task queue",
+        )
+        return [history, tasks]
+
+    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        try:
+            try:
+                await self.js.stream_info(config.name)  # type: ignore[arg-type]
+            except NotFoundError:
+                await self.js.add_stream(config)
+        except APIError as exc:
+            raise DFError(
+                f"could not create JetStream stream {config.name}: {exc.description}. "
+                "Is JetStream enabled on the server (nats-server -js)? Message schedules need "
+                "nats-server 2.12 or newer."
+            ) from exc
+        except Exception as exc:
+            raise _wrap(exc, "creating streams") from exc
+
+    async def ensure_consumer(self, stream: str, name: str, filter_subject: str, ack_wait: float) -> None:
+        """Create the durable pull consumer ``name`` if it does not exist."""
+        config = api.ConsumerConfig(
+            durable_name=name,
+            filter_subject=filter_subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_deliver=-1,
+            max_ack_pending=20_000,
+            max_waiting=512,
+            num_replicas=self.settings.stream_replicas,
+        )
+        try:
+            await self.js.add_consumer(stream, config)
+        except Exception as exc:
+            raise _wrap(exc, f"creating consumer {name}") from exc
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    def encode(self, body: Mapping[str, Any], what: str) -> bytes:
+        data = safe_encode(self.codec, self.converter.dumps(body, what=what), what)
+        check_size(len(data) + _HEADROOM, self.nc.max_payload, what)
+        return data
+
+    def decode(self, data: bytes, what: str) -> Any:
+        return self.converter.loads(safe_decode(self.codec, data, what), what=what)
+
+    # -- history ----------------------------------------------------------------------------
+
+    async def append(
+        self,
+        subject: str,
+        body: Mapping[str, Any],
+        *,
+        msg_id: str | None,
+        expected_seq: int | None = None,
+        expected_subject: str | None = None,
+        status: str | None = None,
+        data: bytes | None = None,
+    ) -> int:
+        """Append one record; return its stream sequence.
+
+        Raises:
+            AppendConflict: ``expected_seq`` no longer matches the subject's last sequence.
+        """
+        headers = {h.HDR_EVENT: _event_header(body)}
+        if msg_id is not None:
+            headers["Nats-Msg-Id"] = msg_id
+        if expected_seq is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+        if expected_subject is not None:
+            headers["Nats-Expected-Last-Subject-Sequence-Subject"] = expected_subject
+        if status is not None:
+            headers[h.HDR_STATUS] = status
+        payload = data if data is not None else self.encode(body, f"{body['t']} record")
+        try:
+            ack = await self.js.publish(subject, payload, headers=headers)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise AppendConflict(exc.description or "wrong last sequence") from exc
+            raise _wrap(exc, f"appending to {subject}") from exc
+        except Exception as exc:
+            raise _wrap(exc, f"appending to {subject}") from exc
+        return int(ack.seq)
+
+    async def load(self, subject: str, after_seq: int = 0) -> list[h.Record]:
+        """Every record on ``subject`` after ``after_seq``, in order; the end is exact."""
+        records: list[h.Record] = []
+        start = after_seq + 1
+        while True:
+            msgs, more = await self._getter.batch(
+                self.layout.history_stream,
+                {"seq": start, "next_by_subj": subject, "batch": 256},
+            )
+            for msg in msgs:
+                record = self._record_from(msg)
+                if record is not None:
+                    records.append(record)
+            if not more or not msgs:
+                return records
+            start = int(msgs[-1].headers["Nats-Sequence"]) + 1  # type: ignore[index]
+
+    async def last(self, subject: str) -> tuple[str, h.Record] | None:
+        """The subject and last record of a history subject (wildcards allowed), or None."""
+        msgs, _ = await self._getter.batch(
+            self.layout.history_stream, {"last_by_subj": subject}, single=True
+        )
+        if not msgs:
+            return None
+        record = self._record_from(msgs[0])
+        if record is None:
+            return None
+        return str(msgs[0].headers["Nats-Subject"]), record  # type: ignore[index]
+
+    async def last_many(self, subjects: list[str]) -> list[tuple[str, h.Record]]:
+        """The last record of each subject (for listings)."""
+        out: list[tuple[str, h.Record]] = []
+        for chunk in _chunks(subjects, 200):
+            msgs, _ = await self._getter.batch(
+                self.layout.history_stream, {"multi_last": chunk, "batch": len(chunk)}
+            )
+            for msg in msgs:
+                record = self._record_from(msg)
+                if record is not None:
+                    out.append((str(msg.headers["Nats-Subject"]), record))  # type: ignore[index]
+        return out
+
+    async def history_subjects(self) -> list[str]:
+        try:
+            info = await self.js.stream_info(
+                self.layout.history_stream, subjects_filter=self.layout.history_all
+            )
+        except Exception as exc:
+            raise _wrap(exc, "listing workflows") from exc
+        return list((info.state.subjects or {}).keys())
+
+    def _record_from(self, msg: Msg) -> h.Record | None:
+        headers = msg.headers or {}
+        seq = int(headers.get("Nats-Sequence", 0))
+        try:
+            body = self.decode(msg.data, f"history message {seq}")
+            return h.validate_record(seq, body)
+        except (PayloadError, h.MalformedRecordError) as exc:
+            log.error("skipping unreadable history message %s on %s: %s",
+                      seq, headers.get("Nats-Subject"), exc)
+            return None
+
+    # -- tasks and timers -------------------------------------------------------------------
+
+    async def publish_task(self, queue: str, body: Mapping[str, Any], msg_id: str) -> None:
+        data = self.encode(body, f"activity task {body.get('activity')!r}")
+        try:
+            await self.js.publish(self.layout.task_subject(queue), data, headers={"Nats-Msg-Id": msg_id})
+        except Exception as exc:
+            raise _wrap(exc, f"publishing a task to queue {queue!r}") from exc
+
+    async def schedule_timer(
+        self, queue: str, workflow_id: str, timer_id: str, fire_at_ms: int, history_subject: str
+    ) -> None:
+        """Have the server append a TimerFired record to the history at ``fire_at_ms``."""
+        body = {"t": h.TIMER_FIRED, "timer": timer_id, "ts": fire_at_ms}
+        at = datetime.fromtimestamp(fire_at_ms / 1000, tz=timezone.utc)
+        headers = {
+            "Nats-Schedule": "@at " + at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "Nats-Schedule-Target": history_subject,
+            "Nats-Msg-Id": f"{history_subject}:timer:{timer_id}",
+            h.HDR_EVENT: h.TIMER_FIRED,
+        }
+        subject = self.layout.timer_subject(queue, workflow_id, timer_id)
+        try:
+            await self.js.publish(subject, self.encode(body, "timer"), headers=headers)
+        except Exception as exc:
+            raise _wrap(exc, f"scheduling timer {timer_id}") from exc
+
+
+class _BatchGetter:
+    """Direct-get requests whose replies (several messages ending in an EOB) share one inbox."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._ids = itertools.count()
+        self._waiters: dict[str, asyncio.Queue[Msg]] = {}
+
+    async def start(self) -> None:
+        if self._prefix:
+            return
+        self._prefix = self._nc.new_inbox()
+        await self._nc.subscribe(self._prefix + ".*", cb=self._on_msg)
+        await asyncio.sleep(0)  # let the SUB reach the write buffer before flushing
+        await self._nc.flush()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        queue = self._waiters.get(msg.subject[len(self._prefix) + 1 :])
+        if queue is not None:
+            queue.put_nowait(msg)
+
+    async def batch(
+        self, stream: str, request: Mapping[str, Any], *, single: bool = False, timeout: float = 10.0
+    ) -> tuple[list[Msg], bool]:
+        """Run a direct get; return its messages and whether more are pending."""
+        token = str(next(self._ids))
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._waiters[token] = queue
+        try:
+            await self._nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}",
+                orjson.dumps(request),
+                reply=f"{self._prefix}.{token}",
+            )
+            return await asyncio.wait_for(self._collect(queue, single), timeout)
+        except asyncio.TimeoutError as exc:
+            raise ConnectionError_(
+                f"JetStream did not answer a read of stream {stream} within {timeout}s; "
+                "is the server up and the stream's leader elected?"
+            ) from exc
+        finally:
+            del self._waiters[token]
+
+    @staticmethod
+    async def _collect(queue: asyncio.Queue[Msg], single: bool) -> tuple[list[Msg], bool]:
+        msgs: list[Msg] = []
+        while True:
+            msg = await queue.get()
+            status = (msg.headers or {}).get("Status")
+            if status is None:
+                msgs.append(msg)
+                if single:
+                    return msgs, False
+            elif status == "204":  # end of batch
+                return msgs, int((msg.headers or {}).get("Nats-Num-Pending", 0)) > 0
+            elif status == "404":
+                return msgs, False
+            else:
+                desc = (msg.headers or {}).get("Description", "")
+                raise ConnectionError_(f"JetStream direct get failed: {status} {desc}")
+
+
+def _event_header(body: Mapping[str, Any]) -> str:
+    if body["t"] == h.DECIDED:
+        return ",".join(c["t"] for c in body.get("cmds", ()))
+    return str(body["t"])
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _wrap(exc: BaseException, doing: str) -> DFError:
+    if isinstance(exc, DFError):
+        return exc
+    if isinstance(exc, APIError):
+        return DFError(f"JetStream refused {doing}: {exc.description} (code {exc.err_code})")
+    return ConnectionError_(
+        f"lost contact with NATS while {doing} ({type(exc).__name__}: {exc}); "
+        "check that the server is running and reachable"
+    )

@@ -1,0 +1,491 @@
+"""Workers: the workflow-task processor and the activity runner.
+
+Workflow tasks. Every record appended to a history on queue Q is delivered (through the durable
+consumer ``wf_Q``) to some worker. The worker brings its cached :class:`WorkflowRun` up to date by
+loading the records after the last one it applied (an exact read, no timeouts), applies them, and
+appends the commands the code produced as one ``Decided`` record, with the expected-last-subject-
+sequence check (a concurrent writer makes it reload and re-decide). Only then does it publish
+the work the decision implies (activity tasks, timer schedules) and ack the message. A decision
+record is itself delivered later; if its work was not published yet (the worker died in between),
+whoever receives it publishes it, with the same deterministic message ids.
+
+Activity tasks. A task is run, its outcome is appended to the history (with a deterministic
+message id), and only then is the task acked. While it runs, the worker tells JetStream the task
+is in progress, and enforces the start-to-close and heartbeat timeouts itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import signal
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from nats.aio.msg import Msg
+
+from . import _history as h
+from .activity import ActivityInfo, ActivityState, _current
+from ._codec import decode_call_args
+from ._connection import connect
+from ._context import WorkflowContext
+from ._definitions import ActivityDefinition
+from ._engine import WorkflowRun
+from ._errors import ApplicationError, DFError, NondeterminismError, PayloadError
+from ._naming import check_queue, workflow_token
+from ._pull import PullConsumer
+from ._store import AppendConflict, Store
+
+if TYPE_CHECKING:
+    from ._app import App
+
+log = logging.getLogger("dfcore.worker")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _retry_delay(num_delivered: int) -> float:
+    return float(min(2 ** max(num_delivered - 1, 0), 60))
+
+
+class Worker:
+    """Serves workflow tasks and/or activity tasks of one App on some task queues.
+
+    Args:
+        app: the App whose workflows and activities to run.
+        task_queues: queues to serve (default: the App's ``task_queue`` setting).
+        workflows: serve workflow tasks.
+        activities: serve activity tasks.
+        activity_concurrency: max activities at once (default: the setting).
+        workflow_concurrency: max workflow tasks at once (default: the setting).
+        shutdown_timeout: on stop, how long in-flight work may take before it is handed back.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        task_queues: Sequence[str] | None = None,
+        workflows: bool = True,
+        activities: bool = True,
+        activity_concurrency: int | None = None,
+        workflow_concurrency: int | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        if not workflows and not activities:
+            raise DFError("a worker must serve workflows, activities, or both")
+        settings = app.settings
+        self.app = app
+        self.queues = [check_queue(q) for q in (task_queues or [settings.task_queue])]
+        self.serve_workflows = workflows
+        self.serve_activities = activities
+        self.activity_concurrency = activity_concurrency or settings.activity_concurrency
+        self.workflow_concurrency = workflow_concurrency or settings.workflow_concurrency
+        self.shutdown_timeout = shutdown_timeout
+        self.store: Store | None = None
+        self._pullers: list[PullConsumer] = []
+        self._activity_runner: ActivityRunner | None = None
+        self._stopped = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def start(self) -> None:
+        """Connect, create streams and consumers, and start consuming."""
+        settings = self.app.settings
+        nc = await connect(settings, f"dfcore-worker:{self.app.name}", self._reconnected)
+        self.store = store = Store(nc, settings, self.app.codec)
+        await store.ensure()
+        lay = store.layout
+        for queue in self.queues:
+            if self.serve_workflows:
+                name = lay.workflow_consumer(queue)
+                await store.ensure_consumer(lay.history_stream, name, lay.history_filter(queue), 30.0)
+                processor = WorkflowProcessor(self.app, store)
+                self._pullers.append(PullConsumer(nc, lay.history_stream, name, processor.handle,
+                                                  max_inflight=self.workflow_concurrency))
+            if self.serve_activities:
+                name = lay.activity_consumer(queue)
+                await store.ensure_consumer(lay.tasks_stream, name, lay.task_subject(queue),
+                                            settings.activity_ack_wait)
+                runner = self._activity_runner or ActivityRunner(self.app, store, self.activity_concurrency)
+                self._activity_runner = runner
+                self._pullers.append(PullConsumer(nc, lay.tasks_stream, name, runner.handle,
+                                                  max_inflight=self.activity_concurrency))
+        if self._activity_runner is not None:
+            await self._activity_runner.start()
+        for puller in self._pullers:
+            await puller.start()
+        log.info("worker for app %r serving %s on queues %s (NATS %s, namespace %r)",
+                 self.app.name, self._what(), ", ".join(self.queues), settings.nats_url,
+                 settings.namespace)
+        self.started.set()
+
+    def _what(self) -> str:
+        parts = ["workflows"] if self.serve_workflows else []
+        return " and ".join(parts + (["activities"] if self.serve_activities else []))
+
+    async def _reconnected(self) -> None:
+        for puller in self._pullers:
+            puller.on_reconnected()
+
+    async def stop(self) -> None:
+        """Stop taking work, let in-flight work finish (up to shutdown_timeout), disconnect."""
+        await asyncio.gather(*(p.stop(self.shutdown_timeout) for p in self._pullers))
+        if self._activity_runner is not None:
+            await self._activity_runner.stop()
+        if self.store is not None:
+            await self.store.nc.drain()
+        self._stopped.set()
+
+    async def run(self, *, handle_signals: bool = False, stop: asyncio.Event | None = None) -> None:
+        """Start, run until ``stop`` is set (or SIGTERM/SIGINT if ``handle_signals``), stop."""
+        stop = stop or asyncio.Event()
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+            log.info("stopping: finishing in-flight work (up to %ss)", self.shutdown_timeout)
+        finally:
+            await self.stop()
+
+
+@dataclass
+class _Entry:
+    """A cached workflow: its run (None once closed or evicted) and a lock serialising it."""
+
+    subject: str
+    run: WorkflowRun | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    dispatched: set[int] = field(default_factory=set)
+    closed_seq: int = 0
+
+
+class WorkflowProcessor:
+    """Handles history messages of one task queue: replays, decides, appends, dispatches."""
+
+    def __init__(self, app: App, store: Store) -> None:
+        self.app = app
+        self.store = store
+        self.cache: OrderedDict[str, _Entry] = OrderedDict()
+        self.capacity = app.settings.workflow_cache_size
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            _, workflow_id = self.store.layout.parse_history_subject(msg.subject)
+        except Exception:  # noqa: BLE001 - foreign subject; nothing to do with it
+            log.error("ignoring message on unexpected subject %r", msg.subject)
+            await msg.ack()
+            return
+        seq = msg.metadata.sequence.stream
+        entry = self._entry(workflow_id, msg.subject)
+        async with entry.lock:
+            try:
+                await self._process(workflow_id, entry, seq, msg)
+            except NondeterminismError as exc:
+                self._drop(workflow_id, entry)
+                log.error("%s", exc)
+                await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
+                return
+            except Exception as exc:  # noqa: BLE001 - keep serving other workflows
+                self._drop(workflow_id, entry)
+                log.exception("workflow %s: task failed (%s); will retry", workflow_id, exc)
+                await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
+                return
+        self._trim()
+        await msg.ack()
+
+    def _entry(self, workflow_id: str, subject: str) -> _Entry:
+        entry = self.cache.get(workflow_id)
+        if entry is None:
+            entry = self.cache[workflow_id] = _Entry(subject)
+        else:
+            self.cache.move_to_end(workflow_id)
+        return entry
+
+    def _drop(self, workflow_id: str, entry: _Entry) -> None:
+        if entry.run is not None:
+            entry.run.evict()
+        entry.run = None
+        entry.dispatched.clear()
+
+    def _trim(self) -> None:
+        while len(self.cache) > self.capacity:
+            workflow_id, entry = next(iter(self.cache.items()))
+            if entry.lock.locked():
+                break
+            self._drop(workflow_id, entry)
+            del self.cache[workflow_id]
+
+    def _new_run(self, workflow_id: str) -> WorkflowRun:
+        settings = self.app.settings
+        run = WorkflowRun(
+            workflow_id,
+            self.app.workflows.get,
+            namespace=settings.namespace,
+            default_activity_timeout=settings.default_activity_timeout,
+            activity_lookup=self.app.lookup_activity,
+        )
+        WorkflowContext(run)
+        return run
+
+    async def _process(self, workflow_id: str, entry: _Entry, seq: int, msg: Msg) -> None:
+        if seq <= entry.closed_seq:
+            return
+        run = entry.run
+        if run is not None and run.last_seq >= seq:
+            if seq not in entry.dispatched and _is_decision(msg):
+                record = h.validate_record(seq, self.store.decode(msg.data, "decision"))
+                await self._dispatch(entry, run, seq, record.commands)
+            entry.dispatched.discard(seq)
+            return
+        if run is None:
+            run = entry.run = self._new_run(workflow_id)
+        await self._catch_up_and_decide(entry, run, seq)
+        entry.dispatched.discard(seq)
+        if run.closed and not run.pending_commands():
+            entry.closed_seq = run.last_seq
+            self._drop(workflow_id, entry)
+
+    async def _catch_up_and_decide(self, entry: _Entry, run: WorkflowRun, delivered: int) -> None:
+        while True:
+            records = await self.store.load(entry.subject, after_seq=run.last_seq)
+            run.apply(records)
+            for record in records:
+                if record.seq == delivered and record.type == h.DECIDED:
+                    await self._dispatch(entry, run, record.seq, record.commands)
+            cmds = run.pending_commands()
+            if not cmds:
+                return
+            body = {"t": h.DECIDED, "ts": _now_ms(), "cmds": cmds}
+            try:
+                seq = await self.store.append(
+                    entry.subject,
+                    body,
+                    msg_id=f"{workflow_token(run.info.workflow_id)}:d:{run.last_seq}",
+                    expected_seq=run.last_seq,
+                    status=h.terminal_status(cmds),
+                )
+            except AppendConflict:
+                continue  # someone appended first: read what they wrote and decide again
+            run.apply([h.Record(seq, body)])
+            await self._dispatch(entry, run, seq, cmds)
+            return
+
+    async def _dispatch(
+        self, entry: _Entry, run: WorkflowRun, seq: int, cmds: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Publish the work a decision implies; idempotent (deterministic message ids)."""
+        jobs = [self._dispatch_one(entry, run, cmd) for cmd in cmds]
+        await asyncio.gather(*jobs)
+        entry.dispatched.add(seq)
+
+    async def _dispatch_one(self, entry: _Entry, run: WorkflowRun, cmd: Mapping[str, Any]) -> None:
+        kind = cmd["t"]
+        workflow_id = run.info.workflow_id
+        if kind == h.ACTIVITY_SCHEDULED:
+            call = run.activity(int(cmd["seq"]))
+            if call is not None and (call.done or call.attempt != cmd["attempt"]):
+                return
+            task = {
+                "wf": workflow_id,
+                "h": entry.subject,
+                "seq": cmd["seq"],
+                "attempt": cmd["attempt"],
+                "activity": cmd["activity"],
+                "args": cmd["args"],
+                "task_queue": cmd["task_queue"],
+                "start_to_close": cmd.get("start_to_close"),
+                "heartbeat_timeout": cmd.get("heartbeat_timeout"),
+                "heartbeat": cmd.get("heartbeat"),
+            }
+            msg_id = f"{workflow_token(workflow_id)}:{cmd['seq']}:{cmd['attempt']}"
+            await self.store.publish_task(cmd["task_queue"], task, msg_id)
+        elif kind == h.TIMER_STARTED:
+            timer = run.timer(str(cmd["timer"]))
+            if timer is not None and timer.fired:
+                return
+            queue = self.store.layout.parse_history_subject(entry.subject)[0]
+            await self.store.schedule_timer(
+                queue, workflow_id, str(cmd["timer"]), int(cmd["fire_at"]), entry.subject
+            )
+        elif kind == h.ACTIVITY_CANCEL_REQUESTED:
+            subject = self.store.layout.activity_cancel_subject(workflow_id)
+            await self.store.nc.publish(subject, orjson.dumps({"seq": cmd["seq"]}))
+
+
+def _is_decision(msg: Msg) -> bool:
+    event = (msg.headers or {}).get(h.HDR_EVENT, "")
+    return event.split(",")[0] in h.COMMAND_TYPES
+
+
+class ActivityRunner:
+    """Runs activity tasks: sync ones in a thread pool, async ones on the loop."""
+
+    def __init__(self, app: App, store: Store, concurrency: int) -> None:
+        self.app = app
+        self.store = store
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="df-activity")
+        self.ack_wait = app.settings.activity_ack_wait
+        self.running: dict[tuple[str, int], ActivityState] = {}
+        self._cancel_sub: Any = None
+
+    async def start(self) -> None:
+        nc = self.store.nc
+        self._cancel_sub = await nc.subscribe(self.store.layout.activity_cancel_all, cb=self._on_cancel)
+
+    async def stop(self) -> None:
+        if self._cancel_sub is not None:
+            await self._cancel_sub.unsubscribe()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            token = msg.subject.rsplit(".", 1)[1]
+            seq = int(orjson.loads(msg.data)["seq"])
+        except Exception:  # noqa: BLE001 - foreign message
+            return
+        from ._naming import workflow_id_from_token
+
+        state = self.running.get((workflow_id_from_token(token), seq))
+        if state is not None:
+            state.cancel_requested = True
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            task = self.store.decode(msg.data, "activity task")
+            info = _task_info(task)
+        except (PayloadError, KeyError, TypeError, ValueError) as exc:
+            log.error("dropping malformed activity task %s: %s",
+                      msg.metadata.sequence.stream, exc)
+            await msg.term()
+            return
+        defn = self.app.activities.get(info.activity)
+        if defn is None:
+            error = _unregistered(info)
+            outcome: dict[str, Any] = {"t": h.ACTIVITY_FAILED, "error": error}
+        else:
+            outcome = await self._run(defn, info, task.get("args") or [], msg)
+        body = {"ts": _now_ms(), "seq": info.seq, "attempt": info.attempt, **outcome}
+        kind = "c" if outcome["t"] == h.ACTIVITY_COMPLETED else "f"
+        msg_id = f"{workflow_token(info.workflow_id)}:{info.seq}:{info.attempt}:{kind}"
+        try:
+            await self.store.append(task["h"], body, msg_id=msg_id)
+        except PayloadError as exc:  # the result is too big or not serialisable
+            error = {"type": type(exc).__name__, "message": str(exc), "non_retryable": True}
+            failed = {"ts": _now_ms(), "seq": info.seq, "attempt": info.attempt,
+                      "t": h.ACTIVITY_FAILED, "error": error}
+            await self.store.append(task["h"], failed, msg_id=msg_id[:-1] + "f")
+        await msg.ack()
+
+    async def _run(
+        self, defn: ActivityDefinition, info: ActivityInfo, args: list[Any], msg: Msg
+    ) -> dict[str, Any]:
+        state = ActivityState(info)
+        key = (info.workflow_id, info.seq)
+        self.running[key] = state
+        try:
+            job = self._launch(defn, state, args)
+            timeout = await self._watch(job, state, msg)
+            if timeout is not None:
+                state.abandoned = True
+                job.cancel()
+                return {"t": h.ACTIVITY_FAILED, "error": timeout, "heartbeat": state.details}
+            try:
+                result = job.result()
+            except BaseException as exc:  # noqa: BLE001 - reported to the workflow
+                return {"t": h.ACTIVITY_FAILED, "error": _activity_error(exc), "heartbeat": state.details}
+            return {"t": h.ACTIVITY_COMPLETED, "result": result}
+        finally:
+            self.running.pop(key, None)
+
+    def _launch(self, defn: ActivityDefinition, state: ActivityState, args: list[Any]) -> asyncio.Future[Any]:
+        ctx = contextvars.copy_context()
+        ctx.run(_current.set, state)
+        loop = asyncio.get_running_loop()
+
+        def call() -> Any:
+            call_args, _ = decode_call_args(defn.fn, args, {})
+            return defn.fn(*call_args)
+
+        if defn.is_async:
+            async def run_async() -> Any:
+                return await call()
+
+            return loop.create_task(run_async(), context=ctx)
+        return loop.run_in_executor(self.pool, ctx.run, call)
+
+    async def _watch(self, job: asyncio.Future[Any], state: ActivityState, msg: Msg) -> dict[str, Any] | None:
+        """Wait for the job; keep the task alive in JetStream; enforce timeouts."""
+        info = state.info
+        started = time.monotonic()
+        deadline = started + info.start_to_close if info.start_to_close else None
+        tick = max(min(self.ack_wait / 3, 10.0), 0.2)
+        while True:
+            waits = [tick]
+            now = time.monotonic()
+            if deadline is not None:
+                waits.append(deadline - now)
+            if info.heartbeat_timeout:
+                waits.append(state.last_heartbeat + info.heartbeat_timeout - now)
+            done, _ = await asyncio.wait({job}, timeout=max(min(waits), 0))
+            if done:
+                return None
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return _timeout_error("start_to_close", info.start_to_close)
+            if info.heartbeat_timeout and now - state.last_heartbeat >= info.heartbeat_timeout:
+                return _timeout_error("heartbeat", info.heartbeat_timeout)
+            await msg.in_progress()
+
+
+def _task_info(task: Mapping[str, Any]) -> ActivityInfo:
+    return ActivityInfo(
+        activity=str(task["activity"]),
+        workflow_id=str(task["wf"]),
+        seq=int(task["seq"]),
+        attempt=int(task["attempt"]),
+        task_queue=str(task.get("task_queue", "")),
+        heartbeat_details=task.get("heartbeat"),
+        start_to_close=task.get("start_to_close"),
+        heartbeat_timeout=task.get("heartbeat_timeout"),
+    )
+
+
+def _unregistered(info: ActivityInfo) -> dict[str, Any]:
+    return {
+        "type": "RegistrationError",
+        "message": (
+            f"activity {info.activity!r} is not registered on the workers of task queue "
+            f"{info.task_queue!r}; register it with @app.activity in a module those workers "
+            "import, or route the call with task_queue= to workers that have it"
+        ),
+        "non_retryable": True,
+    }
+
+
+def _timeout_error(kind: str, seconds: float | None) -> dict[str, Any]:
+    return {"type": "TimeoutError", "message": f"{kind} timeout of {seconds}s exceeded", "timeout": kind}
+
+
+def _activity_error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, ApplicationError):
+        return {
+            "type": exc.type,
+            "message": exc.message,
+            "non_retryable": exc.non_retryable,
+            "next_retry_delay": exc.next_retry_delay,
+            "details": list(exc.details),
+        }
+    if isinstance(exc, asyncio.CancelledError):
+        return {"type": "CancelledError", "message": "the activity was cancelled", "non_retryable": True}
+    return {"type": type(exc).__name__, "message": str(exc)}

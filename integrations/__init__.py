@@ -1,0 +1,1 @@
+"""Framework integrations (Django, Flask), installed as ``dfcore.integrations``."""

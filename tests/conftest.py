@@ -1,0 +1,72 @@
+"""Shared fixtures: one real nats-server per test session, isolated by namespace per test."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from uuid import uuid4
+
+import pytest
+
+from dfcore._server import EmbeddedServer
+
+POSTGRES_DSN = os.environ.get("DF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """A nats-server with JetStream on a free port and a temporary store, for the whole run."""
+    store = tmp_path_factory.mktemp("nats")
+    server = EmbeddedServer(store, log_file=str(store / "nats-server.log"))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def nats_url(nats_server: EmbeddedServer) -> str:
+    """The client URL of the session's nats-server."""
+    return nats_server.url
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace unique to this test, so tests sharing one server never see each other."""
+    return "t" + uuid4().hex[:10]
+
+
+@functools.cache
+def _postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used, or None when it can (checked once per run)."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[dev]')"
+    try:
+        with psycopg.connect(POSTGRES_DSN, connect_timeout=2):
+            return None
+    except psycopg.Error as exc:
+        return f"cannot connect to {POSTGRES_DSN}: {exc}"
+
+
+def require_postgres() -> str:
+    """Return the test database DSN; skip the test without PostgreSQL, but fail under CI=true."""
+    problem = _postgres_problem()
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI: {problem}")
+        pytest.skip(f"PostgreSQL not available: {problem}")
+    return POSTGRES_DSN
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """DSN of the PostgreSQL test database (skips locally without it, fails under CI=true)."""
+    return require_postgres()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses PostgreSQL, so ``-m 'not postgres'`` deselects them."""
+    for item in items:
+        if "postgres_dsn" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)

@@ -1,0 +1,326 @@
+"""The replay engine on plain record lists: no NATS, no clock."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from dfcore import _history as h
+from dfcore._errors import ActivityError, NondeterminismError
+from dfcore._definitions import RetryPolicy
+
+from .enginekit import History, kinds
+
+
+def charge(customer: str, amount: float) -> dict[str, Any]: ...
+def ship(charge: dict[str, Any]) -> dict[str, Any]: ...
+def send_email(to: str) -> None: ...
+def refund(charge: dict[str, Any]) -> None: ...
+
+
+async def order(ctx: Any, customer: str, amount: float) -> dict[str, Any]:
+    c = await ctx.activity(charge, customer, amount)
+    s = await ctx.activity(ship, c)
+    return {"charge_id": c["id"], "tracking_id": s["tracking"]}
+
+
+def order_sync(ctx: Any, customer: str, amount: float) -> dict[str, Any]:
+    c = ctx.activity(charge, customer, amount)
+    s = ctx.activity(ship, c)
+    return {"charge_id": c["id"], "tracking_id": s["tracking"]}
+
+
+def run_order(hist: History, workflow: str = "order") -> None:
+    run = hist.new_run()
+    hist.start(workflow, "bob", 10.0)
+    cmds = hist.decide(run)
+    assert kinds(cmds) == [h.ACTIVITY_SCHEDULED]
+    assert cmds[0]["activity"] == "charge" and cmds[0]["args"] == ["bob", 10.0]
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result={"id": "ch_1"})
+    cmds = hist.decide(run)
+    assert [(c["activity"], c["args"]) for c in cmds] == [("ship", [{"id": "ch_1"}])]
+    hist.fact(h.ACTIVITY_COMPLETED, seq=2, attempt=1, result={"tracking": "tr_9"})
+    cmds = hist.decide(run)
+    assert cmds == [{"t": h.WORKFLOW_COMPLETED, "result": {"charge_id": "ch_1", "tracking_id": "tr_9"}}]
+    assert run.closed
+
+
+@pytest.mark.parametrize("workflow", ["order", "order_sync"])
+def test_order_runs_step_by_step(workflow: str) -> None:
+    run_order(History(order, order_sync), workflow)
+
+
+@pytest.mark.parametrize("workflow", ["order", "order_sync"])
+def test_full_replay_produces_no_new_commands(workflow: str) -> None:
+    hist = History(order, order_sync)
+    run_order(hist, workflow)
+    fresh = hist.new_run()
+    fresh.apply(hist.records)
+    assert fresh.pending_commands() == []
+    assert fresh.closed
+
+
+def test_replay_of_a_partial_history_continues_where_it_left_off() -> None:
+    hist = History(order)
+    run = hist.new_run()
+    hist.start("order", "bob", 10.0)
+    hist.decide(run)
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result={"id": "ch_1"})
+    fresh = hist.new_run()  # a cache miss: the new fact arrives at another worker
+    cmds = hist.decide(fresh)
+    assert [c["activity"] for c in cmds] == ["ship"]
+
+
+def test_duplicate_completion_is_ignored() -> None:
+    hist = History(order)
+    run = hist.new_run()
+    hist.start("order", "bob", 10.0)
+    hist.decide(run)
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result={"id": "ch_1"})
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result={"id": "ch_DUP"})
+    cmds = hist.decide(run)
+    assert cmds[0]["args"] == [{"id": "ch_1"}]
+    assert len(cmds) == 1
+
+
+def test_changed_code_raises_nondeterminism_naming_both_sides() -> None:
+    hist = History(order)
+    run_order(hist)
+
+    async def order_v2(ctx: Any, customer: str, amount: float) -> Any:  # redeployed, changed
+        c = await ctx.activity(charge, customer, amount)
+        await ctx.activity(send_email, customer)
+        return c
+
+    order_v2.__name__ = "order"
+    changed = History(order_v2)
+    changed.records = hist.records
+    with pytest.raises(NondeterminismError) as info:
+        changed.new_run().apply(hist.records)
+    err = info.value
+    assert err.workflow_id == "wf-1" and err.step == 2
+    assert "'ship'" in err.recorded and "'send_email'" in err.produced
+
+
+def test_removed_step_is_nondeterminism() -> None:
+    hist = History(order)
+    run_order(hist)
+
+    async def order_v3(ctx: Any, customer: str, amount: float) -> Any:
+        return await ctx.activity(charge, customer, amount)
+
+    order_v3.__name__ = "order"
+    changed = History(order_v3)
+    with pytest.raises(NondeterminismError) as info:
+        changed.new_run().apply(hist.records)
+    assert "'ship'" in info.value.recorded
+
+
+def test_retry_uses_a_durable_backoff_timer() -> None:
+    async def wf(ctx: Any) -> Any:
+        return await ctx.activity(ship, {}, retry=RetryPolicy(max_attempts=3, initial_interval=2))
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    hist.decide(run)
+    hist.fact(h.ACTIVITY_FAILED, seq=1, attempt=1, error={"type": "IOError", "message": "x"})
+    cmds = hist.decide(run)
+    assert kinds(cmds) == [h.TIMER_STARTED]
+    assert cmds[0]["purpose"] == "retry" and cmds[0]["duration"] == 2.0
+    hist.fact(h.TIMER_FIRED, timer=cmds[0]["timer"])
+    cmds = hist.decide(run)
+    assert kinds(cmds) == [h.ACTIVITY_SCHEDULED] and cmds[0]["attempt"] == 2
+    hist.fact(h.ACTIVITY_FAILED, seq=1, attempt=2, error={"type": "IOError", "message": "y"})
+    cmds = hist.decide(run)
+    assert cmds[0]["duration"] == 4.0  # backoff 2x
+    # replay of everything so far matches
+    fresh = hist.new_run()
+    fresh.apply(hist.records)
+    assert fresh.pending_commands() == []
+
+
+def test_non_retryable_failure_reaches_the_workflow_as_activity_error() -> None:
+    seen: list[ActivityError] = []
+
+    async def wf(ctx: Any) -> Any:
+        try:
+            return await ctx.activity(charge, "bob", 1.0)
+        except ActivityError as exc:
+            seen.append(exc)
+            raise
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    hist.decide(run)
+    error = {"type": "CardDeclined", "message": "no funds", "non_retryable": True}
+    hist.fact(h.ACTIVITY_FAILED, seq=1, attempt=1, error=error)
+    cmds = hist.decide(run)
+    assert kinds(cmds) == [h.WORKFLOW_FAILED]
+    assert cmds[0]["error"]["type"] == "ActivityError"
+    assert seen[0].cause_type == "CardDeclined" and seen[0].cause_message == "no funds"
+    assert seen[0].attempts == 1
+
+
+def test_exhausted_retries_fail_the_activity() -> None:
+    async def wf(ctx: Any) -> Any:
+        try:
+            await ctx.activity(ship, {}, retry=RetryPolicy(max_attempts=2, initial_interval=0))
+        except ActivityError as exc:
+            return exc.attempts
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    hist.decide(run)
+    hist.fact(h.ACTIVITY_FAILED, seq=1, attempt=1, error={"type": "E", "message": "1"})
+    assert kinds(hist.decide(run)) == [h.ACTIVITY_SCHEDULED]  # zero backoff: no timer
+    hist.fact(h.ACTIVITY_FAILED, seq=1, attempt=2, error={"type": "E", "message": "2"})
+    assert hist.decide(run) == [{"t": h.WORKFLOW_COMPLETED, "result": 2}]
+
+
+def test_sleep_is_a_durable_timer_and_now_follows_history() -> None:
+    times = []
+
+    async def wf(ctx: Any) -> Any:
+        times.append(ctx.now())
+        await ctx.sleep(30)
+        times.append(ctx.now())
+        return "woke"
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    cmds = hist.decide(run)
+    assert kinds(cmds) == [h.TIMER_STARTED] and cmds[0]["duration"] == 30
+    hist.fact(h.TIMER_FIRED, timer=cmds[0]["timer"], advance_ms=30_000)
+    assert hist.decide(run)[0]["result"] == "woke"
+    assert (times[1] - times[0]).total_seconds() == pytest.approx(30.01, abs=0.1)
+
+
+def test_signals_are_buffered_and_wait_signal_times_out_durably() -> None:
+    async def wf(ctx: Any) -> Any:
+        first = await ctx.wait_signal("approve")
+        try:
+            await ctx.wait_signal("second", timeout=5)
+        except TimeoutError:
+            return [first, "timed out"]
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    hist.fact(h.SIGNAL_RECEIVED, name="approve", payload={"by": "ann"})
+    cmds = hist.decide(run)
+    assert kinds(cmds) == [h.TIMER_STARTED]
+    hist.fact(h.TIMER_FIRED, timer=cmds[0]["timer"])
+    assert hist.decide(run)[0]["result"] == [{"by": "ann"}, "timed out"]
+
+
+def test_cancellation_lets_the_workflow_compensate() -> None:
+    async def wf(ctx: Any) -> Any:
+        c = await ctx.activity(charge, "bob", 5.0)
+        try:
+            await ctx.activity(ship, c)
+        except asyncio.CancelledError:
+            await ctx.activity(refund, c)
+            raise
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    hist.decide(run)
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result={"id": "c"})
+    hist.decide(run)
+    hist.fact(h.CANCEL_REQUESTED)
+    cmds = hist.decide(run)
+    assert kinds(cmds) == [h.ACTIVITY_CANCEL_REQUESTED, h.ACTIVITY_SCHEDULED]
+    assert cmds[1]["activity"] == "refund"
+    hist.fact(h.ACTIVITY_COMPLETED, seq=3, attempt=1, result=None)
+    assert kinds(hist.decide(run)) == [h.WORKFLOW_CANCELLED]
+    fresh = hist.new_run()
+    fresh.apply(hist.records)
+    assert fresh.closed and fresh.pending_commands() == []
+
+
+def test_parallel_activities_are_one_decision() -> None:
+    async def wf(ctx: Any) -> Any:
+        return await ctx.gather(ctx.activity(charge, "a", 1.0), ctx.activity(charge, "b", 2.0))
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    cmds = hist.decide(run)
+    assert [c["args"][0] for c in cmds] == ["a", "b"]
+    hist.fact(h.ACTIVITY_COMPLETED, seq=2, attempt=1, result="B")
+    assert hist.decide(run) == []
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result="A")
+    assert hist.decide(run)[0]["result"] == ["A", "B"]
+
+
+def test_random_and_uuid_are_replay_safe() -> None:
+    async def wf(ctx: Any) -> Any:
+        value = (ctx.random().random(), str(ctx.uuid4()))
+        await ctx.sleep(1)
+        return value
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    cmds = hist.decide(run)
+    hist.fact(h.TIMER_FIRED, timer=cmds[0]["timer"])
+    result = hist.decide(run)[0]["result"]
+    replayed: list[Any] = []
+
+    async def wf2(ctx: Any) -> Any:
+        replayed.append((ctx.random().random(), str(ctx.uuid4())))
+        await ctx.sleep(1)
+        return replayed[-1]
+
+    other = History(wf2)
+    other.records = [h.Record(r.seq, {**r.body, "workflow": "wf2"} if r.seq == 1 else r.body)
+                     for r in hist.records]
+    other.new_run().apply(other.records)
+    assert replayed[0] == result
+
+
+def test_unknown_workflow_fails_with_a_clear_error() -> None:
+    hist = History()
+    run = hist.new_run()
+    hist.start("nope")
+    cmds = hist.decide(run)
+    assert kinds(cmds) == [h.WORKFLOW_FAILED]
+    assert "not registered" in cmds[0]["error"]["message"]
+
+
+def test_execution_timeout_ends_the_workflow() -> None:
+    async def wf(ctx: Any) -> Any:
+        await ctx.wait_signal("never")
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf", execution_timeout=60)
+    cmds = hist.decide(run)
+    assert cmds[0]["purpose"] == "execution_timeout"
+    hist.fact(h.TIMER_FIRED, timer="x")
+    assert kinds(hist.decide(run)) == [h.WORKFLOW_TIMED_OUT]
+
+
+def test_logger_is_silent_during_replay(caplog: pytest.LogCaptureFixture) -> None:
+    async def wf(ctx: Any) -> Any:
+        ctx.logger.warning("charging")
+        await ctx.activity(charge, "bob", 1.0)
+        ctx.logger.warning("done")
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    hist.decide(run)
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result=None)
+    hist.decide(run)
+    assert [r.getMessage().split("] ")[1] for r in caplog.records] == ["charging", "done"]
+    caplog.clear()
+    hist.new_run().apply(hist.records)
+    assert caplog.records == []
