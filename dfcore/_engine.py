@@ -151,7 +151,10 @@ class WorkflowRun:
         self.closed = True  # nothing the unwinding code does is a command
         if self._main is not None and not self._main.done():
             self._main.cancel()
-            self._run_code()
+            try:
+                self._loop.run_until_idle()
+            except BaseException:  # noqa: BLE001 - the run is being discarded
+                log.debug("workflow %s: error while unwinding", self.info.workflow_id)
 
     # -- records ----------------------------------------------------------------------------
 
@@ -471,8 +474,11 @@ class WorkflowRun:
 
     def _loop_error(self, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if isinstance(exc, _Abort | asyncio.CancelledError):
-            return
+        message = str(context.get("message", ""))
+        if isinstance(exc, _Abort | asyncio.CancelledError) or self.evicting:
+            return  # expected while a run unwinds or is discarded
+        if message.startswith("Task was destroyed but it is pending"):
+            return  # a parked workflow that was dropped from memory; its history has it all
         log.warning(
             "workflow %s: %s", self.info.workflow_id, context.get("message"), exc_info=exc
         )

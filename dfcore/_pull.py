@@ -41,8 +41,10 @@ Handler = Callable[[Msg], Awaitable[None]]
 _NS_PER_S: Final = 1_000_000_000
 # Header of a 408/409 status with the number of messages its request will no longer deliver.
 _PENDING_MESSAGES: Final = "Nats-Pending-Messages"
-_CONSUMER_DELETED: Final = "Consumer Deleted"
-# Missed heartbeats tolerated before the open requests are presumed lost (nats.go uses 2).
+# 409s after which asking again at once cannot help: the consumer is gone, or the server already
+# holds as many requests as the consumer's max_waiting allows (other workers share it).
+_BACK_OFF_CONFLICTS: Final = frozenset({"Consumer Deleted", "Exceeded MaxWaiting"})
+# Missed heartbeats tolerated before the open requests are presumed lost.
 _MISSED_HEARTBEATS: Final = 3
 _BACKOFF_FIRST: Final = 1.0
 _BACKOFF_MAX: Final = 10.0
@@ -150,8 +152,7 @@ class PullConsumer:
         already open, are nak'ed so another worker gets them at once. Calling it again, or before
         :meth:`start`, does nothing.
         """
-        if self._stopping or self._sub is None:
-            self._stopping = True
+        if self._sub is None or self._stopping:
             return
         self._stopping = True
         await self._cancel_background()
@@ -223,8 +224,8 @@ class PullConsumer:
         """A request expired (408) or was ended by the server (409): take back its credit."""
         self._release_credit(msg)
         description = _description(msg)
-        if status == api.StatusCode.CONFLICT and description == _CONSUMER_DELETED:
-            self._pause(f"consumer was deleted ({status} {description})")
+        if status == api.StatusCode.CONFLICT and description in _BACK_OFF_CONFLICTS:
+            self._pause(f"pull request refused ({status} {description})")
             return
         if status == api.StatusCode.CONFLICT:
             logger.info("%s: pull request ended: %s %s", self._name, status, description)

@@ -93,6 +93,7 @@ class Worker:
         self.store: Store | None = None
         self._pullers: list[PullConsumer] = []
         self._activity_runner: ActivityRunner | None = None
+        self._processors: list[WorkflowProcessor] = []
         self._stopped = asyncio.Event()
         self.started = asyncio.Event()
 
@@ -108,6 +109,7 @@ class Worker:
                 name = lay.workflow_consumer(queue)
                 await store.ensure_consumer(lay.history_stream, name, lay.history_filter(queue), 30.0)
                 processor = WorkflowProcessor(self.app, store)
+                self._processors.append(processor)
                 self._pullers.append(PullConsumer(nc, lay.history_stream, name, processor.handle,
                                                   max_inflight=self.workflow_concurrency))
             if self.serve_activities:
@@ -140,6 +142,8 @@ class Worker:
         await asyncio.gather(*(p.stop(self.shutdown_timeout) for p in self._pullers))
         if self._activity_runner is not None:
             await self._activity_runner.stop()
+        for processor in self._processors:
+            processor.close()
         if self.store is not None:
             await self.store.nc.drain()
         self._stopped.set()
@@ -203,6 +207,12 @@ class WorkflowProcessor:
                 return
         self._trim()
         await msg.ack()
+
+    def close(self) -> None:
+        """Release every cached workflow (the worker is stopping)."""
+        for workflow_id, entry in list(self.cache.items()):
+            self._drop(workflow_id, entry)
+        self.cache.clear()
 
     def _entry(self, workflow_id: str, subject: str) -> _Entry:
         entry = self.cache.get(workflow_id)

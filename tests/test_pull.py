@@ -58,6 +58,12 @@ async def drained(js: JetStreamContext, stream: str, consumer: str) -> None:
         await asyncio.sleep(0.02)  # poll interval; the caller's wait_for sets the deadline
 
 
+async def waiting(js: JetStreamContext, stream: str, consumer: str) -> None:
+    """Return once the server holds a pull request for the consumer."""
+    while (await js.consumer_info(stream, consumer)).num_waiting == 0:
+        await asyncio.sleep(0.02)  # poll interval; the caller's wait_for sets the deadline
+
+
 class Recorder:
     """A handler that acks and counts deliveries by stream sequence, signalling at a target."""
 
@@ -198,6 +204,23 @@ async def test_stop_cancels_handlers_after_timeout(nc: Client, namespace: str) -
     await asyncio.wait_for(started.wait(), DEADLINE)
     await asyncio.wait_for(pc.stop(timeout=0.1), DEADLINE)
     assert cancelled.is_set() and pc.inflight == 0
+
+
+async def test_resumes_after_consumer_is_recreated(
+    nc: Client, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    js = nc.jetstream()
+    consumer = await make_consumer(js, namespace)
+    recorder = Recorder(5)
+    with caplog.at_level(logging.WARNING, logger="dfcore.pull"):
+        async with pulling(PullConsumer(nc, namespace, consumer, recorder, max_inflight=4)):
+            await asyncio.wait_for(waiting(js, namespace, consumer), DEADLINE)
+            await js.delete_consumer(namespace, consumer)
+            config = ConsumerConfig(durable_name=consumer, ack_policy=AckPolicy.EXPLICIT)
+            await js.add_consumer(namespace, config)
+            await publish(js, f"{namespace}.a", 5)
+            await asyncio.wait_for(recorder.done.wait(), DEADLINE)
+    assert "Consumer Deleted" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -69,11 +69,12 @@ def spawn_worker(nats_url: str, namespace: str, *args: str, env: dict[str, str] 
                  app: str = "tests.apps.orders:app", log: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ``df worker`` as a real process (kill it with SIGKILL to test recovery)."""
     environ = {**os.environ, "DF_NATS_URL": nats_url, "DF_NAMESPACE": namespace, **(env or {})}
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "dfcore", "worker", "-A", app, *args],
-        cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
-    )
+    command = [sys.executable, "-m", "dfcore", "worker", "-A", app, *args]
+    if log is None:
+        return subprocess.Popen(command, cwd=ROOT, env=environ, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
 
 
 def sigkill(proc: subprocess.Popen[bytes]) -> None:

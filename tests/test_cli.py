@@ -1,0 +1,109 @@
+"""The df command line, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dfcore import App
+from dfcore._loopthread import run_sync
+
+from .apps.orders import build_app
+from .workerkit import ROOT, WorkerThread
+
+
+def df(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dfcore", *args], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=timeout, check=False,
+    )
+
+
+@pytest.fixture
+def finished(nats_url: str, namespace: str) -> Iterator[dict[str, str]]:
+    """A completed order workflow; yields the env pointing df at its namespace."""
+    app: App = build_app(nats_url=nats_url, namespace=namespace)
+    with WorkerThread(app):
+        app.start("order", "cli", 4.0, 1, workflow_id="cli-order").result(timeout=30)
+    run_sync(app._close_sync_client())
+    yield {"DF_NATS_URL": nats_url, "DF_NAMESPACE": namespace}
+
+
+def test_workflow_show_prints_the_event_table(finished: dict[str, str]) -> None:
+    out = df("workflow", "show", "cli-order", "-A", "tests.apps.orders:app", env=finished)
+    assert out.returncode == 0, out.stderr
+    assert "cli-order: completed" in out.stdout
+    header, *rows = out.stdout.splitlines()[1:]
+    assert header.split()[:3] == ["SEQ", "TIME", "EVENT"]
+    assert [r.split()[2] for r in rows] == [
+        "WorkflowStarted", "ActivityScheduled", "ActivityCompleted",
+        "ActivityScheduled", "ActivityCompleted", "WorkflowCompleted",
+    ]
+
+
+def test_workflow_list_shows_status(finished: dict[str, str]) -> None:
+    out = df("workflow", "list", env=finished)
+    assert out.returncode == 0, out.stderr
+    assert any(line.split()[:2] == ["cli-order", "completed"] for line in out.stdout.splitlines())
+
+
+def test_unknown_workflow_id_is_a_clear_error(finished: dict[str, str]) -> None:
+    out = df("workflow", "show", "nope", env=finished)
+    assert out.returncode == 1
+    assert "no workflow with id 'nope'" in out.stderr
+
+
+def test_bad_app_path_is_a_clear_error() -> None:
+    out = df("worker", "-A", "no_such_module:app")
+    assert out.returncode == 1 and "cannot import 'no_such_module'" in out.stderr
+
+
+def test_bad_setting_names_the_variable() -> None:
+    out = df("workflow", "list", env={"DF_NATS_URL": "htp://x"})
+    assert out.returncode == 1 and "DF_NATS_URL" in out.stderr
+
+
+def test_unreachable_server_says_how_to_start_one() -> None:
+    from dfcore._server import free_port
+
+    out = df("workflow", "list", env={"DF_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+                                     "DF_CONNECT_TIMEOUT": "0.5"})
+    assert out.returncode == 1 and "df dev" in out.stderr
+
+
+def test_dev_runs_an_embedded_server_and_a_worker(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dfcore", "dev", "-A", "tests.apps.orders:app",
+         "--data-dir", str(tmp_path / "df")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "DF_NAMESPACE": "devtest"},
+    )
+    try:
+        url = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "export DF_NATS_URL=" in line:
+                url = line.split("DF_NATS_URL=")[1].strip()
+            if "serving" in line:
+                break
+        assert url and url.startswith("nats://127.0.0.1:")
+        app = build_app(nats_url=url, namespace="devtest")
+        assert app.start("order", "dev", 1.0, 1).result(timeout=30)["tracking_id"]
+        run_sync(app._close_sync_client())
+    finally:
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, rest
+    assert (tmp_path / "df" / "nats" / "jetstream").is_dir()
+
+
+def test_demo_runs_the_order_workflow_with_a_retry(tmp_path: Path) -> None:
+    out = df("demo", "--data-dir", str(tmp_path / "demo"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ActivityFailed" in out.stdout and "TimerFired" in out.stdout
+    assert "Result: {'charge_id': 'ch_" in out.stdout

@@ -1,0 +1,42 @@
+"""The public API is exactly what __all__ says (a change here is an API change)."""
+
+import dfcore
+
+
+def test_exported_members() -> None:
+    assert sorted(dfcore.__all__) == sorted(
+        [
+            "ActivityError", "ActivityFunction", "App", "ApplicationError", "CancelledError",
+            "ConfigurationError", "DFConnectionError", "DFError", "EmbeddedServer",
+            "HistoryEvent", "IdentityCodec", "JSONConverter", "NondeterminismError",
+            "PayloadCodec", "PayloadError", "PayloadTooLargeError", "RegistrationError",
+            "RetryPolicy", "SerializationError", "Settings", "Worker",
+            "WorkflowAlreadyStartedError", "WorkflowContext", "WorkflowFailureError",
+            "WorkflowFunction", "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError",
+            "WorkflowStatus", "__version__", "activity",
+        ]
+    )
+    for name in dfcore.__all__:
+        assert hasattr(dfcore, name), name
+
+
+def test_private_modules_are_not_reexported() -> None:
+    public = {n for n in dir(dfcore) if not n.startswith("_")}
+    assert public <= set(dfcore.__all__)
+
+
+def test_core_never_imports_integrations_or_contrib() -> None:
+    import ast
+    from pathlib import Path
+
+    core = Path(dfcore.__file__).parent
+    for path in core.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = ["." * node.level + (node.module or "")]
+            for name in names:
+                assert not name.startswith(("dfcore.integrations", "dfcore.contrib",
+                                            ".integrations", ".contrib")), (path, name)

@@ -1,0 +1,99 @@
+"""Pins the JetStream layout documented in docs/architecture.md."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import nats
+import pytest
+from nats.js import api
+
+from dfcore import App
+from dfcore._naming import Layout, workflow_id_from_token, workflow_token
+
+from .workerkit import WorkerThread
+
+
+def test_names() -> None:
+    lay = Layout("shop")
+    assert lay.history_stream == "DF_shop_HISTORY"
+    assert lay.tasks_stream == "DF_shop_TASKS"
+    assert lay.history_subject("default", "order-42") == "shop.history.default.order-42"
+    assert lay.history_any_queue("order-42") == "shop.history.*.order-42"
+    assert lay.history_filter("gpu") == "shop.history.gpu.*"
+    assert lay.timer_subject("default", "order-42", "3r2") == "shop.timer.default.order-42.3r2"
+    assert lay.task_subject("gpu") == "shop.task.gpu"
+    assert lay.workflow_consumer("gpu") == "wf_gpu"
+    assert lay.activity_consumer("gpu") == "act_gpu"
+
+
+@pytest.mark.parametrize("wid", ["order-42", "a.b c", "ünï/cødé*>", "~tilde"])
+def test_any_workflow_id_maps_to_one_subject_token(wid: str) -> None:
+    token = workflow_token(wid)
+    assert all(ch not in token for ch in ". *>")
+    assert workflow_id_from_token(token) == wid
+
+
+@pytest.fixture
+async def js(nats_url: str) -> Iterator[object]:
+    """A raw JetStream context (closed afterwards)."""
+    nc = await nats.connect(nats_url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+async def test_streams_and_consumers_created_by_a_worker(nats_url: str, namespace: str, js: object) -> None:
+    app = App("layout", nats_url=nats_url, namespace=namespace)
+    with WorkerThread(app, task_queues=["default", "gpu"]):
+        pass
+    hist = await js.stream_info(f"DF_{namespace}_HISTORY")  # type: ignore[attr-defined]
+    assert hist.config.subjects == [f"{namespace}.history.>", f"{namespace}.timer.>"]
+    assert hist.config.retention == api.RetentionPolicy.LIMITS
+    assert hist.config.storage == api.StorageType.FILE
+    assert hist.config.allow_direct and hist.config.allow_msg_schedules
+    tasks = await js.stream_info(f"DF_{namespace}_TASKS")  # type: ignore[attr-defined]
+    assert tasks.config.retention == api.RetentionPolicy.WORK_QUEUE
+    assert tasks.config.subjects == [f"{namespace}.task.>"]
+    for queue in ("default", "gpu"):
+        wf = await js.consumer_info(f"DF_{namespace}_HISTORY", f"wf_{queue}")  # type: ignore[attr-defined]
+        assert wf.config.filter_subject == f"{namespace}.history.{queue}.*"
+        assert wf.config.ack_policy == api.AckPolicy.EXPLICIT
+        act = await js.consumer_info(f"DF_{namespace}_TASKS", f"act_{queue}")  # type: ignore[attr-defined]
+        assert act.config.filter_subject == f"{namespace}.task.{queue}"
+        assert act.config.max_deliver == -1
+
+
+async def test_task_queues_do_not_receive_each_others_tasks(nats_url: str, namespace: str) -> None:
+    import threading
+
+    ran_on: dict[str, str] = {}
+    both = threading.Event()
+
+    def build(queue: str) -> App:
+        app = App("routing", nats_url=nats_url, namespace=namespace)
+
+        @app.activity(name="where", task_queue="gpu")
+        def where_gpu() -> str:
+            ran_on["gpu"] = queue
+            return queue
+
+        @app.activity(name="here")
+        def here() -> str:
+            ran_on["default"] = queue
+            both.set()
+            return queue
+
+        @app.workflow
+        async def route(ctx: object) -> list[str]:
+            return [await ctx.activity(where_gpu), await ctx.activity(here)]  # type: ignore[attr-defined]
+
+        return app
+
+    default_app, gpu_app = build("default"), build("gpu")
+    with WorkerThread(default_app, task_queues=["default"]), WorkerThread(
+        gpu_app, task_queues=["gpu"], workflows=False
+    ):
+        handle = await default_app.astart("route")
+        assert await handle.aresult(timeout=30) == ["gpu", "default"]
+    assert ran_on == {"gpu": "gpu", "default": "default"}
+    await default_app.aclose()

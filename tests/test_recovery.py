@@ -1,0 +1,134 @@
+"""Process-level recovery: real `df worker` processes killed with SIGKILL, and non-determinism."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dfcore import App
+from dfcore._loopthread import run_sync
+
+from .apps.orders import build_app
+from .workerkit import WorkerThread, sigkill, spawn_worker, wait_until
+
+
+@pytest.fixture
+def client(nats_url: str, namespace: str) -> Iterator[App]:
+    """A client-only App on this test's namespace."""
+    app = build_app(nats_url=nats_url, namespace=namespace)
+    yield app
+    run_sync(app._close_sync_client())
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_killed_worker_is_replaced_and_completed_steps_do_not_rerun(
+    client: App, nats_url: str, namespace: str, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.txt"
+    env = {"DF_TEST_SIDE_EFFECTS": str(effects)}
+    first = spawn_worker(nats_url, namespace, env=env, log=tmp_path / "w1.log")
+    try:
+        handle = client.start("order_with_approval", "kill-me", 9.0, workflow_id="restart-1")
+        wait_until(lambda: "charge kill-me" in lines(effects), what="the charge to run")
+        # The charge completed and the workflow waits for its signal: kill the worker outright.
+        wait_until(lambda: any(e.type == "ActivityCompleted" for e in handle.history()),
+                   what="the charge to be recorded")
+    finally:
+        sigkill(first)
+    handle.signal("approve", "ops")
+    second = spawn_worker(nats_url, namespace, env=env, log=tmp_path / "w2.log")
+    try:
+        result = handle.result(timeout=60)
+    finally:
+        second.terminate()
+        second.wait(30)
+    assert result["approved_by"] == "ops"
+    assert [ln for ln in lines(effects) if ln.startswith("charge")] == ["charge kill-me"]
+    assert len([ln for ln in lines(effects) if ln.startswith("ship")]) == 1
+
+
+def test_sigterm_stops_the_worker_gracefully(nats_url: str, namespace: str, tmp_path: Path) -> None:
+    proc = spawn_worker(nats_url, namespace, log=tmp_path / "w.log")
+    wait_until(lambda: "serving" in (tmp_path / "w.log").read_text(errors="replace")
+               if (tmp_path / "w.log").exists() else False, what="the worker to start")
+    proc.terminate()
+    assert proc.wait(30) == 0
+    assert "stopping" in (tmp_path / "w.log").read_text()
+
+
+def test_nondeterminism_is_reported_and_the_fixed_code_continues(
+    nats_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def make(version: int) -> App:
+        app = App("nd", nats_url=nats_url, namespace=namespace)
+
+        @app.activity
+        def charge() -> str:
+            return "ch"
+
+        @app.activity
+        def ship() -> str:
+            return "tr"
+
+        @app.activity
+        def send_email() -> str:
+            return "mail"
+
+        @app.workflow
+        async def flow(ctx: Any) -> list[str]:
+            out = [await ctx.activity(charge)]
+            await ctx.wait_signal("go")
+            out.append(await ctx.activity(ship if version == 1 else send_email))
+            return out
+
+        if version == 2:  # the deploy also changed an earlier step
+            app.workflows["flow"] = app.workflows["flow"]
+        return app
+
+    v1 = make(1)
+    with WorkerThread(v1):
+        handle = v1.start("flow", workflow_id="nd-1")
+        wait_until(lambda: any(e.type == "ActivityCompleted" for e in handle.history()),
+                   what="step 1")
+
+    v2 = _changed_app(nats_url, namespace)
+    caplog.set_level(logging.ERROR, logger="dfcore.worker")
+    with WorkerThread(v2):
+        before = len(handle.history())
+        handle.signal("go")
+        record = wait_until(
+            lambda: next((r for r in caplog.records if "not deterministic" in r.getMessage()), None),
+            what="a NondeterminismError in the worker log",
+        )
+        message = record.getMessage()
+        assert "'nd-1'" in message and "step 1" in message
+        assert "'charge'" in message and "'refund'" in message
+        assert len(handle.history()) == before + 1  # only the signal: no decision was written
+
+    with WorkerThread(v1):  # the fixed (original) code picks it up again
+        assert handle.result(timeout=30) == ["ch", "tr"]
+    run_sync(v1._close_sync_client())
+    run_sync(v2._close_sync_client())
+
+
+def _changed_app(nats_url: str, namespace: str) -> App:
+    app = App("nd", nats_url=nats_url, namespace=namespace)
+
+    @app.activity
+    def refund() -> str:
+        return "rf"
+
+    @app.workflow
+    async def flow(ctx: Any) -> list[str]:
+        await ctx.activity(refund)  # step 1 used to be charge
+        await ctx.wait_signal("go")
+        return []
+
+    return app
