@@ -51,7 +51,7 @@ class Store:
         self.layout = Layout(settings.namespace)
         self.codec = codec
         self.converter = converter or JSONConverter()
-        self._getter = _BatchGetter(nc)
+        self._replies = _Replies(nc)
         self._ensured = False
 
     # -- set-up -----------------------------------------------------------------------------
@@ -62,7 +62,7 @@ class Store:
             return
         for config in self._stream_configs():
             await self._ensure_stream(config)
-        await self._getter.start()
+        await self._replies.start()
         self._ensured = True
 
     def _stream_configs(self) -> list[api.StreamConfig]:
@@ -161,25 +161,32 @@ class Store:
         if status is not None:
             headers[h.HDR_STATUS] = status
         payload = data if data is not None else self.encode(body, f"{body['t']} record")
+        return await self._publish(subject, payload, headers, f"appending to {subject}")
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], doing: str) -> int:
+        """An acked JetStream publish; returns the stream sequence (of the original, if a dup)."""
         try:
-            ack = await self.js.publish(subject, payload, headers=headers)
-        except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise AppendConflict(exc.description or "wrong last sequence") from exc
-            raise _wrap(exc, f"appending to {subject}") from exc
-        except Exception as exc:
-            raise _wrap(exc, f"appending to {subject}") from exc
-        return int(ack.seq)
+            reply = await self._replies.request(subject, payload, headers)
+        except _NoResponders:
+            raise DFError(
+                f"no JetStream stream takes {subject}: the namespace's streams are missing "
+                "(they are created by workers and clients at start-up; was one deleted?)"
+            ) from None
+        ack = orjson.loads(reply.data)
+        error = ack.get("error")
+        if error:
+            if error.get("err_code") == WRONG_LAST_SEQUENCE:
+                raise AppendConflict(error.get("description", "wrong last sequence"))
+            raise DFError(f"JetStream refused {doing}: {error.get('description')} "
+                          f"(code {error.get('err_code')})")
+        return int(ack["seq"])
 
     async def load(self, subject: str, after_seq: int = 0) -> list[h.Record]:
         """Every record on ``subject`` after ``after_seq``, in order; the end is exact."""
         records: list[h.Record] = []
         start = after_seq + 1
         while True:
-            msgs, more = await self._getter.batch(
-                self.layout.history_stream,
-                {"seq": start, "next_by_subj": subject, "batch": 256},
-            )
+            msgs, more = await self._direct_get({"seq": start, "next_by_subj": subject, "batch": 256})
             for msg in msgs:
                 record = self._record_from(msg)
                 if record is not None:
@@ -190,28 +197,38 @@ class Store:
 
     async def last(self, subject: str) -> tuple[str, h.Record] | None:
         """The subject and last record of a history subject (wildcards allowed), or None."""
-        msgs, _ = await self._getter.batch(
-            self.layout.history_stream, {"last_by_subj": subject}, single=True
-        )
-        if not msgs:
+        msg = await self._direct_get({"last_by_subj": subject}, batch=False)
+        status = msg.headers.get("Status") if msg.headers else None
+        if status == "404":
             return None
-        record = self._record_from(msgs[0])
+        if status is not None:
+            raise ConnectionError_(f"JetStream read of {subject} failed with status {status}")
+        record = self._record_from(msg)
         if record is None:
             return None
-        return str(msgs[0].headers["Nats-Subject"]), record  # type: ignore[index]
+        return str(msg.headers["Nats-Subject"]), record  # type: ignore[index]
 
     async def last_many(self, subjects: list[str]) -> list[tuple[str, h.Record]]:
         """The last record of each subject (for listings)."""
         out: list[tuple[str, h.Record]] = []
         for chunk in _chunks(subjects, 200):
-            msgs, _ = await self._getter.batch(
-                self.layout.history_stream, {"multi_last": chunk, "batch": len(chunk)}
-            )
+            msgs, _ = await self._direct_get({"multi_last": chunk, "batch": len(chunk)})
             for msg in msgs:
                 record = self._record_from(msg)
                 if record is not None:
                     out.append((str(msg.headers["Nats-Subject"]), record))  # type: ignore[index]
         return out
+
+    async def _direct_get(self, request: Mapping[str, Any], *, batch: bool = True) -> Any:
+        """A direct get: ``(messages, more_pending)`` for batches, else the reply message."""
+        subject = f"$JS.API.DIRECT.GET.{self.layout.history_stream}"
+        try:
+            result = await self._replies.request(
+                subject, orjson.dumps(request), None, batch=batch
+            )
+        except _NoResponders:
+            raise DFError(f"stream {self.layout.history_stream} does not exist") from None
+        return result
 
     async def history_subjects(self) -> list[str]:
         try:
@@ -237,10 +254,8 @@ class Store:
 
     async def publish_task(self, queue: str, body: Mapping[str, Any], msg_id: str) -> None:
         data = self.encode(body, f"activity task {body.get('activity')!r}")
-        try:
-            await self.js.publish(self.layout.task_subject(queue), data, headers={"Nats-Msg-Id": msg_id})
-        except Exception as exc:
-            raise _wrap(exc, f"publishing a task to queue {queue!r}") from exc
+        subject = self.layout.task_subject(queue)
+        await self._publish(subject, data, {"Nats-Msg-Id": msg_id}, f"publishing a task to {queue!r}")
 
     async def schedule_timer(
         self, queue: str, workflow_id: str, timer_id: str, fire_at_ms: int, history_subject: str
@@ -255,20 +270,24 @@ class Store:
             h.HDR_EVENT: h.TIMER_FIRED,
         }
         subject = self.layout.timer_subject(queue, workflow_id, timer_id)
-        try:
-            await self.js.publish(subject, self.encode(body, "timer"), headers=headers)
-        except Exception as exc:
-            raise _wrap(exc, f"scheduling timer {timer_id}") from exc
+        await self._publish(subject, self.encode(body, "timer"), headers, f"scheduling timer {timer_id}")
 
 
-class _BatchGetter:
-    """Direct-get requests whose replies (several messages ending in an EOB) share one inbox."""
+class _Replies:
+    """Request/reply over one shared inbox subscription, without per-call machinery.
+
+    nats-py's ``request`` (and so ``js.publish``) builds a future, a ``wait_for`` and an API
+    response object per call; on the hot path that is a large share of a worker's CPU. Here
+    a reply is routed by its inbox token to a plain future, and timeouts are loop timers.
+    Direct gets may answer with several messages ending in an end-of-batch status; those are
+    collected until the end.
+    """
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
         self._prefix = ""
         self._ids = itertools.count()
-        self._waiters: dict[str, asyncio.Queue[Msg]] = {}
+        self._waiters: dict[str, _Waiter] = {}
 
     async def start(self) -> None:
         if self._prefix:
@@ -279,49 +298,68 @@ class _BatchGetter:
         await self._nc.flush()
 
     async def _on_msg(self, msg: Msg) -> None:
-        queue = self._waiters.get(msg.subject[len(self._prefix) + 1 :])
-        if queue is not None:
-            queue.put_nowait(msg)
+        waiter = self._waiters.get(msg.subject[len(self._prefix) + 1 :])
+        if waiter is not None:
+            waiter.feed(msg)
 
-    async def batch(
-        self, stream: str, request: Mapping[str, Any], *, single: bool = False, timeout: float = 10.0
-    ) -> tuple[list[Msg], bool]:
-        """Run a direct get; return its messages and whether more are pending."""
+    async def request(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, *,
+        batch: bool = False, timeout: float = 10.0,
+    ) -> Any:
+        """Send and wait: one reply message, or (``batch``) ``(messages, more_pending)``."""
         token = str(next(self._ids))
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._waiters[token] = queue
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), batch)
+        self._waiters[token] = waiter
+        expiry = loop.call_later(timeout, waiter.expire, subject, timeout)
         try:
-            await self._nc.publish(
-                f"$JS.API.DIRECT.GET.{stream}",
-                orjson.dumps(request),
-                reply=f"{self._prefix}.{token}",
-            )
-            return await asyncio.wait_for(self._collect(queue, single), timeout)
-        except asyncio.TimeoutError as exc:
-            raise ConnectionError_(
-                f"JetStream did not answer a read of stream {stream} within {timeout}s; "
-                "is the server up and the stream's leader elected?"
-            ) from exc
+            await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+            return await waiter.future
         finally:
+            expiry.cancel()
             del self._waiters[token]
 
-    @staticmethod
-    async def _collect(queue: asyncio.Queue[Msg], single: bool) -> tuple[list[Msg], bool]:
-        msgs: list[Msg] = []
-        while True:
-            msg = await queue.get()
-            status = (msg.headers or {}).get("Status")
-            if status is None:
-                msgs.append(msg)
-                if single:
-                    return msgs, False
-            elif status == "204":  # end of batch
-                return msgs, int((msg.headers or {}).get("Nats-Num-Pending", 0)) > 0
-            elif status == "404":
-                return msgs, False
+
+class _Waiter:
+    __slots__ = ("batch", "future", "msgs")
+
+    def __init__(self, future: asyncio.Future[Any], batch: bool) -> None:
+        self.future = future
+        self.batch = batch
+        self.msgs: list[Msg] = []
+
+    def feed(self, msg: Msg) -> None:
+        if self.future.done():
+            return
+        status = msg.headers.get("Status") if msg.headers else None
+        if not self.batch:
+            if status == "503":
+                self.future.set_exception(_NoResponders())
             else:
-                desc = (msg.headers or {}).get("Description", "")
-                raise ConnectionError_(f"JetStream direct get failed: {status} {desc}")
+                self.future.set_result(msg)
+        elif status is None:
+            self.msgs.append(msg)
+        elif status == "204":  # end of batch
+            pending = int((msg.headers or {}).get("Nats-Num-Pending", 0))
+            self.future.set_result((self.msgs, pending > 0))
+        elif status == "404":
+            self.future.set_result((self.msgs, False))
+        else:
+            desc = (msg.headers or {}).get("Description", "")
+            self.future.set_exception(ConnectionError_(f"JetStream read failed: {status} {desc}"))
+
+    def expire(self, subject: str, timeout: float) -> None:
+        if not self.future.done():
+            self.future.set_exception(
+                ConnectionError_(
+                    f"no answer from JetStream within {timeout}s ({subject}); is the server up, "
+                    "JetStream enabled, and the stream's leader elected?"
+                )
+            )
+
+
+class _NoResponders(DFError):
+    """Nothing listens on the subject (the stream does not exist)."""
 
 
 def _event_header(body: Mapping[str, Any]) -> str:
