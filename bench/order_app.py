@@ -20,7 +20,9 @@ async def ship_package(charge: dict[str, Any], quantity: int) -> dict[str, Any]:
 
 
 @app.workflow
-async def order(ctx: Any, customer_id: str, product_id: str, amount: float, quantity: int) -> dict[str, Any]:
+async def order(
+    ctx: Any, customer_id: str, product_id: str, amount: float, quantity: int
+) -> dict[str, Any]:
     charge = await ctx.activity(charge_credit_card, customer_id, amount)
     shipped = await ctx.activity(ship_package, charge, quantity)
     return {"charge_id": charge["charge_id"], "tracking_id": shipped["tracking_id"]}

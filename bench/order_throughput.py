@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -63,7 +64,7 @@ async def step_cost(steps: int) -> tuple[float, float]:
     store = await app._client().store()
     _, subject = await handle._locate()
     decisions = [r.ts for r in await store.load(subject) if r.type == DECIDED]
-    gaps = [b - a for a, b in zip(decisions, decisions[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(decisions)]
     window = min(50, len(gaps) // 2)
     return statistics.mean(gaps[:window]), statistics.mean(gaps[-window:])
 
@@ -91,9 +92,22 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(tmp) as server:
         env = {**os.environ, "DF_NATS_URL": server.url, "DF_NAMESPACE": "bench"}
         worker = subprocess.Popen(
-            [sys.executable, "-m", "dfcore", "worker", "-A", "bench.order_app:app", "-l", "WARNING",
-             "-c", "256", "--workflow-concurrency", "512"],
-            cwd=ROOT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "dfcore",
+                "worker",
+                "-A",
+                "bench.order_app:app",
+                "-l",
+                "WARNING",
+                "-c",
+                "256",
+                "--workflow-concurrency",
+                "512",
+            ],
+            cwd=ROOT,
+            env=env,
         )
         app.configure(nats_url=server.url, namespace="bench")
         try:
@@ -106,19 +120,33 @@ async def main(args: argparse.Namespace) -> None:
             worker.wait(60)
             await app.aclose()
         ceil = await ceiling(server.url)
-    print(f"order workflows (2 activities), one worker process, file storage, {os.cpu_count()} cores")
-    print(f"  throughput:  {rate:8.0f} workflows/s   ({args.workflows} started concurrently, "
-          f"{args.in_flight} in flight)")
-    print(f"  latency:     p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   (one at a time, {args.samples} samples)")
-    print(f"  step cost:   steps 1-50 {first:5.2f} ms/step, last 50 of {args.steps} {last:5.2f} ms/step "
-          f"(x{last / first if first else float('nan'):.2f})")
+    print(
+        f"order workflows (2 activities), one worker process, file storage, {os.cpu_count()} cores"
+    )
+    print(
+        f"  throughput:  {rate:8.0f} workflows/s   ({args.workflows} started concurrently, "
+        f"{args.in_flight} in flight)"
+    )
+    print(
+        f"  latency:     p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   "
+        f"(one at a time, {args.samples} samples)"
+    )
+    print(
+        f"  step cost:   steps 1-50 {first:5.2f} ms/step, "
+        f"last 50 of {args.steps} {last:5.2f} ms/step "
+        f"(x{last / first if first else float('nan'):.2f})"
+    )
     print(f"  ceiling:     {ceil:8.0f} acked JetStream publishes/s from one Python process")
-    print(f"  ratio:       {rate / ceil:.4f} workflows per ceiling publish "
-          f"(~1/{ceil / rate:.0f}; an order workflow makes 9 acked appends/publishes)")
+    print(
+        f"  ratio:       {rate / ceil:.4f} workflows per ceiling publish "
+        f"(~1/{ceil / rate:.0f}; an order workflow makes 9 acked appends/publishes)"
+    )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workflows", type=int, default=2000)
     parser.add_argument("--in-flight", type=int, default=500)
     parser.add_argument("--samples", type=int, default=200)

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import os
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._client import Client, IfExists, WorkflowHandle, WorkflowStatus
@@ -69,7 +69,9 @@ class WorkflowFunction(Generic[P, R]):
             self.name,
             args,
             workflow_id=workflow_id,
-            task_queue=check_queue(task_queue or self.definition.task_queue or self.app.settings.task_queue),
+            task_queue=check_queue(
+                task_queue or self.definition.task_queue or self.app.settings.task_queue
+            ),
             if_exists=if_exists,
             execution_timeout=execution_timeout or self.definition.execution_timeout,
             result_hint=self._result_hint,
@@ -137,7 +139,9 @@ class App:
             return await ctx.activity(charge, customer, amount)
     """
 
-    def __init__(self, name: str = "default", *, codec: PayloadCodec | str | None = None, **settings: Any) -> None:
+    def __init__(
+        self, name: str = "default", *, codec: PayloadCodec | str | None = None, **settings: Any
+    ) -> None:
         self.name = name
         self._kwargs = dict(settings)
         if codec is not None:
@@ -190,9 +194,9 @@ class App:
     # -- registration -----------------------------------------------------------------------
 
     @overload
-    def workflow(self, fn: Callable[..., Awaitable[R]], /) -> WorkflowFunction[..., R]: ...
+    def workflow(self, fn: Callable[..., Awaitable[R]]) -> WorkflowFunction[..., R]: ...
     @overload
-    def workflow(self, fn: Callable[..., R], /) -> WorkflowFunction[..., R]: ...
+    def workflow(self, fn: Callable[..., R]) -> WorkflowFunction[..., R]: ...
     @overload
     def workflow(
         self,
@@ -204,7 +208,6 @@ class App:
     def workflow(
         self,
         fn: Callable[..., Any] | None = None,
-        /,
         *,
         name: str | None = None,
         task_queue: str | None = None,
@@ -229,7 +232,7 @@ class App:
         return register(fn) if fn is not None else register
 
     @overload
-    def activity(self, fn: Callable[P, T], /) -> ActivityFunction[P, T]: ...
+    def activity(self, fn: Callable[P, T]) -> ActivityFunction[P, T]: ...
     @overload
     def activity(
         self,
@@ -244,7 +247,6 @@ class App:
     def activity(
         self,
         fn: Callable[..., Any] | None = None,
-        /,
         *,
         name: str | None = None,
         retry: RetryPolicy | None = None,
@@ -321,7 +323,9 @@ class App:
         """A handle to the workflow with this id (whatever its type)."""
         return WorkflowHandle(self, workflow_id)
 
-    async def astart(self, workflow: str | WorkflowFunction[..., Any], *args: Any, **options: Any) -> WorkflowHandle[Any]:
+    async def astart(
+        self, workflow: str | WorkflowFunction[..., Any], *args: Any, **options: Any
+    ) -> WorkflowHandle[Any]:
         """Start a workflow by function or registered name (async)."""
         if isinstance(workflow, WorkflowFunction):
             return await workflow.astart(*args, **options)
@@ -339,7 +343,9 @@ class App:
             result_hint=None,
         )
 
-    def start(self, workflow: str | WorkflowFunction[..., Any], *args: Any, **options: Any) -> WorkflowHandle[Any]:
+    def start(
+        self, workflow: str | WorkflowFunction[..., Any], *args: Any, **options: Any
+    ) -> WorkflowHandle[Any]:
         """Sync twin of :meth:`astart`."""
         return run_sync(self.astart(workflow, *args, **options))
 

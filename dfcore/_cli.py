@@ -7,7 +7,6 @@ Parsers are built by small ``add_*_arguments`` functions so that framework integ
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import os
@@ -50,7 +49,10 @@ def load_app(spec: str | None) -> App:
 
 def add_app_argument(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument(
-        "-A", "--app", required=required, metavar="MODULE[:APP]",
+        "-A",
+        "--app",
+        required=required,
+        metavar="MODULE[:APP]",
         help="the module defining your App (and its workflows and activities)",
     )
 
@@ -58,22 +60,32 @@ def add_app_argument(parser: argparse.ArgumentParser, required: bool = False) ->
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """The worker options, shared by ``df worker`` and the framework commands."""
     parser.add_argument(
-        "-Q", "--queues", metavar="Q1,Q2",
+        "-Q",
+        "--queues",
+        metavar="Q1,Q2",
         help="task queues to serve (default: the app's task_queue setting)",
     )
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--workflows-only", action="store_true", help="serve only workflow tasks")
     only.add_argument("--activities-only", action="store_true", help="serve only activity tasks")
     parser.add_argument(
-        "-c", "--concurrency", type=int, metavar="N",
+        "-c",
+        "--concurrency",
+        type=int,
+        metavar="N",
         help="max activities running at once (default: the activity_concurrency setting)",
     )
     parser.add_argument(
-        "--workflow-concurrency", type=int, metavar="N",
+        "--workflow-concurrency",
+        type=int,
+        metavar="N",
         help="max workflow tasks processed at once (default: the workflow_concurrency setting)",
     )
     parser.add_argument(
-        "--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
         help="on SIGTERM, how long in-flight work may finish before it is handed back",
     )
     parser.add_argument(
@@ -110,8 +122,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     _setup_logging(args.loglevel)
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    server = EmbeddedServer(data / "nats", port=args.port, log_file=str(data / "nats.log"),
-                            kill_with_parent=True)
+    server = EmbeddedServer(
+        data / "nats", port=args.port, log_file=str(data / "nats.log"), kill_with_parent=True
+    )
     server.start()
     os.environ["DF_NATS_URL"] = server.url
     try:
@@ -146,7 +159,9 @@ def cmd_workflow(args: argparse.Namespace) -> int:
         handle.signal(args.name, payload)
         print(f"signal {args.name!r} sent to {args.workflow_id}")
     elif args.action == "result":
-        print(orjson.dumps(handle.result(timeout=args.timeout), option=orjson.OPT_INDENT_2).decode())
+        print(
+            orjson.dumps(handle.result(timeout=args.timeout), option=orjson.OPT_INDENT_2).decode()
+        )
     return 0
 
 
@@ -169,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_app_argument(dev, required=True)
     add_worker_arguments(dev)
     dev.add_argument("--data-dir", default=".df", help="where the server keeps its data (.df)")
-    dev.add_argument("--port", type=int, default=0, help="port for the server (default: a free one)")
+    dev.add_argument(
+        "--port", type=int, default=0, help="port for the server (default: a free one)"
+    )
     dev.set_defaults(func=cmd_dev)
 
     demo = sub.add_parser("demo", help="run the order demo on an embedded server")

@@ -8,8 +8,8 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 from nats.aio.client import Client as NATS
 
@@ -184,9 +184,9 @@ class WorkflowHandle(Generic[R]):
             await store.nc.flush()
             last = await store.last(subject)
             if last is not None and (outcome := self._outcome(last[1])) is not None:
-                return outcome()
+                return cast(R, outcome())
             return await asyncio.wait_for(self._await_end(store, sub), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(
                 f"workflow {self.workflow_id!r} did not finish within {timeout}s "
                 "(it keeps running; call result() again to keep waiting)"
@@ -206,7 +206,7 @@ class WorkflowHandle(Generic[R]):
             record = h.validate_record(0, store.decode(msg.data, "history record"))
             outcome = self._outcome(record)
             if outcome is not None:
-                return outcome()
+                return cast(R, outcome())
 
     def _outcome(self, record: h.Record) -> Any:
         """A thunk returning the result (or raising the failure) if ``record`` ends the run."""
@@ -239,7 +239,7 @@ class WorkflowHandle(Generic[R]):
             raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
         record = last[1]
         status = h.terminal_status(record.commands) or "running"
-        when = datetime.fromtimestamp(record.ts / 1000, tz=timezone.utc) if record.ts else None
+        when = datetime.fromtimestamp(record.ts / 1000, tz=UTC) if record.ts else None
         return WorkflowStatus(self.workflow_id, None, status, when)
 
     def status(self) -> WorkflowStatus:
@@ -257,7 +257,9 @@ class WorkflowHandle(Generic[R]):
 
     # -- interaction ------------------------------------------------------------------------
 
-    async def asignal(self, name: str, payload: Any = None, *, signal_id: str | None = None) -> None:
+    async def asignal(
+        self, name: str, payload: Any = None, *, signal_id: str | None = None
+    ) -> None:
         """Deliver a signal; the workflow receives it with ``await ctx.wait_signal(name)``.
 
         ``signal_id`` makes a retried send idempotent (within the dedup window).

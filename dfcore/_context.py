@@ -8,7 +8,7 @@ import random as _random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar, overload
 
 from ._definitions import ActivityOptions, RetryPolicy
@@ -74,7 +74,7 @@ class WorkflowContext:
             task_queue=i.task_queue,
             namespace=i.namespace,
             attempt=i.attempt,
-            start_time=datetime.fromtimestamp(i.start_time_ms / 1000, tz=timezone.utc),
+            start_time=datetime.fromtimestamp(i.start_time_ms / 1000, tz=UTC),
         )
 
     @property
@@ -142,7 +142,7 @@ class WorkflowContext:
 
     def now(self) -> datetime:
         """The workflow's current time (UTC), as recorded in its history."""
-        return datetime.fromtimestamp(self._run.now_ms / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(self._run.now_ms / 1000, tz=UTC)
 
     def random(self) -> _random.Random:
         """A random generator seeded from the run id: same numbers on replay."""

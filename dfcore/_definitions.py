@@ -93,7 +93,9 @@ class ActivityOptions:
         for key in ("start_to_close", "schedule_to_close", "heartbeat_timeout"):
             value = getattr(self, key)
             if value is not None and value <= 0:
-                raise ConfigurationError(f"activity {name!r}: {key} must be > 0 seconds, got {value}")
+                raise ConfigurationError(
+                    f"activity {name!r}: {key} must be > 0 seconds, got {value}"
+                )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,11 @@ app = App("demo", namespace="demo")
 @app.activity(timeout=10)
 def charge_credit_card(customer_id: str, amount: float) -> dict[str, Any]:
     """Charge the customer (a stand-in for a payment API call)."""
-    return {"charge_id": f"ch_{uuid.uuid4().hex[:10]}", "customer_id": customer_id, "amount": amount}
+    return {
+        "charge_id": f"ch_{uuid.uuid4().hex[:10]}",
+        "customer_id": customer_id,
+        "amount": amount,
+    }
 
 
 @app.activity(timeout=10, retry=RetryPolicy(max_attempts=3, initial_interval=1.0))
@@ -31,11 +35,17 @@ async def ship_package(charge: dict[str, Any], product_id: str, quantity: int) -
     """Ship the order; the first attempt fails as if the carrier's API were down."""
     if activity.info().attempt == 1:
         raise ConnectionError("carrier API unavailable (simulated outage, will be retried)")
-    return {"tracking_id": f"tr_{uuid.uuid4().hex[:10]}", "product_id": product_id, "quantity": quantity}
+    return {
+        "tracking_id": f"tr_{uuid.uuid4().hex[:10]}",
+        "product_id": product_id,
+        "quantity": quantity,
+    }
 
 
 @app.workflow
-async def order(ctx: Any, customer_id: str, product_id: str, amount: float, quantity: int) -> dict[str, Any]:
+async def order(
+    ctx: Any, customer_id: str, product_id: str, amount: float, quantity: int
+) -> dict[str, Any]:
     """Charge the card, then ship the package; return both references."""
     charge = await ctx.activity(charge_credit_card, customer_id, amount)
     shipped = await ctx.activity(ship_package, charge, product_id, quantity)
@@ -65,7 +75,7 @@ async def _run() -> dict[str, Any]:
                 events = await handle.ahistory()
                 for event in events[shown:]:
                     _print_event(event)
-                return await result_task
+                return dict(await result_task)
             await asyncio.wait({result_task}, timeout=0.05)
     finally:
         await worker.stop()
@@ -76,7 +86,9 @@ def main(data_dir: str = ".df/demo") -> int:
     """Run the demo; return a process exit code."""
     path = Path(data_dir)
     path.mkdir(parents=True, exist_ok=True)
-    with EmbeddedServer(path / "nats", log_file=str(path / "nats.log"), kill_with_parent=True) as server:
+    with EmbeddedServer(
+        path / "nats", log_file=str(path / "nats.log"), kill_with_parent=True
+    ) as server:
         print(f"Embedded NATS JetStream at {server.url} (data in {path / 'nats'})")
         app.configure(nats_url=server.url)
         result = asyncio.run(_run())

@@ -97,7 +97,9 @@ class WorkflowRun:
         self._activity_lookup = activity_lookup
         self._now_ms = 0
         self._next_seq = 0
-        self._loop = DeterministicLoop(self._clock, self._start_user_timer, self._loop_error)
+        self._loop = DeterministicLoop(  # type: ignore[abstract]  # I/O methods are unused
+            self._clock, self._start_user_timer, self._loop_error
+        )
         self._main: asyncio.Task[Any] | None = None
         self._cancel_requested = False
         self._activities: dict[int, ActivityCall] = {}
@@ -153,7 +155,7 @@ class WorkflowRun:
             self._main.cancel()
             try:
                 self._loop.run_until_idle()
-            except BaseException:  # noqa: BLE001 - the run is being discarded
+            except BaseException:
                 log.debug("workflow %s: error while unwinding", self.info.workflow_id)
 
     # -- records ----------------------------------------------------------------------------
@@ -479,9 +481,7 @@ class WorkflowRun:
             return  # expected while a run unwinds or is discarded
         if message.startswith("Task was destroyed but it is pending"):
             return  # a parked workflow that was dropped from memory; its history has it all
-        log.warning(
-            "workflow %s: %s", self.info.workflow_id, context.get("message"), exc_info=exc
-        )
+        log.warning("workflow %s: %s", self.info.workflow_id, context.get("message"), exc_info=exc)
 
 
 _FACT_HANDLERS: dict[str, Callable[[WorkflowRun, Mapping[str, Any]], None]] = {
@@ -516,7 +516,7 @@ def _describe(cmd: Mapping[str, Any]) -> str:
         return f"activity {cmd.get('activity')!r} (attempt {cmd.get('attempt')})"
     if kind == h.TIMER_STARTED:
         return f"a {cmd.get('duration')}s timer ({cmd.get('purpose')})"
-    if kind in h.TERMINAL_STATUS:
+    if isinstance(kind, str) and kind in h.TERMINAL_STATUS:
         return f"workflow end ({h.TERMINAL_STATUS[kind]})"
     if kind == h.ACTIVITY_CANCEL_REQUESTED:
         return f"cancellation of activity #{cmd.get('seq')}"

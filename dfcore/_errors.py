@@ -4,14 +4,14 @@ Every exception a user can catch derives from :class:`DFError`::
 
     DFError
     ├── ConfigurationError            a setting is missing or has a bad value
-    ├── ConnectionError_              the NATS server cannot be reached (exported as DFConnectionError)
+    ├── ConnectionError_              NATS cannot be reached (exported as DFConnectionError)
     ├── RegistrationError             a workflow/activity name is unknown or registered twice
     ├── PayloadError
     │   ├── SerializationError        a value cannot be encoded to or decoded from JSON
     │   └── PayloadTooLargeError      an encoded message exceeds the server's max_payload
     ├── WorkflowAlreadyStartedError   start(..., if_exists="fail") found the id in use
     ├── WorkflowNotFoundError         no history exists for a workflow id
-    ├── WorkflowFailureError          handle.result(): the workflow failed, timed out or was cancelled
+    ├── WorkflowFailureError          handle.result(): the run failed, timed out or was cancelled
     ├── NondeterminismError           workflow code no longer matches its recorded history
     ├── ApplicationError              raised by user code to control retries
     └── ActivityError                 an activity failed for good; raised inside the workflow
@@ -112,7 +112,7 @@ class ApplicationError(DFError):
         self,
         message: str,
         *details: Any,
-        type: str | None = None,  # noqa: A002 - mirrors the well-known Temporal signature
+        type: str | None = None,
         non_retryable: bool = False,
         next_retry_delay: float | None = None,
     ) -> None:
@@ -146,7 +146,8 @@ class ActivityError(DFError):
         details: Sequence[Any] = (),
     ) -> None:
         super().__init__(
-            f"activity {activity!r} failed after {attempts} attempt(s): {cause_type}: {cause_message}"
+            f"activity {activity!r} failed after {attempts} attempt(s): "
+            f"{cause_type}: {cause_message}"
         )
         self.activity = activity
         self.cause_type = cause_type

@@ -151,9 +151,12 @@ class HistoryEvent:
             return f"#{a.get('seq')} attempt={a.get('attempt')} -> {_short(a.get('result'))}"
         if self.type == ACTIVITY_FAILED:
             err = a.get("error") or {}
-            return f"#{a.get('seq')} attempt={a.get('attempt')} {err.get('type')}: {err.get('message')}"
+            head = f"#{a.get('seq')} attempt={a.get('attempt')}"
+            return f"{head} {err.get('type')}: {err.get('message')}"
         if self.type in (TIMER_STARTED, TIMER_FIRED):
-            extra = f" {a.get('duration')}s ({a.get('purpose')})" if self.type == TIMER_STARTED else ""
+            extra = (
+                f" {a.get('duration')}s ({a.get('purpose')})" if self.type == TIMER_STARTED else ""
+            )
             return f"timer {a.get('timer')}{extra}"
         if self.type == SIGNAL_RECEIVED:
             return f"{a.get('name')} {_short(a.get('payload'))}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from . import _history as h
 from ._client import WorkflowStatus
@@ -18,7 +18,7 @@ async def list_workflows(store: Store, limit: int = 50) -> list[WorkflowStatus]:
     for subject, record in lasts[:limit]:
         _, workflow_id = store.layout.parse_history_subject(subject)
         status = h.terminal_status(record.commands) or "running"
-        when = datetime.fromtimestamp(record.ts / 1000, tz=timezone.utc) if record.ts else None
+        when = datetime.fromtimestamp(record.ts / 1000, tz=UTC) if record.ts else None
         out.append(WorkflowStatus(workflow_id, None, status, when))
     return out
 
@@ -27,7 +27,7 @@ def render_history(events: list[h.HistoryEvent]) -> str:
     """The event table: seq, time, event type, details (like the Go seed's README)."""
     rows = [("SEQ", "TIME", "EVENT", "DETAILS")]
     for event in events:
-        when = datetime.fromtimestamp(event.time_ms / 1000, tz=timezone.utc)
+        when = datetime.fromtimestamp(event.time_ms / 1000, tz=UTC)
         rows.append(
             (str(event.index), when.strftime("%H:%M:%S.%f")[:-3], event.type, event.summary())
         )

@@ -69,7 +69,7 @@ class EventLoopThread:
         if coro is not None:
             try:
                 asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=5)
-            except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            except Exception:
                 pass
         self._loop.call_soon_threadsafe(self._loop.stop)
 
@@ -96,7 +96,7 @@ def _close_all() -> None:
         for closer in _closers:
             try:
                 await closer()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     SYNC_LOOP.shutdown(close())

@@ -49,7 +49,7 @@ class Layout:
 
     Streams:
         ``DF_<ns>_HISTORY``  limits retention; ``<ns>.history.<queue>.<wf>`` holds each workflow's
-                             records, ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timer schedules.
+                             records; ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timers.
         ``DF_<ns>_TASKS``    work-queue retention; ``<ns>.task.<queue>`` holds activity tasks.
     Consumers:
         ``wf_<queue>``   on HISTORY, filter ``<ns>.history.<queue>.*``: workflow tasks.
@@ -112,5 +112,7 @@ class Layout:
         """``(queue, workflow_id)`` of a history subject."""
         parts = subject.split(".")
         if len(parts) != 4 or parts[0] != self.namespace or parts[1] != "history":
-            raise ValueError(f"{subject!r} is not a history subject of namespace {self.namespace!r}")
+            raise ValueError(
+                f"{subject!r} is not a history subject of namespace {self.namespace!r}"
+            )
         return parts[2], workflow_id_from_token(parts[3])

@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -66,7 +66,9 @@ class Store:
         self._ensured = True
 
     def _stream_configs(self) -> list[api.StreamConfig]:
-        storage = api.StorageType.MEMORY if self.settings.storage == "memory" else api.StorageType.FILE
+        storage = (
+            api.StorageType.MEMORY if self.settings.storage == "memory" else api.StorageType.FILE
+        )
         lay = self.layout
         history = api.StreamConfig(
             name=lay.history_stream,
@@ -105,7 +107,9 @@ class Store:
         except Exception as exc:
             raise _wrap(exc, "creating streams") from exc
 
-    async def ensure_consumer(self, stream: str, name: str, filter_subject: str, ack_wait: float) -> None:
+    async def ensure_consumer(
+        self, stream: str, name: str, filter_subject: str, ack_wait: float
+    ) -> None:
         """Create the durable pull consumer ``name`` if it does not exist."""
         config = api.ConsumerConfig(
             durable_name=name,
@@ -163,7 +167,9 @@ class Store:
         payload = data if data is not None else self.encode(body, f"{body['t']} record")
         return await self._publish(subject, payload, headers, f"appending to {subject}")
 
-    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], doing: str) -> int:
+    async def _publish(
+        self, subject: str, payload: bytes, headers: dict[str, str], doing: str
+    ) -> int:
         """An acked JetStream publish; returns the stream sequence (of the original, if a dup)."""
         try:
             reply = await self._replies.request(subject, payload, headers)
@@ -177,8 +183,10 @@ class Store:
         if error:
             if error.get("err_code") == WRONG_LAST_SEQUENCE:
                 raise AppendConflict(error.get("description", "wrong last sequence"))
-            raise DFError(f"JetStream refused {doing}: {error.get('description')} "
-                          f"(code {error.get('err_code')})")
+            raise DFError(
+                f"JetStream refused {doing}: {error.get('description')} "
+                f"(code {error.get('err_code')})"
+            )
         return int(ack["seq"])
 
     async def load(self, subject: str, after_seq: int = 0) -> list[h.Record]:
@@ -186,14 +194,16 @@ class Store:
         records: list[h.Record] = []
         start = after_seq + 1
         while True:
-            msgs, more = await self._direct_get({"seq": start, "next_by_subj": subject, "batch": 256})
+            msgs, more = await self._direct_get(
+                {"seq": start, "next_by_subj": subject, "batch": 256}
+            )
             for msg in msgs:
                 record = self._record_from(msg)
                 if record is not None:
                     records.append(record)
             if not more or not msgs:
                 return records
-            start = int(msgs[-1].headers["Nats-Sequence"]) + 1  # type: ignore[index]
+            start = int(msgs[-1].headers["Nats-Sequence"]) + 1
 
     async def last(self, subject: str) -> tuple[str, h.Record] | None:
         """The subject and last record of a history subject (wildcards allowed), or None."""
@@ -206,7 +216,7 @@ class Store:
         record = self._record_from(msg)
         if record is None:
             return None
-        return str(msg.headers["Nats-Subject"]), record  # type: ignore[index]
+        return str(msg.headers["Nats-Subject"]), record
 
     async def last_many(self, subjects: list[str]) -> list[tuple[str, h.Record]]:
         """The last record of each subject (for listings)."""
@@ -216,16 +226,14 @@ class Store:
             for msg in msgs:
                 record = self._record_from(msg)
                 if record is not None:
-                    out.append((str(msg.headers["Nats-Subject"]), record))  # type: ignore[index]
+                    out.append((str(msg.headers["Nats-Subject"]), record))
         return out
 
     async def _direct_get(self, request: Mapping[str, Any], *, batch: bool = True) -> Any:
         """A direct get: ``(messages, more_pending)`` for batches, else the reply message."""
         subject = f"$JS.API.DIRECT.GET.{self.layout.history_stream}"
         try:
-            result = await self._replies.request(
-                subject, orjson.dumps(request), None, batch=batch
-            )
+            result = await self._replies.request(subject, orjson.dumps(request), None, batch=batch)
         except _NoResponders:
             raise DFError(f"stream {self.layout.history_stream} does not exist") from None
         return result
@@ -246,8 +254,12 @@ class Store:
             body = self.decode(msg.data, f"history message {seq}")
             return h.validate_record(seq, body)
         except (PayloadError, h.MalformedRecordError) as exc:
-            log.error("skipping unreadable history message %s on %s: %s",
-                      seq, headers.get("Nats-Subject"), exc)
+            log.error(
+                "skipping unreadable history message %s on %s: %s",
+                seq,
+                headers.get("Nats-Subject"),
+                exc,
+            )
             return None
 
     # -- tasks and timers -------------------------------------------------------------------
@@ -255,14 +267,16 @@ class Store:
     async def publish_task(self, queue: str, body: Mapping[str, Any], msg_id: str) -> None:
         data = self.encode(body, f"activity task {body.get('activity')!r}")
         subject = self.layout.task_subject(queue)
-        await self._publish(subject, data, {"Nats-Msg-Id": msg_id}, f"publishing a task to {queue!r}")
+        await self._publish(
+            subject, data, {"Nats-Msg-Id": msg_id}, f"publishing a task to {queue!r}"
+        )
 
     async def schedule_timer(
         self, queue: str, workflow_id: str, timer_id: str, fire_at_ms: int, history_subject: str
     ) -> None:
         """Have the server append a TimerFired record to the history at ``fire_at_ms``."""
         body = {"t": h.TIMER_FIRED, "timer": timer_id, "ts": fire_at_ms}
-        at = datetime.fromtimestamp(fire_at_ms / 1000, tz=timezone.utc)
+        at = datetime.fromtimestamp(fire_at_ms / 1000, tz=UTC)
         headers = {
             "Nats-Schedule": "@at " + at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
             "Nats-Schedule-Target": history_subject,
@@ -270,7 +284,9 @@ class Store:
             h.HDR_EVENT: h.TIMER_FIRED,
         }
         subject = self.layout.timer_subject(queue, workflow_id, timer_id)
-        await self._publish(subject, self.encode(body, "timer"), headers, f"scheduling timer {timer_id}")
+        await self._publish(
+            subject, self.encode(body, "timer"), headers, f"scheduling timer {timer_id}"
+        )
 
 
 class _Replies:
@@ -303,8 +319,13 @@ class _Replies:
             waiter.feed(msg)
 
     async def request(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None, *,
-        batch: bool = False, timeout: float = 10.0,
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        *,
+        batch: bool = False,
+        timeout: float = 10.0,
     ) -> Any:
         """Send and wait: one reply message, or (``batch``) ``(messages, more_pending)``."""
         token = str(next(self._ids))
@@ -313,7 +334,9 @@ class _Replies:
         self._waiters[token] = waiter
         expiry = loop.call_later(timeout, waiter.expire, subject, timeout)
         try:
-            await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+            await self._nc.publish(
+                subject, payload, reply=f"{self._prefix}.{token}", headers=headers
+            )
             return await waiter.future
         finally:
             expiry.cancel()

@@ -96,7 +96,7 @@ async def run_sync_workflow(run: WorkflowRun, fn: Callable[..., Any], args: list
             bridge.finish(fn(sync_ctx, *args), None)
         except _Evicted:
             bridge.finish(None, None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the workflow's task
+        except BaseException as exc:
             bridge.finish(None, exc)
 
     thread = threading.Thread(target=body, name=f"df-wf-{run.info.workflow_id}", daemon=True)

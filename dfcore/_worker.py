@@ -31,7 +31,6 @@ import orjson
 from nats.aio.msg import Msg
 
 from . import _history as h
-from .activity import ActivityInfo, ActivityState, _current
 from ._codec import decode_call_args
 from ._connection import connect
 from ._context import WorkflowContext
@@ -41,6 +40,7 @@ from ._errors import ApplicationError, DFError, NondeterminismError, PayloadErro
 from ._naming import check_queue, workflow_token
 from ._pull import PullConsumer
 from ._store import AppendConflict, Store
+from .activity import ActivityInfo, ActivityState, _current
 
 if TYPE_CHECKING:
     from ._app import App
@@ -107,26 +107,50 @@ class Worker:
         for queue in self.queues:
             if self.serve_workflows:
                 name = lay.workflow_consumer(queue)
-                await store.ensure_consumer(lay.history_stream, name, lay.history_filter(queue), 30.0)
+                await store.ensure_consumer(
+                    lay.history_stream, name, lay.history_filter(queue), 30.0
+                )
                 processor = WorkflowProcessor(self.app, store)
                 self._processors.append(processor)
-                self._pullers.append(PullConsumer(nc, lay.history_stream, name, processor.handle,
-                                                  max_inflight=self.workflow_concurrency))
+                self._pullers.append(
+                    PullConsumer(
+                        nc,
+                        lay.history_stream,
+                        name,
+                        processor.handle,
+                        max_inflight=self.workflow_concurrency,
+                    )
+                )
             if self.serve_activities:
                 name = lay.activity_consumer(queue)
-                await store.ensure_consumer(lay.tasks_stream, name, lay.task_subject(queue),
-                                            settings.activity_ack_wait)
-                runner = self._activity_runner or ActivityRunner(self.app, store, self.activity_concurrency)
+                await store.ensure_consumer(
+                    lay.tasks_stream, name, lay.task_subject(queue), settings.activity_ack_wait
+                )
+                runner = self._activity_runner or ActivityRunner(
+                    self.app, store, self.activity_concurrency
+                )
                 self._activity_runner = runner
-                self._pullers.append(PullConsumer(nc, lay.tasks_stream, name, runner.handle,
-                                                  max_inflight=self.activity_concurrency))
+                self._pullers.append(
+                    PullConsumer(
+                        nc,
+                        lay.tasks_stream,
+                        name,
+                        runner.handle,
+                        max_inflight=self.activity_concurrency,
+                    )
+                )
         if self._activity_runner is not None:
             await self._activity_runner.start()
         for puller in self._pullers:
             await puller.start()
-        log.info("worker for app %r serving %s on queues %s (NATS %s, namespace %r)",
-                 self.app.name, self._what(), ", ".join(self.queues), settings.nats_url,
-                 settings.namespace)
+        log.info(
+            "worker for app %r serving %s on queues %s (NATS %s, namespace %r)",
+            self.app.name,
+            self._what(),
+            ", ".join(self.queues),
+            settings.nats_url,
+            settings.namespace,
+        )
         self.started.set()
 
     def _what(self) -> str:
@@ -186,7 +210,7 @@ class WorkflowProcessor:
     async def handle(self, msg: Msg) -> None:
         try:
             _, workflow_id = self.store.layout.parse_history_subject(msg.subject)
-        except Exception:  # noqa: BLE001 - foreign subject; nothing to do with it
+        except Exception:
             log.error("ignoring message on unexpected subject %r", msg.subject)
             await msg.ack()
             return
@@ -200,7 +224,7 @@ class WorkflowProcessor:
                 log.error("%s", exc)
                 await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
                 return
-            except Exception as exc:  # noqa: BLE001 - keep serving other workflows
+            except Exception as exc:
                 self._drop(workflow_id, entry)
                 log.exception("workflow %s: task failed (%s); will retry", workflow_id, exc)
                 await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
@@ -351,7 +375,9 @@ class ActivityRunner:
 
     async def start(self) -> None:
         nc = self.store.nc
-        self._cancel_sub = await nc.subscribe(self.store.layout.activity_cancel_all, cb=self._on_cancel)
+        self._cancel_sub = await nc.subscribe(
+            self.store.layout.activity_cancel_all, cb=self._on_cancel
+        )
 
     async def stop(self) -> None:
         if self._cancel_sub is not None:
@@ -362,7 +388,7 @@ class ActivityRunner:
         try:
             token = msg.subject.rsplit(".", 1)[1]
             seq = int(orjson.loads(msg.data)["seq"])
-        except Exception:  # noqa: BLE001 - foreign message
+        except Exception:
             return
         from ._naming import workflow_id_from_token
 
@@ -375,8 +401,7 @@ class ActivityRunner:
             task = self.store.decode(msg.data, "activity task")
             info = _task_info(task)
         except (PayloadError, KeyError, TypeError, ValueError) as exc:
-            log.error("dropping malformed activity task %s: %s",
-                      msg.metadata.sequence.stream, exc)
+            log.error("dropping malformed activity task %s: %s", msg.metadata.sequence.stream, exc)
             await msg.term()
             return
         defn = self.app.activities.get(info.activity)
@@ -392,8 +417,13 @@ class ActivityRunner:
             await self.store.append(task["h"], body, msg_id=msg_id)
         except PayloadError as exc:  # the result is too big or not serialisable
             error = {"type": type(exc).__name__, "message": str(exc), "non_retryable": True}
-            failed = {"ts": _now_ms(), "seq": info.seq, "attempt": info.attempt,
-                      "t": h.ACTIVITY_FAILED, "error": error}
+            failed = {
+                "ts": _now_ms(),
+                "seq": info.seq,
+                "attempt": info.attempt,
+                "t": h.ACTIVITY_FAILED,
+                "error": error,
+            }
             await self.store.append(task["h"], failed, msg_id=msg_id[:-1] + "f")
         await msg.ack()
 
@@ -412,13 +442,19 @@ class ActivityRunner:
                 return {"t": h.ACTIVITY_FAILED, "error": timeout, "heartbeat": state.details}
             try:
                 result = job.result()
-            except BaseException as exc:  # noqa: BLE001 - reported to the workflow
-                return {"t": h.ACTIVITY_FAILED, "error": _activity_error(exc), "heartbeat": state.details}
+            except BaseException as exc:
+                return {
+                    "t": h.ACTIVITY_FAILED,
+                    "error": _activity_error(exc),
+                    "heartbeat": state.details,
+                }
             return {"t": h.ACTIVITY_COMPLETED, "result": result}
         finally:
             self.running.pop(key, None)
 
-    def _launch(self, defn: ActivityDefinition, state: ActivityState, args: list[Any]) -> asyncio.Future[Any]:
+    def _launch(
+        self, defn: ActivityDefinition, state: ActivityState, args: list[Any]
+    ) -> asyncio.Future[Any]:
         ctx = contextvars.copy_context()
         ctx.run(_current.set, state)
         loop = asyncio.get_running_loop()
@@ -428,13 +464,16 @@ class ActivityRunner:
             return defn.fn(*call_args)
 
         if defn.is_async:
+
             async def run_async() -> Any:
                 return await call()
 
             return loop.create_task(run_async(), context=ctx)
         return loop.run_in_executor(self.pool, ctx.run, call)
 
-    async def _watch(self, job: asyncio.Future[Any], state: ActivityState, msg: Msg) -> dict[str, Any] | None:
+    async def _watch(
+        self, job: asyncio.Future[Any], state: ActivityState, msg: Msg
+    ) -> dict[str, Any] | None:
         """Wait for the job; keep the task alive in JetStream; enforce timeouts."""
         info = state.info
         started = time.monotonic()
@@ -484,7 +523,11 @@ def _unregistered(info: ActivityInfo) -> dict[str, Any]:
 
 
 def _timeout_error(kind: str, seconds: float | None) -> dict[str, Any]:
-    return {"type": "TimeoutError", "message": f"{kind} timeout of {seconds}s exceeded", "timeout": kind}
+    return {
+        "type": "TimeoutError",
+        "message": f"{kind} timeout of {seconds}s exceeded",
+        "timeout": kind,
+    }
 
 
 def _activity_error(exc: BaseException) -> dict[str, Any]:
@@ -497,5 +540,9 @@ def _activity_error(exc: BaseException) -> dict[str, Any]:
             "details": list(exc.details),
         }
     if isinstance(exc, asyncio.CancelledError):
-        return {"type": "CancelledError", "message": "the activity was cancelled", "non_retryable": True}
+        return {
+            "type": "CancelledError",
+            "message": "the activity was cancelled",
+            "non_retryable": True,
+        }
     return {"type": type(exc).__name__, "message": str(exc)}

@@ -94,7 +94,7 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)
 
-    def create_task(  # type: ignore[override]
+    def create_task(
         self,
         coro: Coroutine[Any, Any, _T] | Generator[Any, None, _T],
         *,
@@ -126,7 +126,7 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
             "workflow code must not use threads; call activities for blocking or I/O work"
         )
 
-    def run_in_executor(self, *args: Any, **kwargs: Any) -> Any:
+    def run_in_executor(self, executor: Any, func: Any, *args: Any) -> Any:  # type: ignore[override]
         raise RuntimeError(
             "workflow code cannot run blocking functions; move the work into an activity "
             "and call it with ctx.activity(...)"

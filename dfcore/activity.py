@@ -68,7 +68,10 @@ def in_activity() -> bool:
 
 
 def info() -> ActivityInfo:
-    """The current attempt's info; ``heartbeat_details`` holds the previous attempt's last details."""
+    """The current attempt's info.
+
+    ``heartbeat_details`` holds the last details the previous attempt reported.
+    """
     return _state().info
 
 

@@ -32,8 +32,14 @@ class History:
         return record
 
     def start(self, workflow: str, *args: Any, **extra: Any) -> h.Record:
-        return self.fact(h.WORKFLOW_STARTED, workflow=workflow, args=list(args),
-                         task_queue="q", run_id="run-1", **extra)
+        return self.fact(
+            h.WORKFLOW_STARTED,
+            workflow=workflow,
+            args=list(args),
+            task_queue="q",
+            run_id="run-1",
+            **extra,
+        )
 
     def decide(self, run: WorkflowRun) -> list[dict[str, Any]]:
         """Apply everything new, append the decision (if any) like a worker does."""

@@ -17,10 +17,17 @@ from .apps.orders import build_app
 from .workerkit import ROOT, WorkerThread
 
 
-def df(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def df(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dfcore", *args], cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=timeout, check=False,
+        [sys.executable, "-m", "dfcore", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -41,8 +48,12 @@ def test_workflow_show_prints_the_event_table(finished: dict[str, str]) -> None:
     header, *rows = out.stdout.splitlines()[1:]
     assert header.split()[:3] == ["SEQ", "TIME", "EVENT"]
     assert [r.split()[2] for r in rows] == [
-        "WorkflowStarted", "ActivityScheduled", "ActivityCompleted",
-        "ActivityScheduled", "ActivityCompleted", "WorkflowCompleted",
+        "WorkflowStarted",
+        "ActivityScheduled",
+        "ActivityCompleted",
+        "ActivityScheduled",
+        "ActivityCompleted",
+        "WorkflowCompleted",
     ]
 
 
@@ -71,16 +82,30 @@ def test_bad_setting_names_the_variable() -> None:
 def test_unreachable_server_says_how_to_start_one() -> None:
     from dfcore._server import free_port
 
-    out = df("workflow", "list", env={"DF_NATS_URL": f"nats://127.0.0.1:{free_port()}",
-                                     "DF_CONNECT_TIMEOUT": "0.5"})
+    out = df(
+        "workflow",
+        "list",
+        env={"DF_NATS_URL": f"nats://127.0.0.1:{free_port()}", "DF_CONNECT_TIMEOUT": "0.5"},
+    )
     assert out.returncode == 1 and "df dev" in out.stderr
 
 
 def test_dev_runs_an_embedded_server_and_a_worker(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dfcore", "dev", "-A", "tests.apps.orders:app",
-         "--data-dir", str(tmp_path / "df")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "dfcore",
+            "dev",
+            "-A",
+            "tests.apps.orders:app",
+            "--data-dir",
+            str(tmp_path / "df"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "DF_NAMESPACE": "devtest"},
     )
     try:

@@ -82,8 +82,10 @@ def test_order_from_sync_client(orders: App, effects: Path, workflow: str) -> No
     types = [e.type for e in handle.history()]
     assert types == [
         "WorkflowStarted",
-        "ActivityScheduled", "ActivityCompleted",
-        "ActivityScheduled", "ActivityCompleted",
+        "ActivityScheduled",
+        "ActivityCompleted",
+        "ActivityScheduled",
+        "ActivityCompleted",
         "WorkflowCompleted",
     ]
     assert sorted(line.split()[0] for line in lines(effects)) == ["charge", "ship"]
@@ -175,7 +177,9 @@ def test_non_retryable_error_is_not_retried(new_app: Any) -> None:
 def test_non_retryable_type_in_policy(new_app: Any) -> None:
     app = new_app()
 
-    @app.activity(retry=RetryPolicy(max_attempts=5, initial_interval=0.01, non_retryable=[KeyError]))
+    @app.activity(
+        retry=RetryPolicy(max_attempts=5, initial_interval=0.01, non_retryable=[KeyError])
+    )
     def lookup() -> None:
         raise KeyError("sku")
 
@@ -183,9 +187,8 @@ def test_non_retryable_type_in_policy(new_app: Any) -> None:
     async def wf(ctx: Any) -> Any:
         await ctx.activity(lookup)
 
-    with WorkerThread(app):
-        with pytest.raises(WorkflowFailureError) as info:
-            app.start("wf").result(timeout=30)
+    with WorkerThread(app), pytest.raises(WorkflowFailureError) as info:
+        app.start("wf").result(timeout=30)
     assert info.value.status == "failed" and info.value.cause_type == "ActivityError"
     assert "KeyError" in info.value.cause_message and "1 attempt" in info.value.cause_message
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from dfcore import _history as h
-from dfcore._errors import ActivityError, NondeterminismError
 from dfcore._definitions import RetryPolicy
+from dfcore._errors import ActivityError, NondeterminismError
 
 from .enginekit import History, kinds
 
@@ -43,7 +43,9 @@ def run_order(hist: History, workflow: str = "order") -> None:
     assert [(c["activity"], c["args"]) for c in cmds] == [("ship", [{"id": "ch_1"}])]
     hist.fact(h.ACTIVITY_COMPLETED, seq=2, attempt=1, result={"tracking": "tr_9"})
     cmds = hist.decide(run)
-    assert cmds == [{"t": h.WORKFLOW_COMPLETED, "result": {"charge_id": "ch_1", "tracking_id": "tr_9"}}]
+    assert cmds == [
+        {"t": h.WORKFLOW_COMPLETED, "result": {"charge_id": "ch_1", "tracking_id": "tr_9"}}
+    ]
     assert run.closed
 
 
@@ -280,8 +282,10 @@ def test_random_and_uuid_are_replay_safe() -> None:
         return replayed[-1]
 
     other = History(wf2)
-    other.records = [h.Record(r.seq, {**r.body, "workflow": "wf2"} if r.seq == 1 else r.body)
-                     for r in hist.records]
+    other.records = [
+        h.Record(r.seq, {**r.body, "workflow": "wf2"} if r.seq == 1 else r.body)
+        for r in hist.records
+    ]
     other.new_run().apply(other.records)
     assert replayed[0] == result
 
@@ -324,3 +328,38 @@ def test_logger_is_silent_during_replay(caplog: pytest.LogCaptureFixture) -> Non
     caplog.clear()
     hist.new_run().apply(hist.records)
     assert caplog.records == []
+
+
+def test_schedule_to_close_fails_the_activity_without_more_retries() -> None:
+    async def wf(ctx: Any) -> Any:
+        try:
+            await ctx.activity(ship, {}, schedule_to_close=10)
+        except ActivityError as exc:
+            return [exc.cause_type, exc.cause_message]
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    cmds = hist.decide(run)
+    assert kinds(cmds) == [h.ACTIVITY_SCHEDULED, h.TIMER_STARTED]
+    assert cmds[1]["purpose"] == "schedule_to_close"
+    hist.fact(h.TIMER_FIRED, timer=cmds[1]["timer"], advance_ms=10_000)
+    assert hist.decide(run)[0]["result"] == ["TimeoutError", "schedule_to_close timeout exceeded"]
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result="late")  # ignored
+    assert hist.decide(run) == []
+
+
+def test_a_retry_that_would_pass_schedule_to_close_is_not_made() -> None:
+    async def wf(ctx: Any) -> Any:
+        policy = RetryPolicy(max_attempts=10, initial_interval=5)
+        try:
+            await ctx.activity(ship, {}, retry=policy, schedule_to_close=3)
+        except ActivityError as exc:
+            return exc.attempts
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    hist.decide(run)
+    hist.fact(h.ACTIVITY_FAILED, seq=1, attempt=1, error={"type": "E", "message": "x"})
+    assert hist.decide(run)[0]["result"] == 1

@@ -6,14 +6,37 @@ import dfcore
 def test_exported_members() -> None:
     assert sorted(dfcore.__all__) == sorted(
         [
-            "ActivityError", "ActivityFunction", "App", "ApplicationError", "CancelledError",
-            "ConfigurationError", "DFConnectionError", "DFError", "EmbeddedServer",
-            "HistoryEvent", "IdentityCodec", "JSONConverter", "NondeterminismError",
-            "PayloadCodec", "PayloadError", "PayloadTooLargeError", "RegistrationError",
-            "RetryPolicy", "SerializationError", "Settings", "Worker",
-            "WorkflowAlreadyStartedError", "WorkflowContext", "WorkflowFailureError",
-            "WorkflowFunction", "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError",
-            "WorkflowStatus", "__version__", "activity",
+            "ActivityError",
+            "ActivityFunction",
+            "App",
+            "ApplicationError",
+            "CancelledError",
+            "ConfigurationError",
+            "DFConnectionError",
+            "DFError",
+            "EmbeddedServer",
+            "HistoryEvent",
+            "IdentityCodec",
+            "JSONConverter",
+            "NondeterminismError",
+            "PayloadCodec",
+            "PayloadError",
+            "PayloadTooLargeError",
+            "RegistrationError",
+            "RetryPolicy",
+            "SerializationError",
+            "Settings",
+            "Worker",
+            "WorkflowAlreadyStartedError",
+            "WorkflowContext",
+            "WorkflowFailureError",
+            "WorkflowFunction",
+            "WorkflowHandle",
+            "WorkflowInfo",
+            "WorkflowNotFoundError",
+            "WorkflowStatus",
+            "__version__",
+            "activity",
         ]
     )
     for name in dfcore.__all__:
@@ -38,5 +61,6 @@ def test_core_never_imports_integrations_or_contrib() -> None:
             elif isinstance(node, ast.ImportFrom):
                 names = ["." * node.level + (node.module or "")]
             for name in names:
-                assert not name.startswith(("dfcore.integrations", "dfcore.contrib",
-                                            ".integrations", ".contrib")), (path, name)
+                assert not name.startswith(
+                    ("dfcore.integrations", "dfcore.contrib", ".integrations", ".contrib")
+                ), (path, name)

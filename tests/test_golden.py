@@ -37,8 +37,9 @@ def replay(records: list[h.Record]) -> WorkflowRun:
     def lookup(ref: Any) -> tuple[str, ActivityOptions, Any]:
         return ref.__name__, ActivityOptions(), None
 
-    run = WorkflowRun("order-golden", {"order": WorkflowDefinition("order", order)}.get,
-                      activity_lookup=lookup)
+    run = WorkflowRun(
+        "order-golden", {"order": WorkflowDefinition("order", order)}.get, activity_lookup=lookup
+    )
     WorkflowContext(run)
     run.apply(records)
     return run

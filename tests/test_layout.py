@@ -42,7 +42,9 @@ async def js(nats_url: str) -> Iterator[object]:
     await nc.close()
 
 
-async def test_streams_and_consumers_created_by_a_worker(nats_url: str, namespace: str, js: object) -> None:
+async def test_streams_and_consumers_created_by_a_worker(
+    nats_url: str, namespace: str, js: object
+) -> None:
     app = App("layout", nats_url=nats_url, namespace=namespace)
     with WorkerThread(app, task_queues=["default", "gpu"]):
         pass
@@ -90,8 +92,9 @@ async def test_task_queues_do_not_receive_each_others_tasks(nats_url: str, names
         return app
 
     default_app, gpu_app = build("default"), build("gpu")
-    with WorkerThread(default_app, task_queues=["default"]), WorkerThread(
-        gpu_app, task_queues=["gpu"], workflows=False
+    with (
+        WorkerThread(default_app, task_queues=["default"]),
+        WorkerThread(gpu_app, task_queues=["gpu"], workflows=False),
     ):
         handle = await default_app.astart("route")
         assert await handle.aresult(timeout=30) == ["gpu", "default"]

@@ -38,8 +38,10 @@ def test_killed_worker_is_replaced_and_completed_steps_do_not_rerun(
         handle = client.start("order_with_approval", "kill-me", 9.0, workflow_id="restart-1")
         wait_until(lambda: "charge kill-me" in lines(effects), what="the charge to run")
         # The charge completed and the workflow waits for its signal: kill the worker outright.
-        wait_until(lambda: any(e.type == "ActivityCompleted" for e in handle.history()),
-                   what="the charge to be recorded")
+        wait_until(
+            lambda: any(e.type == "ActivityCompleted" for e in handle.history()),
+            what="the charge to be recorded",
+        )
     finally:
         sigkill(first)
     handle.signal("approve", "ops")
@@ -56,8 +58,14 @@ def test_killed_worker_is_replaced_and_completed_steps_do_not_rerun(
 
 def test_sigterm_stops_the_worker_gracefully(nats_url: str, namespace: str, tmp_path: Path) -> None:
     proc = spawn_worker(nats_url, namespace, log=tmp_path / "w.log")
-    wait_until(lambda: "serving" in (tmp_path / "w.log").read_text(errors="replace")
-               if (tmp_path / "w.log").exists() else False, what="the worker to start")
+    wait_until(
+        lambda: (
+            "serving" in (tmp_path / "w.log").read_text(errors="replace")
+            if (tmp_path / "w.log").exists()
+            else False
+        ),
+        what="the worker to start",
+    )
     proc.terminate()
     assert proc.wait(30) == 0
     assert "stopping" in (tmp_path / "w.log").read_text()
@@ -95,8 +103,9 @@ def test_nondeterminism_is_reported_and_the_fixed_code_continues(
     v1 = make(1)
     with WorkerThread(v1):
         handle = v1.start("flow", workflow_id="nd-1")
-        wait_until(lambda: any(e.type == "ActivityCompleted" for e in handle.history()),
-                   what="step 1")
+        wait_until(
+            lambda: any(e.type == "ActivityCompleted" for e in handle.history()), what="step 1"
+        )
 
     v2 = _changed_app(nats_url, namespace)
     caplog.set_level(logging.ERROR, logger="dfcore.worker")
@@ -104,7 +113,9 @@ def test_nondeterminism_is_reported_and_the_fixed_code_continues(
         before = len(handle.history())
         handle.signal("go")
         record = wait_until(
-            lambda: next((r for r in caplog.records if "not deterministic" in r.getMessage()), None),
+            lambda: next(
+                (r for r in caplog.records if "not deterministic" in r.getMessage()), None
+            ),
             what="a NondeterminismError in the worker log",
         )
         message = record.getMessage()

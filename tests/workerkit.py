@@ -43,7 +43,7 @@ class WorkerThread:
 
         try:
             asyncio.run(run())
-        except BaseException as exc:  # noqa: BLE001 - surfaced by start()
+        except BaseException as exc:
             self._error = exc
             self._started.set()
 
@@ -65,16 +65,25 @@ class WorkerThread:
         self.stop()
 
 
-def spawn_worker(nats_url: str, namespace: str, *args: str, env: dict[str, str] | None = None,
-                 app: str = "tests.apps.orders:app", log: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    nats_url: str,
+    namespace: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    app: str = "tests.apps.orders:app",
+    log: Path | None = None,
+) -> subprocess.Popen[bytes]:
     """Start ``df worker`` as a real process (kill it with SIGKILL to test recovery)."""
     environ = {**os.environ, "DF_NATS_URL": nats_url, "DF_NAMESPACE": namespace, **(env or {})}
     command = [sys.executable, "-m", "dfcore", "worker", "-A", app, *args]
     if log is None:
-        return subprocess.Popen(command, cwd=ROOT, env=environ, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command, cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def sigkill(proc: subprocess.Popen[bytes]) -> None:

@@ -45,8 +45,11 @@ def build_app(**settings: Any) -> App:
         charge = await ctx.activity(charge_credit_card, customer_id, amount)
         approval = await ctx.wait_signal("approve")
         shipped = await ctx.activity(ship_package, charge, 1)
-        return {"charge_id": charge["charge_id"], "approved_by": approval,
-                "tracking_id": shipped["tracking_id"]}
+        return {
+            "charge_id": charge["charge_id"],
+            "approved_by": approval,
+            "tracking_id": shipped["tracking_id"],
+        }
 
     @app.workflow
     def order_sync(ctx: Any, customer_id: str, amount: float, quantity: int) -> dict[str, Any]:

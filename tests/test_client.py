@@ -1,0 +1,142 @@
+"""Client behaviours: shared connection, codecs, execution timeout, handles by id."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import nats
+import pytest
+
+from dfcore import App, PayloadCodec, WorkflowFailureError
+from dfcore._loopthread import SYNC_LOOP, run_sync
+
+from .workerkit import WorkerThread
+
+
+class Base64Reversed(PayloadCodec):
+    """A stand-in for an encrypting codec: bytes on the wire are not the JSON."""
+
+    def encode(self, data: bytes) -> bytes:
+        return base64.b64encode(data[::-1])
+
+    def decode(self, data: bytes) -> bytes:
+        return base64.b64decode(data)[::-1]
+
+
+@pytest.fixture
+def make_app(nats_url: str, namespace: str) -> Iterator[Any]:
+    """A factory for Apps on this test's namespace (their sync connections closed after)."""
+    apps: list[App] = []
+
+    def make(**settings: Any) -> App:
+        app = App("client", nats_url=nats_url, namespace=namespace, **settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        run_sync(app._close_sync_client())
+
+
+def test_sync_calls_share_one_loop_and_connection(make_app: Any) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def noop(ctx: Any) -> int:
+        return 1
+
+    with WorkerThread(app):
+        for _ in range(3):
+            assert noop.start().result(timeout=30) == 1
+    assert list(app._clients) == [SYNC_LOOP.loop]
+    assert app._clients[SYNC_LOOP.loop].nc is not None
+
+
+async def test_a_custom_codec_transforms_every_stored_byte(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    app = make_app(codec=Base64Reversed())
+
+    @app.activity
+    def secret() -> str:
+        return "the-secret-value"
+
+    @app.workflow
+    async def wf(ctx: Any, word: str) -> str:
+        return word + await ctx.activity(secret)
+
+    with WorkerThread(app):
+        handle = await wf.astart("plain-arg-")
+        assert await handle.aresult(timeout=30) == "plain-arg-the-secret-value"
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    info = await js.stream_info(f"DF_{namespace}_HISTORY")
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            msg = await js.get_msg(f"DF_{namespace}_HISTORY", seq)
+        except Exception:
+            continue
+        assert b"secret" not in msg.data and b"plain-arg" not in msg.data
+    await nc.close()
+    await app.aclose()
+
+
+def test_execution_timeout_fails_the_workflow(make_app: Any) -> None:
+    app = make_app()
+
+    @app.workflow(execution_timeout=0.3)
+    async def forever(ctx: Any) -> None:
+        await ctx.wait_signal("never")
+
+    with WorkerThread(app), pytest.raises(WorkflowFailureError) as info:
+        forever.start().result(timeout=30)
+    assert info.value.status == "timed_out"
+
+
+def test_get_handle_by_id_and_result_after_completion(make_app: Any) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def answer(ctx: Any) -> int:
+        return 42
+
+    with WorkerThread(app):
+        answer.start(workflow_id="the-answer").result(timeout=30)
+    handle = app.get_handle("the-answer")
+    assert handle.result(timeout=5) == 42
+    assert handle.status().status == "completed"
+
+
+def test_result_timeout_says_the_workflow_keeps_running(make_app: Any) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def waits(ctx: Any) -> None:
+        await ctx.wait_signal("go")
+
+    with WorkerThread(app):
+        handle = waits.start()
+        with pytest.raises(TimeoutError, match="keeps running"):
+            handle.result(timeout=0.2)
+        handle.signal("go")
+        assert handle.result(timeout=30) is None
+
+
+async def test_async_worker_entry_point(make_app: Any) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def hello(ctx: Any, name: str) -> str:
+        return f"hello {name}"
+
+    worker = asyncio.ensure_future(app.arun_worker())
+    try:
+        assert await (await hello.astart("ann")).aresult(timeout=30) == "hello ann"
+    finally:
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+        await app.aclose()
