@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._client import Client, IfExists, WorkflowHandle, WorkflowStatus
-from ._codec import IdentityCodec, PayloadCodec, return_hint
+from ._codec import IdentityCodec, PayloadCodec
 from ._config import Settings, load_codec, read_config_object, resolve_settings
+from ._convert import return_hint
 from ._definitions import ActivityDefinition, ActivityOptions, RetryPolicy, WorkflowDefinition
 from ._errors import RegistrationError
 from ._loopthread import on_exit, run_sync

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 from nats.aio.client import Client as NATS
 
 from . import _history as h
-from ._codec import convert
 from ._connection import connect
+from ._convert import convert
 from ._errors import (
     DFError,
     SerializationError,

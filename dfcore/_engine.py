@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _history as h
-from ._codec import convert, decode_call_args, return_hint
+from ._convert import convert, decode_call_args, return_hint
 from ._definitions import ActivityOptions, RetryPolicy, WorkflowDefinition
 from ._errors import ActivityError, ApplicationError, NondeterminismError, RegistrationError
 from ._workflow_loop import DeterministicLoop

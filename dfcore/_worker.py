@@ -31,9 +31,9 @@ import orjson
 from nats.aio.msg import Msg
 
 from . import _history as h
-from ._codec import decode_call_args
 from ._connection import connect
 from ._context import WorkflowContext
+from ._convert import decode_call_args
 from ._definitions import ActivityDefinition
 from ._engine import WorkflowRun
 from ._errors import ApplicationError, DFError, NondeterminismError, PayloadError

@@ -21,12 +21,10 @@ from dfcore._codec import (
     JSONConverter,
     PayloadCodec,
     check_size,
-    convert,
-    decode_call_args,
-    return_hint,
     safe_decode,
     safe_encode,
 )
+from dfcore._convert import convert, decode_call_args, return_hint
 from dfcore._errors import PayloadTooLargeError, SerializationError
 
 
