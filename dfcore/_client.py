@@ -86,6 +86,7 @@ class Client:
             "args": list(args),
             "task_queue": task_queue,
             "run_id": uuid.uuid4().hex,
+            "prev": 0,
         }
         if execution_timeout:
             body["execution_timeout"] = execution_timeout
@@ -265,10 +266,10 @@ class WorkflowHandle(Generic[R]):
         ``signal_id`` makes a retried send idempotent (within the dedup window).
         """
         store, subject = await self._locate()
-        await self._ensure_open(store, subject, "signal")
+        last = await self._ensure_open(store, subject, "signal")
         body = {"t": h.SIGNAL_RECEIVED, "ts": now_ms(), "name": name, "payload": payload}
         msg_id = f"{workflow_token(self.workflow_id)}:signal:{signal_id or uuid.uuid4().hex}"
-        await store.append(subject, body, msg_id=msg_id)
+        await store.append_fact(subject, body, msg_id=msg_id, after_seq=last)
 
     def signal(self, name: str, payload: Any = None, *, signal_id: str | None = None) -> None:
         """Sync twin of :meth:`asignal`."""
@@ -277,17 +278,22 @@ class WorkflowHandle(Generic[R]):
     async def acancel(self, reason: str = "") -> None:
         """Request cancellation: the workflow sees ``CancelledError`` at its next await."""
         store, subject = await self._locate()
-        await self._ensure_open(store, subject, "cancel")
+        last = await self._ensure_open(store, subject, "cancel")
         body = {"t": h.CANCEL_REQUESTED, "ts": now_ms(), "reason": reason}
-        await store.append(subject, body, msg_id=f"{workflow_token(self.workflow_id)}:cancel")
+        msg_id = f"{workflow_token(self.workflow_id)}:cancel"
+        await store.append_fact(subject, body, msg_id=msg_id, after_seq=last)
 
     def cancel(self, reason: str = "") -> None:
         """Sync twin of :meth:`acancel`."""
         run_sync(self.acancel(reason))
 
-    async def _ensure_open(self, store: Store, subject: str, action: str) -> None:
+    async def _ensure_open(self, store: Store, subject: str, action: str) -> int:
+        """The history's last sequence; raises if the workflow already ended."""
         last = await store.last(subject)
-        if last is not None and (status := h.terminal_status(last[1].commands)):
+        if last is None:
+            raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
+        if status := h.terminal_status(last[1].commands):
             raise DFError(
                 f"cannot {action} workflow {self.workflow_id!r}: it already ended ({status})"
             )
+        return last[1].seq

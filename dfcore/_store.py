@@ -167,6 +167,35 @@ class Store:
         payload = data if data is not None else self.encode(body, f"{body['t']} record")
         return await self._publish(subject, payload, headers, f"appending to {subject}")
 
+    async def append_fact(
+        self, subject: str, body: Mapping[str, Any], *, msg_id: str | None, after_seq: int
+    ) -> int:
+        """Append a fact chained to the record it follows.
+
+        The body gains ``prev``, the subject sequence it was appended after, which the server
+        verifies (expected-last-subject-sequence). A workflow worker that already applied
+        ``prev`` then knows there is no gap and skips reading the history back. ``after_seq`` is
+        a guess; on a concurrent append the real last sequence is read and the append retried.
+        """
+        expected = after_seq
+        for _ in range(50):
+            chained = {**body, "prev": expected}
+            try:
+                return await self.append(subject, chained, msg_id=msg_id, expected_seq=expected)
+            except AppendConflict:
+                expected = await self.last_seq(subject)
+        raise DFError(f"could not append to {subject}: it kept changing through 50 retries")
+
+    async def last_seq(self, subject: str) -> int:
+        """The stream sequence of the last record on ``subject`` (0 when there is none)."""
+        msg = await self._direct_get({"last_by_subj": subject}, batch=False)
+        status = msg.headers.get("Status") if msg.headers else None
+        if status == "404":
+            return 0
+        if status is not None:
+            raise ConnectionError_(f"JetStream read of {subject} failed with status {status}")
+        return int(msg.headers["Nats-Sequence"])
+
     async def _publish(
         self, subject: str, payload: bytes, headers: dict[str, str], doing: str
     ) -> int:

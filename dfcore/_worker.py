@@ -284,15 +284,28 @@ class WorkflowProcessor:
             return
         if run is None:
             run = entry.run = self._new_run(workflow_id)
-        await self._catch_up_and_decide(entry, run, seq)
+        await self._catch_up_and_decide(entry, run, seq, self._chained(msg, seq, run.last_seq))
         entry.dispatched.discard(seq)
         if run.closed and not run.pending_commands():
             entry.closed_seq = run.last_seq
             self._drop(workflow_id, entry)
 
-    async def _catch_up_and_decide(self, entry: _Entry, run: WorkflowRun, delivered: int) -> None:
+    def _chained(self, msg: Msg, seq: int, last_seq: int) -> list[h.Record] | None:
+        """The delivered record alone, if it provably follows ``last_seq`` (no gap to read)."""
+        if _is_decision(msg):
+            return None
+        try:
+            record = h.validate_record(seq, self.store.decode(msg.data, "history record"))
+        except (PayloadError, h.MalformedRecordError):
+            return None  # the full read reports it
+        return [record] if record.body.get("prev") == last_seq else None
+
+    async def _catch_up_and_decide(
+        self, entry: _Entry, run: WorkflowRun, delivered: int, known: list[h.Record] | None
+    ) -> None:
         while True:
-            records = await self.store.load(entry.subject, after_seq=run.last_seq)
+            records = known or await self.store.load(entry.subject, after_seq=run.last_seq)
+            known = None
             run.apply(records)
             for record in records:
                 if record.seq == delivered and record.type == h.DECIDED:
@@ -300,7 +313,7 @@ class WorkflowProcessor:
             cmds = run.pending_commands()
             if not cmds:
                 return
-            body = {"t": h.DECIDED, "ts": _now_ms(), "cmds": cmds}
+            body = {"t": h.DECIDED, "ts": _now_ms(), "cmds": cmds, "prev": run.last_seq}
             try:
                 seq = await self.store.append(
                     entry.subject,
@@ -319,11 +332,13 @@ class WorkflowProcessor:
         self, entry: _Entry, run: WorkflowRun, seq: int, cmds: Sequence[Mapping[str, Any]]
     ) -> None:
         """Publish the work a decision implies; idempotent (deterministic message ids)."""
-        jobs = [self._dispatch_one(entry, run, cmd) for cmd in cmds]
+        jobs = [self._dispatch_one(entry, run, seq, cmd) for cmd in cmds]
         await asyncio.gather(*jobs)
         entry.dispatched.add(seq)
 
-    async def _dispatch_one(self, entry: _Entry, run: WorkflowRun, cmd: Mapping[str, Any]) -> None:
+    async def _dispatch_one(
+        self, entry: _Entry, run: WorkflowRun, decision_seq: int, cmd: Mapping[str, Any]
+    ) -> None:
         kind = cmd["t"]
         workflow_id = run.info.workflow_id
         if kind == h.ACTIVITY_SCHEDULED:
@@ -341,6 +356,7 @@ class WorkflowProcessor:
                 "start_to_close": cmd.get("start_to_close"),
                 "heartbeat_timeout": cmd.get("heartbeat_timeout"),
                 "heartbeat": cmd.get("heartbeat"),
+                "dseq": decision_seq,
             }
             msg_id = f"{workflow_token(workflow_id)}:{cmd['seq']}:{cmd['attempt']}"
             await self.store.publish_task(cmd["task_queue"], task, msg_id)
@@ -413,8 +429,9 @@ class ActivityRunner:
         body = {"ts": _now_ms(), "seq": info.seq, "attempt": info.attempt, **outcome}
         kind = "c" if outcome["t"] == h.ACTIVITY_COMPLETED else "f"
         msg_id = f"{workflow_token(info.workflow_id)}:{info.seq}:{info.attempt}:{kind}"
+        after = int(task.get("dseq") or 0)
         try:
-            await self.store.append(task["h"], body, msg_id=msg_id)
+            await self.store.append_fact(task["h"], body, msg_id=msg_id, after_seq=after)
         except PayloadError as exc:  # the result is too big or not serialisable
             error = {"type": type(exc).__name__, "message": str(exc), "non_retryable": True}
             failed = {
@@ -424,7 +441,8 @@ class ActivityRunner:
                 "t": h.ACTIVITY_FAILED,
                 "error": error,
             }
-            await self.store.append(task["h"], failed, msg_id=msg_id[:-1] + "f")
+            failed_id = msg_id[:-1] + "f"
+            await self.store.append_fact(task["h"], failed, msg_id=failed_id, after_seq=after)
         await msg.ack()
 
     async def _run(

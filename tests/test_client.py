@@ -140,3 +140,40 @@ async def test_async_worker_entry_point(make_app: Any) -> None:
         with pytest.raises(asyncio.CancelledError):
             await worker
         await app.aclose()
+
+
+def test_chained_records_spare_the_worker_a_history_read(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dfcore._store import Store
+
+    app = make_app()
+    loads: list[str] = []
+    real_load = Store.load
+
+    async def counting_load(self: Store, subject: str, after_seq: int = 0) -> Any:
+        loads.append(subject)
+        return await real_load(self, subject, after_seq)
+
+    monkeypatch.setattr(Store, "load", counting_load)
+
+    @app.activity
+    def one() -> int:
+        return 1
+
+    @app.workflow
+    async def two_steps(ctx: Any) -> int:
+        return await ctx.activity(one) + await ctx.activity(one)
+
+    with WorkerThread(app):
+        handle = two_steps.start()
+        assert handle.result(timeout=30) == 2
+    assert loads == []  # every record named the one before it: no read-back was needed
+
+    async def records() -> Any:
+        store = await app._client().store()
+        _, subject = await handle._locate()
+        return await store.load(subject)
+
+    chain = run_sync(records())
+    assert [r.body["prev"] for r in chain] == [0] + [r.seq for r in chain[:-1]]
