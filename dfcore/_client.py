@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 from nats.aio.client import Client as NATS
 
 from . import _history as h
-from ._connection import connect
+from ._connection import close_connection, connect
 from ._convert import convert
 from ._errors import (
     DFError,
@@ -64,7 +64,7 @@ class Client:
     async def close(self) -> None:
         if self._store is not None:
             nc, self._store = self._store.nc, None
-            await nc.drain()
+            await close_connection(nc)
 
     async def start(
         self,

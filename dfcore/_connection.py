@@ -67,3 +67,17 @@ async def connect(
     nc.options["max_reconnect_attempts"] = -1
     nc.options["reconnect_time_wait"] = 0.5
     return nc
+
+
+async def close_connection(nc: NATS) -> None:
+    """Drain (finish in-flight work) when connected, else just close; never raise."""
+    try:
+        if nc.is_connected:
+            await nc.drain()
+            return
+    except Exception as exc:
+        log.debug("drain failed (%r); closing", exc)
+    try:
+        await nc.close()
+    except Exception as exc:
+        log.debug("close failed: %r", exc)

@@ -31,7 +31,7 @@ import orjson
 from nats.aio.msg import Msg
 
 from . import _history as h
-from ._connection import connect
+from ._connection import close_connection, connect
 from ._context import WorkflowContext
 from ._convert import decode_call_args
 from ._definitions import ActivityDefinition
@@ -169,7 +169,7 @@ class Worker:
         for processor in self._processors:
             processor.close()
         if self.store is not None:
-            await self.store.nc.drain()
+            await close_connection(self.store.nc)
         self._stopped.set()
 
     async def run(self, *, handle_signals: bool = False, stop: asyncio.Event | None = None) -> None:
