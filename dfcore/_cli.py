@@ -149,7 +149,8 @@ def cmd_workflow(args: argparse.Namespace) -> int:
         return 0
     handle = app.get_handle(args.workflow_id)
     if args.action == "show":
-        print(f"Workflow {args.workflow_id}: {handle.status().status}")
+        status = handle.status()
+        print(f"Workflow {args.workflow_id} ({status.workflow_type}): {status.status}")
         print(render_history(handle.history()))
     elif args.action == "cancel":
         handle.cancel()

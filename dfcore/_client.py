@@ -241,7 +241,9 @@ class WorkflowHandle(Generic[R]):
         record = last[1]
         status = h.terminal_status(record.commands) or "running"
         when = datetime.fromtimestamp(record.ts / 1000, tz=UTC) if record.ts else None
-        return WorkflowStatus(self.workflow_id, None, status, when)
+        first = await store.first(subject)
+        kind = str(first.body.get("workflow")) if first is not None else None
+        return WorkflowStatus(self.workflow_id, kind, status, when)
 
     def status(self) -> WorkflowStatus:
         """Sync twin of :meth:`astatus`."""

@@ -22,12 +22,21 @@ from typing import Any
 from . import _history as h
 from ._convert import convert, decode_call_args, return_hint
 from ._definitions import ActivityOptions, RetryPolicy, WorkflowDefinition
-from ._errors import ActivityError, ApplicationError, NondeterminismError, RegistrationError
+from ._errors import (
+    ActivityError,
+    ApplicationError,
+    NondeterminismError,
+    PayloadError,
+    RegistrationError,
+    SerializationError,
+)
 from ._workflow_loop import DeterministicLoop
 
 log = logging.getLogger("dfcore.engine")
 
 WorkflowResolver = Callable[[str], WorkflowDefinition | None]
+PayloadCheck = Callable[[Any, str], None]
+"""Raises SerializationError or PayloadTooLargeError if a value cannot be sent."""
 
 
 class _Abort(BaseException):
@@ -86,6 +95,7 @@ class WorkflowRun:
         namespace: str = "",
         default_activity_timeout: float = 300.0,
         activity_lookup: Callable[[Any], tuple[str, ActivityOptions, Any]] | None = None,
+        check_payload: PayloadCheck | None = None,
     ) -> None:
         self.info = RunInfo(workflow_id=workflow_id, namespace=namespace)
         self.last_seq = 0
@@ -95,6 +105,7 @@ class WorkflowRun:
         self._resolve_workflow = resolve_workflow
         self._default_timeout = default_activity_timeout
         self._activity_lookup = activity_lookup
+        self._check_payload = check_payload
         self._now_ms = 0
         self._next_seq = 0
         self._loop = DeterministicLoop(  # type: ignore[abstract]  # I/O methods are unused
@@ -278,6 +289,7 @@ class WorkflowRun:
         name, defaults, hint = self._lookup_activity(ref)
         opts = defaults.merged(options)
         opts.validate(name)
+        self._check_args(name, args)
         seq = self._allocate_seq()
         call = ActivityCall(
             seq=seq,
@@ -336,8 +348,28 @@ class WorkflowRun:
             else:
                 self._produce({"t": h.WORKFLOW_FAILED, "error": _error_json(exc)})
         else:
-            self._produce({"t": h.WORKFLOW_COMPLETED, "result": main.result()})
+            self._complete(main.result())
         self.closed = True
+
+    def _check_args(self, name: str, args: Sequence[Any]) -> None:
+        """Fail at the ``ctx.activity`` call, not later in the worker, naming the argument."""
+        if self._check_payload is None:
+            return
+        try:
+            self._check_payload(list(args), f"the arguments of activity {name!r}")
+        except SerializationError:
+            for i, arg in enumerate(args, 1):
+                self._check_payload(arg, f"argument {i} of activity {name!r}")
+            raise
+
+    def _complete(self, result: Any) -> None:
+        if self._check_payload is not None:
+            try:
+                self._check_payload(result, f"the result of workflow {self.info.workflow_type!r}")
+            except PayloadError as exc:
+                self._produce({"t": h.WORKFLOW_FAILED, "error": _error_json(exc)})
+                return
+        self._produce({"t": h.WORKFLOW_COMPLETED, "result": result})
 
     def _time_out_workflow(self) -> None:
         if self.closed:

@@ -247,6 +247,13 @@ class Store:
             return None
         return str(msg.headers["Nats-Subject"]), record
 
+    async def first(self, subject: str) -> h.Record | None:
+        """The first record on ``subject`` (its ``WorkflowStarted``), or None."""
+        msg = await self._direct_get({"seq": 1, "next_by_subj": subject}, batch=False)
+        if msg.headers and msg.headers.get("Status"):
+            return None
+        return self._record_from(msg)
+
     async def last_many(self, subjects: list[str]) -> list[tuple[str, h.Record]]:
         """The last record of each subject (for listings)."""
         out: list[tuple[str, h.Record]] = []

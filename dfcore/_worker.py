@@ -36,7 +36,12 @@ from ._context import WorkflowContext
 from ._convert import decode_call_args
 from ._definitions import ActivityDefinition
 from ._engine import WorkflowRun
-from ._errors import ApplicationError, DFError, NondeterminismError, PayloadError
+from ._errors import (
+    ApplicationError,
+    DFError,
+    NondeterminismError,
+    PayloadError,
+)
 from ._naming import check_queue, workflow_token
 from ._pull import PullConsumer
 from ._store import AppendConflict, Store
@@ -268,9 +273,14 @@ class WorkflowProcessor:
             namespace=settings.namespace,
             default_activity_timeout=settings.default_activity_timeout,
             activity_lookup=self.app.lookup_activity,
+            check_payload=self._check_payload,
         )
         WorkflowContext(run)
         return run
+
+    def _check_payload(self, value: Any, what: str) -> None:
+        """Raise at the workflow's call site if ``value`` cannot be sent."""
+        self.store.encode({"v": value}, what)
 
     async def _process(self, workflow_id: str, entry: _Entry, seq: int, msg: Msg) -> None:
         if seq <= entry.closed_seq:

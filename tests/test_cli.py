@@ -44,7 +44,7 @@ def finished(nats_url: str, namespace: str) -> Iterator[dict[str, str]]:
 def test_workflow_show_prints_the_event_table(finished: dict[str, str]) -> None:
     out = df("workflow", "show", "cli-order", "-A", "tests.apps.orders:app", env=finished)
     assert out.returncode == 0, out.stderr
-    assert "cli-order: completed" in out.stdout
+    assert "cli-order (order): completed" in out.stdout
     header, *rows = out.stdout.splitlines()[1:]
     assert header.split()[:3] == ["SEQ", "TIME", "EVENT"]
     assert [r.split()[2] for r in rows] == [

@@ -108,6 +108,7 @@ def test_get_handle_by_id_and_result_after_completion(make_app: Any) -> None:
     handle = app.get_handle("the-answer")
     assert handle.result(timeout=5) == 42
     assert handle.status().status == "completed"
+    assert handle.status().workflow_type == "answer"
 
 
 def test_result_timeout_says_the_workflow_keeps_running(make_app: Any) -> None:

@@ -409,3 +409,29 @@ def test_unreachable_nats_names_the_url() -> None:
     with pytest.raises(DFConnectionError) as info:
         app.start("anything")
     assert url in str(info.value) and "df dev" in str(info.value)
+
+
+def test_bad_activity_arguments_fail_at_the_call_site(new_app: Any) -> None:
+    app = new_app()
+
+    @app.activity
+    def store(blob: Any) -> None: ...
+
+    @app.workflow
+    async def too_big(ctx: Any) -> str:
+        try:
+            await ctx.activity(store, "x" * 2_000_000)
+        except PayloadTooLargeError as exc:
+            return str(exc)
+        return "sent?"
+
+    @app.workflow
+    async def unserializable(ctx: Any) -> None:
+        await ctx.activity(store, 1, object())
+
+    with WorkerThread(app):
+        assert "max_payload" in app.start("too_big").result(timeout=30)
+        with pytest.raises(WorkflowFailureError) as info:
+            app.start("unserializable").result(timeout=30)
+    assert info.value.cause_type == "SerializationError"
+    assert "argument 2 of activity 'store'" in info.value.cause_message
