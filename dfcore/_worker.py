@@ -522,7 +522,10 @@ class ActivityRunner:
                 return _timeout_error("start_to_close", info.start_to_close)
             if info.heartbeat_timeout and now - state.last_heartbeat >= info.heartbeat_timeout:
                 return _timeout_error("heartbeat", info.heartbeat_timeout)
-            await msg.in_progress()
+            try:
+                await msg.in_progress()  # keeps JetStream from redelivering a live attempt
+            except Exception as exc:
+                log.debug("could not extend %s: %r", info.activity, exc)
 
 
 def _task_info(task: Mapping[str, Any]) -> ActivityInfo:
