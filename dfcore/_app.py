@@ -308,6 +308,10 @@ class App:
             client = self._clients[loop] = Client(self)
         return client
 
+    def _forget_client(self, loop: asyncio.AbstractEventLoop, client: Client) -> None:
+        if self._clients.get(loop) is client:
+            del self._clients[loop]
+
     async def _close_sync_client(self) -> None:
         loop = asyncio.get_running_loop()
         client = self._clients.pop(loop, None)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from . import _history as h
@@ -23,7 +24,7 @@ from ._errors import (
     WorkflowFailureError,
     WorkflowNotFoundError,
 )
-from ._loopthread import run_sync
+from ._loopthread import SYNC_LOOP, run_sync
 from ._naming import workflow_token
 from ._store import AppendConflict, Store
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from ._app import App
 
 R = TypeVar("R")
+_RECHECK_SECONDS = 5.0
 IfExists = Literal["use_existing", "fail"]
 
 
@@ -45,6 +47,7 @@ class Client:
         self.app = app
         self._store: Store | None = None
         self._lock = asyncio.Lock()
+        self._guard: asyncio.Task[None] | None = None
 
     async def store(self) -> Store:
         if self._store is None:
@@ -55,13 +58,39 @@ class Client:
                     store = Store(nc, settings, self.app.codec)
                     await store.ensure()
                     self._store = store
+                    self._watch_loop()
         return self._store
+
+    def _watch_loop(self) -> None:
+        """Close the connection when its event loop shuts down.
+
+        ``asyncio.run`` (and asgiref's ``async_to_sync``) cancel the tasks left on a loop
+        before closing it; this task uses that moment to close the connection, so a loop
+        per call does not leak a connection per call. The sync API's own loop lives as long as
+        the process and is closed at exit.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is SYNC_LOOP.loop:
+            return
+
+        async def guard() -> None:
+            try:
+                await loop.create_future()  # until cancelled
+            except asyncio.CancelledError:
+                self.app._forget_client(loop, self)
+                await self.close()
+                raise
+
+        self._guard = loop.create_task(guard(), name="dfcore-connection-guard")
 
     @property
     def nc(self) -> NATS | None:
         return self._store.nc if self._store else None
 
     async def close(self) -> None:
+        guard, self._guard = self._guard, None
+        if guard is not None and guard is not asyncio.current_task():
+            guard.cancel()
         if self._store is not None:
             nc, self._store = self._store.nc, None
             await close_connection(nc)
@@ -179,14 +208,11 @@ class WorkflowHandle(Generic[R]):
             TimeoutError: it did not finish within ``timeout`` seconds.
         """
         store, subject = await self._locate()
-        sub = await store.nc.subscribe(subject)
+        sub = await store.nc.subscribe(store.layout.status_for(subject))
         try:
             await asyncio.sleep(0)  # let the SUB reach the buffer before the flush
             await store.nc.flush()
-            last = await store.last(subject)
-            if last is not None and (outcome := self._outcome(last[1])) is not None:
-                return cast(R, outcome())
-            return await asyncio.wait_for(self._await_end(store, sub), timeout)
+            return await asyncio.wait_for(self._await_end(store, sub, subject), timeout)
         except TimeoutError:
             raise TimeoutError(
                 f"workflow {self.workflow_id!r} did not finish within {timeout}s "
@@ -199,14 +225,22 @@ class WorkflowHandle(Generic[R]):
         """Sync twin of :meth:`aresult`."""
         return run_sync(self.aresult(timeout))
 
-    async def _await_end(self, store: Store, sub: Any) -> R:
+    async def _await_end(self, store: Store, sub: Any, subject: str) -> R:
+        """Read the outcome; if there is none yet, wait for it to be published.
+
+        The outcome is read again every few seconds: a publish made while this connection
+        was reconnecting is not delivered to the subscription, but it is stored.
+        """
         while True:
-            msg = await sub.next_msg(timeout=None)
-            if h.HDR_STATUS not in (msg.headers or {}):
+            ended = await store.outcome(subject)
+            if ended is not None and (outcome := self._outcome(ended)) is not None:
+                return cast(R, outcome())
+            try:
+                msg = await sub.next_msg(timeout=_RECHECK_SECONDS)
+            except nats.errors.TimeoutError:
                 continue
-            record = h.validate_record(0, store.decode(msg.data, "history record"))
-            outcome = self._outcome(record)
-            if outcome is not None:
+            record = h.validate_record(0, store.decode(msg.data, "workflow outcome"))
+            if (outcome := self._outcome(record)) is not None:
                 return cast(R, outcome())
 
     def _outcome(self, record: h.Record) -> Any:
@@ -239,7 +273,9 @@ class WorkflowHandle(Generic[R]):
         if last is None:
             raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
         record = last[1]
-        status = h.terminal_status(record.commands) or "running"
+        ended = await store.outcome(subject)
+        status = h.terminal_status(ended.commands) if ended is not None else None
+        status = status or "running"
         when = datetime.fromtimestamp(record.ts / 1000, tz=UTC) if record.ts else None
         first = await store.first(subject)
         kind = str(first.body.get("workflow")) if first is not None else None
@@ -294,7 +330,8 @@ class WorkflowHandle(Generic[R]):
         last = await store.last(subject)
         if last is None:
             raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
-        if status := h.terminal_status(last[1].commands):
+        ended = await store.outcome(subject)
+        if ended is not None and (status := h.terminal_status(ended.commands)):
             raise DFError(
                 f"cannot {action} workflow {self.workflow_id!r}: it already ended ({status})"
             )

@@ -16,7 +16,7 @@ import logging
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import _history as h
@@ -140,6 +140,10 @@ class WorkflowRun:
             self.last_seq = record.seq
         self.replaying = False
 
+    def skip_to(self, seq: int) -> None:
+        """Step over records that could not be read (they were reported and are ignored)."""
+        self.last_seq = max(self.last_seq, seq)
+
     def pending_commands(self) -> list[dict[str, Any]]:
         """Commands produced by the code that the history does not hold yet."""
         return list(self._pending)
@@ -149,6 +153,10 @@ class WorkflowRun:
 
     def timer(self, timer_id: str) -> TimerState | None:
         return self._timers.get(timer_id)
+
+    def has_pending_timers(self) -> bool:
+        """Whether any durable timer was started and has not fired."""
+        return any(not t.fired for t in self._timers.values())
 
     @property
     def now_ms(self) -> int:
@@ -191,7 +199,7 @@ class WorkflowRun:
                 self._pending.remove(pending_keys.pop(key))
             else:
                 self._nondeterministic(_step(cmd), _describe(cmd), "nothing at that point")
-        if self._pending and not self.closed:
+        if self._pending and not self.closed and not record.body.get("more"):
             first = self._pending[0]
             self._nondeterministic(_step(first), "no such command", _describe(first))
         self._raise_nondeterminism()
@@ -215,7 +223,11 @@ class WorkflowRun:
         if defn is None:
             self._fail_unregistered(info.workflow_type)
             return
-        args, _ = decode_call_args(defn.fn, list(body.get("args", ())), {}, skip_first=True)
+        try:
+            args, _ = decode_call_args(defn.fn, list(body["args"]), {}, skip_first=True)
+        except SerializationError as exc:
+            self._fail_workflow(exc)
+            return
         info.args = args
         timeout = body.get("execution_timeout") or defn.execution_timeout
         self._main = self._loop.create_task(self._run_workflow(defn, args))
@@ -227,8 +239,12 @@ class WorkflowRun:
         if call is None or call.done:
             return  # a duplicate completion: the first one was used
         call.done = True
-        if not call.future.done():
+        if call.future.done():
+            return
+        try:
             call.future.set_result(convert(body.get("result"), call.result_hint))
+        except SerializationError as exc:
+            call.future.set_exception(exc)
 
     def _apply_activity_failed(self, body: Mapping[str, Any]) -> None:
         call = self._activities.get(int(body["seq"]))
@@ -302,12 +318,33 @@ class WorkflowRun:
             future=self._loop.create_future(),
             first_scheduled_ms=self._now_ms,
         )
+        self._adopt_recorded_options(call)
         self._activities[seq] = call
         call.future.add_done_callback(lambda fut: self._on_activity_future_done(call))
         self._schedule_attempt(call)
-        if opts.schedule_to_close:
-            self._start_timer(f"{seq}s", "schedule_to_close", opts.schedule_to_close, seq=seq)
+        if call.options.schedule_to_close:
+            self._start_timer(
+                f"{seq}s", "schedule_to_close", call.options.schedule_to_close, seq=seq
+            )
         return call.future
+
+    def _adopt_recorded_options(self, call: ActivityCall) -> None:
+        """On replay, retries and timeouts follow what was recorded, not today's code.
+
+        Changing an activity's retry policy or timeouts is then safe for running workflows:
+        attempts already scheduled keep the options they were scheduled with.
+        """
+        recorded = self._recorded_user.get(call.seq)
+        if recorded is None or recorded.get("activity") != call.name:
+            return
+        if isinstance(recorded.get("retry"), Mapping):
+            call.retry = RetryPolicy.from_json(recorded["retry"])
+        call.options = replace(
+            call.options,
+            start_to_close=recorded.get("start_to_close"),
+            schedule_to_close=recorded.get("schedule_to_close"),
+            heartbeat_timeout=recorded.get("heartbeat_timeout"),
+        )
 
     def signal_future(self, name: str) -> asyncio.Future[Any]:
         """A future for the next signal called ``name`` (resolved now if one is buffered)."""
@@ -381,6 +418,11 @@ class WorkflowRun:
             self._main.cancel()
             self._loop.run_until_idle()
 
+    def _fail_workflow(self, exc: BaseException) -> None:
+        """End the workflow with ``exc`` before its code could run."""
+        self._produce({"t": h.WORKFLOW_FAILED, "error": _error_json(exc)})
+        self.closed = True
+
     def _fail_unregistered(self, name: str) -> None:
         error = {
             "type": "RegistrationError",
@@ -415,6 +457,7 @@ class WorkflowRun:
             "task_queue": call.task_queue,
             "start_to_close": opts.start_to_close or self._default_timeout,
             "heartbeat_timeout": opts.heartbeat_timeout,
+            "schedule_to_close": opts.schedule_to_close,
             "retry": call.retry.to_json(),
         }
         if call.heartbeat is not None:

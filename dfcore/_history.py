@@ -93,20 +93,56 @@ class Record:
         return list(self.body.get("cmds", ())) if self.type == DECIDED else []
 
 
+# The fields each record and command must carry, with their JSON types.
+_REQUIRED: Final[Mapping[str, Mapping[str, type | tuple[type, ...]]]] = {
+    WORKFLOW_STARTED: {"workflow": str, "args": list},
+    ACTIVITY_COMPLETED: {"seq": int, "attempt": int},
+    ACTIVITY_FAILED: {"seq": int, "attempt": int},
+    TIMER_FIRED: {"timer": str},
+    SIGNAL_RECEIVED: {"name": str},
+    CANCEL_REQUESTED: {},
+    DECIDED: {"cmds": list},
+    ACTIVITY_SCHEDULED: {"seq": int, "attempt": int, "activity": str, "args": list},
+    ACTIVITY_CANCEL_REQUESTED: {"seq": int},
+    TIMER_STARTED: {"timer": str, "fire_at": int, "purpose": str},
+    WORKFLOW_COMPLETED: {},
+    WORKFLOW_FAILED: {},
+    WORKFLOW_CANCELLED: {},
+    WORKFLOW_TIMED_OUT: {},
+}
+
+
 def validate_record(seq: int, body: Any) -> Record:
-    """Check the shape of a decoded message body and wrap it; raise MalformedRecordError."""
+    """Check the shape of a decoded message body and wrap it; raise MalformedRecordError.
+
+    Everything the engine reads from a record is checked here, so a foreign or corrupt
+    message is rejected whole instead of failing halfway through a replay.
+    """
     if not isinstance(body, Mapping) or not isinstance(body.get("t"), str):
         raise MalformedRecordError(f"message {seq} is not a history record (no type field)")
     kind = body["t"]
     if kind != DECIDED and kind not in FACT_TYPES:
         raise MalformedRecordError(f"message {seq} has unknown record type {kind!r}")
+    _check_fields(seq, body)
     if kind == DECIDED:
-        cmds = body.get("cmds")
-        if not isinstance(cmds, list) or not all(
-            isinstance(c, Mapping) and c.get("t") in COMMAND_TYPES for c in cmds
-        ):
-            raise MalformedRecordError(f"message {seq} is a decision with malformed commands")
+        for cmd in body["cmds"]:
+            if not isinstance(cmd, Mapping) or cmd.get("t") not in COMMAND_TYPES:
+                raise MalformedRecordError(f"message {seq} holds an unknown command")
+            _check_fields(seq, cmd)
     return Record(seq, body)
+
+
+def _check_fields(seq: int, item: Mapping[str, Any]) -> None:
+    for name, kind in _REQUIRED[item["t"]].items():
+        value = item.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise MalformedRecordError(
+                f"message {seq}: {item['t']} needs {name!r} of type {_type_name(kind)}"
+            )
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    return kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
 
 
 def command_key(cmd: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -14,10 +14,14 @@ async def list_workflows(store: Store, limit: int = 50) -> list[WorkflowStatus]:
     subjects = await store.history_subjects()
     lasts = await store.last_many(subjects)
     lasts.sort(key=lambda item: item[1].seq, reverse=True)
+    lasts = lasts[:limit]
+    outcomes = await store.last_many([store.layout.status_for(s) for s, _ in lasts])
+    ended = {store.layout.parse_status_subject(s): r for s, r in outcomes}
     out = []
-    for subject, record in lasts[:limit]:
+    for subject, record in lasts:
         _, workflow_id = store.layout.parse_history_subject(subject)
-        status = h.terminal_status(record.commands) or "running"
+        outcome = ended.get(workflow_id)
+        status = (h.terminal_status(outcome.commands) if outcome else None) or "running"
         when = datetime.fromtimestamp(record.ts / 1000, tz=UTC) if record.ts else None
         out.append(WorkflowStatus(workflow_id, None, status, when))
     return out

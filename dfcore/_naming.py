@@ -49,7 +49,8 @@ class Layout:
 
     Streams:
         ``DF_<ns>_HISTORY``  limits retention; ``<ns>.history.<queue>.<wf>`` holds each workflow's
-                             records; ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timers.
+                             records; ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timers;
+                             ``<ns>.status.<queue>.<wf>`` its final outcome, once it ended.
         ``DF_<ns>_TASKS``    work-queue retention; ``<ns>.task.<queue>`` holds activity tasks.
     Consumers:
         ``wf_<queue>``   on HISTORY, filter ``<ns>.history.<queue>.*``: workflow tasks.
@@ -83,6 +84,24 @@ class Layout:
     def timers_all(self) -> str:
         return f"{self.namespace}.timer.>"
 
+    def timers_of(self, queue: str, workflow_id: str) -> str:
+        return f"{self.namespace}.timer.{queue}.{workflow_token(workflow_id)}.>"
+
+    def status_subject(self, queue: str, workflow_id: str) -> str:
+        return f"{self.namespace}.status.{queue}.{workflow_token(workflow_id)}"
+
+    def status_any_queue(self, workflow_id: str) -> str:
+        return f"{self.namespace}.status.*.{workflow_token(workflow_id)}"
+
+    @property
+    def status_all(self) -> str:
+        return f"{self.namespace}.status.>"
+
+    def status_for(self, history_subject: str) -> str:
+        """The status subject of the workflow whose history is ``history_subject``."""
+        queue, workflow_id = self.parse_history_subject(history_subject)
+        return self.status_subject(queue, workflow_id)
+
     def timer_subject(self, queue: str, workflow_id: str, timer_id: str) -> str:
         return f"{self.namespace}.timer.{queue}.{workflow_token(workflow_id)}.{timer_id}"
 
@@ -107,6 +126,10 @@ class Layout:
     @staticmethod
     def activity_consumer(queue: str) -> str:
         return f"act_{queue}"
+
+    def parse_status_subject(self, subject: str) -> str:
+        """The workflow id of a status subject."""
+        return workflow_id_from_token(subject.rsplit(".", 1)[1])
 
     def parse_history_subject(self, subject: str) -> tuple[str, str]:
         """``(queue, workflow_id)`` of a history subject."""

@@ -72,7 +72,7 @@ class Store:
         lay = self.layout
         history = api.StreamConfig(
             name=lay.history_stream,
-            subjects=[lay.history_all, lay.timers_all],
+            subjects=[lay.history_all, lay.timers_all, lay.status_all],
             retention=api.RetentionPolicy.LIMITS,
             storage=storage,
             num_replicas=self.settings.stream_replicas,
@@ -220,18 +220,25 @@ class Store:
 
     async def load(self, subject: str, after_seq: int = 0) -> list[h.Record]:
         """Every record on ``subject`` after ``after_seq``, in order; the end is exact."""
+        records, _ = await self.read(subject, after_seq)
+        return records
+
+    async def read(self, subject: str, after_seq: int = 0) -> tuple[list[h.Record], int]:
+        """Like :meth:`load`, plus the last sequence read, unreadable messages included."""
         records: list[h.Record] = []
+        seen = after_seq
         start = after_seq + 1
         while True:
             msgs, more = await self._direct_get(
                 {"seq": start, "next_by_subj": subject, "batch": 256}
             )
             for msg in msgs:
+                seen = max(seen, int((msg.headers or {}).get("Nats-Sequence", 0)))
                 record = self._record_from(msg)
                 if record is not None:
                     records.append(record)
             if not more or not msgs:
-                return records
+                return records, seen
             start = int(msgs[-1].headers["Nats-Sequence"]) + 1
 
     async def last(self, subject: str) -> tuple[str, h.Record] | None:
@@ -253,6 +260,37 @@ class Store:
         if msg.headers and msg.headers.get("Status"):
             return None
         return self._record_from(msg)
+
+    async def mark_ended(self, history_subject: str, decision: Mapping[str, Any], seq: int) -> None:
+        """Record a workflow's outcome on its status subject (idempotent)."""
+        lay = self.layout
+        queue, workflow_id = lay.parse_history_subject(history_subject)
+        body = {"t": h.DECIDED, "ts": decision.get("ts", 0), "cmds": decision["cmds"], "seq": seq}
+        status = h.terminal_status(decision["cmds"]) or "ended"
+        headers = {
+            h.HDR_EVENT: _event_header(body),
+            h.HDR_STATUS: status,
+            "Nats-Msg-Id": f"{history_subject}:status",
+        }
+        data = self.encode(body, "workflow outcome")
+        await self._publish(
+            lay.status_subject(queue, workflow_id), data, headers, "recording an outcome"
+        )
+
+    async def outcome(self, history_subject: str) -> h.Record | None:
+        """The decision that ended the workflow, or None while it runs."""
+        found = await self.last(self.layout.status_for(history_subject))
+        return found[1] if found is not None else None
+
+    async def purge_timers(self, history_subject: str) -> None:
+        """Drop an ended workflow's pending timer schedules so they never fire."""
+        queue, workflow_id = self.layout.parse_history_subject(history_subject)
+        request = orjson.dumps({"filter": self.layout.timers_of(queue, workflow_id)})
+        subject = f"$JS.API.STREAM.PURGE.{self.layout.history_stream}"
+        reply = await self._replies.request(subject, request, None)
+        error = orjson.loads(reply.data).get("error")
+        if error:
+            raise DFError(f"JetStream refused to purge timers: {error.get('description')}")
 
     async def last_many(self, subjects: list[str]) -> list[tuple[str, h.Record]]:
         """The last record of each subject (for listings)."""

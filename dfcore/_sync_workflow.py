@@ -30,9 +30,12 @@ class SyncBridge:
         self.result: Any = None
         self.error: BaseException | None = None
         self._answer: tuple[bool, Any] = (True, None)
+        self.evicted = False
 
     # workflow thread side
     def call(self, make_awaitable: Callable[[], Any]) -> Any:
+        if self.evicted:  # the code swallowed the eviction and asks again: unwind again
+            raise _Evicted
         self.request = make_awaitable
         self._to_loop.release()
         self._to_thread.acquire()
@@ -112,6 +115,7 @@ async def run_sync_workflow(run: WorkflowRun, fn: Callable[..., Any], args: list
             value = await bridge.request()
         except BaseException as exc:
             if isinstance(exc, GeneratorExit) or run.evicting:
+                bridge.evicted = True
                 bridge.answer(False, _Evicted())
                 raise
             bridge.answer(False, exc)

@@ -20,10 +20,10 @@ import asyncio
 import contextvars
 import logging
 import signal
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -201,6 +201,11 @@ class _Entry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     dispatched: set[int] = field(default_factory=set)
     closed_seq: int = 0
+    users: int = 0  # handlers holding or waiting for the lock; the cache keeps such entries
+
+
+class _StaleRead(DFError):
+    """A read did not reach the delivered record yet (a lagging replica); try again shortly."""
 
 
 class WorkflowProcessor:
@@ -215,32 +220,45 @@ class WorkflowProcessor:
     async def handle(self, msg: Msg) -> None:
         try:
             _, workflow_id = self.store.layout.parse_history_subject(msg.subject)
-        except Exception:
+        except ValueError:
             log.error("ignoring message on unexpected subject %r", msg.subject)
             await msg.ack()
             return
         seq = msg.metadata.sequence.stream
         entry = self._entry(workflow_id, msg.subject)
-        async with entry.lock:
-            try:
-                await self._process(workflow_id, entry, seq, msg)
-            except NondeterminismError as exc:
-                self._drop(workflow_id, entry)
-                log.error("%s", exc)
-                await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
-                return
-            except Exception as exc:
-                self._drop(workflow_id, entry)
-                log.exception("workflow %s: task failed (%s); will retry", workflow_id, exc)
-                await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
-                return
+        entry.users += 1
+        try:
+            async with entry.lock:
+                if not await self._handle_locked(workflow_id, entry, seq, msg):
+                    return
+        finally:
+            entry.users -= 1
         self._trim()
         await msg.ack()
 
+    async def _handle_locked(self, workflow_id: str, entry: _Entry, seq: int, msg: Msg) -> bool:
+        """Process one record; False when the message was handed back (nak'd)."""
+        try:
+            await self._process(workflow_id, entry, seq, msg)
+        except _StaleRead:
+            await msg.nak(delay=0.2)
+            return False
+        except NondeterminismError as exc:
+            self._drop(entry)
+            log.error("%s", exc)
+            await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
+            return False
+        except Exception as exc:
+            self._drop(entry)
+            log.exception("workflow %s: task failed (%s); will retry", workflow_id, exc)
+            await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
+            return False
+        return True
+
     def close(self) -> None:
         """Release every cached workflow (the worker is stopping)."""
-        for workflow_id, entry in list(self.cache.items()):
-            self._drop(workflow_id, entry)
+        for entry in self.cache.values():
+            self._drop(entry)
         self.cache.clear()
 
     def _entry(self, workflow_id: str, subject: str) -> _Entry:
@@ -251,19 +269,24 @@ class WorkflowProcessor:
             self.cache.move_to_end(workflow_id)
         return entry
 
-    def _drop(self, workflow_id: str, entry: _Entry) -> None:
+    def _drop(self, entry: _Entry) -> None:
         if entry.run is not None:
             entry.run.evict()
         entry.run = None
         entry.dispatched.clear()
 
     def _trim(self) -> None:
-        while len(self.cache) > self.capacity:
-            workflow_id, entry = next(iter(self.cache.items()))
-            if entry.lock.locked():
+        """Evict least recently used workflows that no handler is using."""
+        excess = len(self.cache) - self.capacity
+        for workflow_id in list(self.cache)[: max(excess, 0) * 2]:
+            if excess <= 0:
                 break
-            self._drop(workflow_id, entry)
+            entry = self.cache[workflow_id]
+            if entry.users:
+                continue
+            self._drop(entry)
             del self.cache[workflow_id]
+            excess -= 1
 
     def _new_run(self, workflow_id: str) -> WorkflowRun:
         settings = self.app.settings
@@ -283,13 +306,13 @@ class WorkflowProcessor:
         self.store.encode({"v": value}, what)
 
     async def _process(self, workflow_id: str, entry: _Entry, seq: int, msg: Msg) -> None:
-        if seq <= entry.closed_seq:
-            return
         run = entry.run
-        if run is not None and run.last_seq >= seq:
+        if seq <= entry.closed_seq or (run is not None and run.last_seq >= seq):
+            # Already applied. A decision may still owe its work (its writer died before
+            # publishing it): publish it now, idempotently.
             if seq not in entry.dispatched and _is_decision(msg):
                 record = h.validate_record(seq, self.store.decode(msg.data, "decision"))
-                await self._dispatch(entry, run, seq, record.commands)
+                await self._dispatch(entry, run, record)
             entry.dispatched.discard(seq)
             return
         if run is None:
@@ -298,7 +321,7 @@ class WorkflowProcessor:
         entry.dispatched.discard(seq)
         if run.closed and not run.pending_commands():
             entry.closed_seq = run.last_seq
-            self._drop(workflow_id, entry)
+            self._drop(entry)
 
     def _chained(self, msg: Msg, seq: int, last_seq: int) -> list[h.Record] | None:
         """The delivered record alone, if it provably follows ``last_seq`` (no gap to read)."""
@@ -314,45 +337,82 @@ class WorkflowProcessor:
         self, entry: _Entry, run: WorkflowRun, delivered: int, known: list[h.Record] | None
     ) -> None:
         while True:
-            records = known or await self.store.load(entry.subject, after_seq=run.last_seq)
+            if known is not None:
+                records, seen = known, delivered
+            else:
+                records, seen = await self.store.read(entry.subject, after_seq=run.last_seq)
             known = None
             run.apply(records)
+            run.skip_to(seen)
+            if run.last_seq < delivered:
+                raise _StaleRead(f"read of {entry.subject} ended before {delivered}")
             for record in records:
                 if record.seq == delivered and record.type == h.DECIDED:
-                    await self._dispatch(entry, run, record.seq, record.commands)
-            cmds = run.pending_commands()
-            if not cmds:
+                    await self._dispatch(entry, run, record)
+            if await self._decide(entry, run):
                 return
-            body = {"t": h.DECIDED, "ts": _now_ms(), "cmds": cmds, "prev": run.last_seq}
+
+    async def _decide(self, entry: _Entry, run: WorkflowRun) -> bool:
+        """Append the pending commands (split if too big); False if someone appended first."""
+        for part, more in self._parts(run.pending_commands()):
+            body: dict[str, Any] = {
+                "t": h.DECIDED,
+                "ts": _now_ms(),
+                "cmds": part,
+                "prev": run.last_seq,
+            }
+            if more:
+                body["more"] = True
             try:
                 seq = await self.store.append(
                     entry.subject,
                     body,
                     msg_id=f"{workflow_token(run.info.workflow_id)}:d:{run.last_seq}",
                     expected_seq=run.last_seq,
-                    status=h.terminal_status(cmds),
+                    status=h.terminal_status(part),
                 )
             except AppendConflict:
-                continue  # someone appended first: read what they wrote and decide again
-            run.apply([h.Record(seq, body)])
-            await self._dispatch(entry, run, seq, cmds)
-            return
+                return False  # read what was appended and decide again
+            record = h.Record(seq, body)
+            run.apply([record])
+            await self._dispatch(entry, run, record)
+        return True
 
-    async def _dispatch(
-        self, entry: _Entry, run: WorkflowRun, seq: int, cmds: Sequence[Mapping[str, Any]]
-    ) -> None:
+    def _parts(self, cmds: list[dict[str, Any]]) -> list[tuple[list[dict[str, Any]], bool]]:
+        """The commands as one decision, or as several when one would exceed max_payload."""
+        if not cmds:
+            return []
+        limit = int(self.store.nc.max_payload * 0.8)
+        sizes = [len(self.store.encode({"c": cmd}, "a command")) for cmd in cmds]
+        if sum(sizes) <= limit:
+            return [(cmds, False)]
+        parts: list[list[dict[str, Any]]] = [[]]
+        used = 0
+        for cmd, size in zip(cmds, sizes):
+            if parts[-1] and used + size > limit:
+                parts.append([])
+                used = 0
+            parts[-1].append(cmd)
+            used += size
+        return [(part, i < len(parts) - 1) for i, part in enumerate(parts)]
+
+    async def _dispatch(self, entry: _Entry, run: WorkflowRun | None, record: h.Record) -> None:
         """Publish the work a decision implies; idempotent (deterministic message ids)."""
-        jobs = [self._dispatch_one(entry, run, seq, cmd) for cmd in cmds]
-        await asyncio.gather(*jobs)
-        entry.dispatched.add(seq)
+        cmds = record.commands
+        await asyncio.gather(*(self._dispatch_one(entry, run, record.seq, c) for c in cmds))
+        if h.terminal_status(cmds):
+            await self.store.mark_ended(entry.subject, record.body, record.seq)
+            if run is None or run.has_pending_timers():
+                await self.store.purge_timers(entry.subject)
+        entry.dispatched.add(record.seq)
 
     async def _dispatch_one(
-        self, entry: _Entry, run: WorkflowRun, decision_seq: int, cmd: Mapping[str, Any]
+        self, entry: _Entry, run: WorkflowRun | None, decision_seq: int, cmd: Mapping[str, Any]
     ) -> None:
         kind = cmd["t"]
-        workflow_id = run.info.workflow_id
+        workflow_id = self.store.layout.parse_history_subject(entry.subject)[1]
         if kind == h.ACTIVITY_SCHEDULED:
-            call = run.activity(int(cmd["seq"]))
+            call = run.activity(int(cmd["seq"])) if run is not None else None
             if call is not None and (call.done or call.attempt != cmd["attempt"]):
                 return
             task = {
@@ -371,8 +431,8 @@ class WorkflowProcessor:
             msg_id = f"{workflow_token(workflow_id)}:{cmd['seq']}:{cmd['attempt']}"
             await self.store.publish_task(cmd["task_queue"], task, msg_id)
         elif kind == h.TIMER_STARTED:
-            timer = run.timer(str(cmd["timer"]))
-            if timer is not None and timer.fired:
+            timer = run.timer(str(cmd["timer"])) if run is not None else None
+            if (timer is not None and timer.fired) or (run is not None and run.closed):
                 return
             queue = self.store.layout.parse_history_subject(entry.subject)[0]
             await self.store.schedule_timer(
@@ -394,7 +454,6 @@ class ActivityRunner:
     def __init__(self, app: App, store: Store, concurrency: int) -> None:
         self.app = app
         self.store = store
-        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="df-activity")
         self.ack_wait = app.settings.activity_ack_wait
         self.running: dict[tuple[str, int], ActivityState] = {}
         self._cancel_sub: Any = None
@@ -408,7 +467,6 @@ class ActivityRunner:
     async def stop(self) -> None:
         if self._cancel_sub is not None:
             await self._cancel_sub.unsubscribe()
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
@@ -431,9 +489,11 @@ class ActivityRunner:
             await msg.term()
             return
         defn = self.app.activities.get(info.activity)
+        outcome: dict[str, Any]
         if defn is None:
-            error = _unregistered(info)
-            outcome: dict[str, Any] = {"t": h.ACTIVITY_FAILED, "error": error}
+            outcome = {"t": h.ACTIVITY_FAILED, "error": _unregistered(info)}
+        elif msg.metadata.num_delivered > 1:
+            outcome = {"t": h.ACTIVITY_FAILED, "error": _worker_lost(info)}
         else:
             outcome = await self._run(defn, info, task.get("args") or [], msg)
         body = {"ts": _now_ms(), "seq": info.seq, "attempt": info.attempt, **outcome}
@@ -497,7 +557,7 @@ class ActivityRunner:
                 return await call()
 
             return loop.create_task(run_async(), context=ctx)
-        return loop.run_in_executor(self.pool, ctx.run, call)
+        return _run_in_thread(loop, f"df-activity-{defn.name}", lambda: ctx.run(call))
 
     async def _watch(
         self, job: asyncio.Future[Any], state: ActivityState, msg: Msg
@@ -549,8 +609,55 @@ def _unregistered(info: ActivityInfo) -> dict[str, Any]:
             f"{info.task_queue!r}; register it with @app.activity in a module those workers "
             "import, or route the call with task_queue= to workers that have it"
         ),
-        "non_retryable": True,
+    }  # retryable: during a rolling deploy, a worker that has it may take the next attempt
+
+
+def _worker_lost(info: ActivityInfo) -> dict[str, Any]:
+    """The failure recorded for an attempt whose worker vanished without reporting.
+
+    Counting it as a failed attempt lets the retry policy (and its max_attempts) apply, so an
+    activity that crashes its worker cannot crash every worker of the queue in turn.
+    """
+    return {
+        "type": "WorkerLost",
+        "message": (
+            f"attempt {info.attempt} was taken by a worker that stopped before reporting "
+            "(killed, crashed or disconnected); retried according to the retry policy"
+        ),
     }
+
+
+def _run_in_thread(
+    loop: asyncio.AbstractEventLoop, name: str, fn: Callable[[], Any]
+) -> asyncio.Future[Any]:
+    """Run a sync activity on its own thread.
+
+    A thread per attempt, not a fixed pool: an attempt abandoned after its timeout keeps its
+    thread (threads cannot be killed), and must not keep later attempts from starting.
+    Concurrency is bounded by the consumer's in-flight limit.
+    """
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def body() -> None:
+        try:
+            result: tuple[bool, Any] = (True, fn())
+        except BaseException as exc:
+            result = (False, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *result)
+        except RuntimeError:
+            pass  # the worker's loop is gone (shutdown): nobody waits for this attempt
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+    return future
 
 
 def _timeout_error(kind: str, seconds: float | None) -> dict[str, Any]:

@@ -178,3 +178,22 @@ def test_chained_records_spare_the_worker_a_history_read(
 
     chain = run_sync(records())
     assert [r.body["prev"] for r in chain] == [0] + [r.seq for r in chain[:-1]]
+
+
+def test_a_loop_per_call_does_not_leak_connections(make_app: Any) -> None:
+    import os
+
+    app = make_app()
+
+    async def start_one(n: int) -> str:
+        return (await app.astart("nothing_runs_it", n)).workflow_id
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    asyncio.run(start_one(0))  # warm-up: imports, the sync loop's thread
+    before = open_fds()
+    ids = [asyncio.run(start_one(n)) for n in range(1, 11)]
+    assert len(set(ids)) == 10
+    assert open_fds() <= before + 2  # not one socket per loop
+    assert not [loop for loop in app._clients if loop.is_closed()]

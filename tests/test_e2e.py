@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -377,7 +378,9 @@ def test_unregistered_activity_fails_clearly(new_app: Any) -> None:
 
     @app.workflow
     async def uses_missing(ctx: Any) -> None:
-        await ctx.activity("missing_activity")
+        await ctx.activity(
+            "missing_activity", retry=RetryPolicy(max_attempts=2, initial_interval=0)
+        )
 
     with WorkerThread(app):
         with pytest.raises(WorkflowFailureError) as info:
@@ -435,3 +438,29 @@ def test_bad_activity_arguments_fail_at_the_call_site(new_app: Any) -> None:
             app.start("unserializable").result(timeout=30)
     assert info.value.cause_type == "SerializationError"
     assert "argument 2 of activity 'store'" in info.value.cause_message
+
+
+def test_abandoned_sync_activities_do_not_starve_later_ones(new_app: Any) -> None:
+    app = new_app(activity_concurrency=2)
+    release = threading.Event()
+
+    @app.activity(timeout=0.2, retry=RetryPolicy(max_attempts=1))
+    def hang() -> None:
+        release.wait(30)  # ignores its timeout: the thread stays busy
+
+    @app.activity(timeout=5)
+    def quick() -> str:
+        return "ran"
+
+    @app.workflow
+    async def wf(ctx: Any) -> str:
+        for _ in range(2):  # as many hung threads as the worker runs activities at once
+            with contextlib.suppress(ActivityError):
+                await ctx.activity(hang)
+        return await ctx.activity(quick)
+
+    try:
+        with WorkerThread(app):
+            assert app.start("wf").result(timeout=30) == "ran"
+    finally:
+        release.set()

@@ -363,3 +363,83 @@ def test_a_retry_that_would_pass_schedule_to_close_is_not_made() -> None:
     hist.decide(run)
     hist.fact(h.ACTIVITY_FAILED, seq=1, attempt=1, error={"type": "E", "message": "x"})
     assert hist.decide(run)[0]["result"] == 1
+
+
+def _retrying(policy: RetryPolicy, schedule_to_close: float | None = None) -> Any:
+    async def wf(ctx: Any) -> Any:
+        return await ctx.activity(ship, {}, retry=policy, schedule_to_close=schedule_to_close)
+
+    return wf
+
+
+def test_changing_retry_options_is_safe_for_running_workflows() -> None:
+    hist = History(_retrying(RetryPolicy(max_attempts=5, initial_interval=5)))
+    run = hist.new_run()
+    hist.start("wf")
+    hist.decide(run)
+    hist.fact(h.ACTIVITY_FAILED, seq=1, attempt=1, error={"type": "E", "message": "x"})
+    assert hist.decide(run)[0]["duration"] == 5.0  # waiting between attempts now
+    # a deploy changes the policy and adds a schedule-to-close timeout
+    changed = History(_retrying(RetryPolicy(max_attempts=1, initial_interval=0), 60))
+    fresh = changed.new_run()
+    fresh.apply(hist.records)  # no NondeterminismError
+    assert fresh.pending_commands() == []
+    assert fresh.activity(1).retry.max_attempts == 5  # type: ignore[union-attr]
+
+
+def test_start_arguments_of_the_wrong_type_fail_the_workflow() -> None:
+    async def typed(ctx: Any, n: int) -> int:
+        return n
+
+    hist = History(typed)
+    run = hist.new_run()
+    hist.start("typed", "seven")
+    cmds = hist.decide(run)
+    assert kinds(cmds) == [h.WORKFLOW_FAILED]
+    assert cmds[0]["error"]["type"] == "SerializationError"
+    assert "'n'" in cmds[0]["error"]["message"]
+
+
+def test_a_result_of_the_wrong_type_raises_at_the_await() -> None:
+    def count() -> int: ...
+
+    async def wf(ctx: Any) -> Any:
+        try:
+            await ctx.activity(count)
+        except Exception as exc:
+            return type(exc).__name__
+
+    def lookup(ref: Any) -> Any:
+        from dfcore._definitions import ActivityOptions
+
+        return "count", ActivityOptions(), int
+
+    hist = History(wf)
+    run = hist.new_run()
+    run._activity_lookup = lookup
+    hist.start("wf")
+    hist.decide(run)
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result="many")
+    assert hist.decide(run)[0]["result"] == "SerializationError"
+
+
+def test_a_decision_split_over_several_records_replays() -> None:
+    async def fan_out(ctx: Any) -> Any:
+        return await ctx.gather(*(ctx.activity(charge, str(i), 1.0) for i in range(4)))
+
+    hist = History(fan_out)
+    run = hist.new_run()
+    hist.start("fan_out")
+    run.apply(hist.records)
+    cmds = run.pending_commands()
+    for i, part in enumerate((cmds[:2], cmds[2:])):  # as a worker does when it is too big
+        body: dict[str, Any] = {"t": h.DECIDED, "ts": hist.ts, "cmds": part}
+        if i == 0:
+            body["more"] = True
+        record = h.Record(len(hist.records) + 1, body)
+        hist.records.append(record)
+        run.apply([record])
+    assert run.pending_commands() == []
+    fresh = hist.new_run()
+    fresh.apply(hist.records)
+    assert fresh.pending_commands() == []

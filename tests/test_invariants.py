@@ -100,3 +100,99 @@ async def test_malformed_foreign_messages_do_not_harm_other_workflows(
         assert [await hd.aresult(timeout=30) for hd in handles] == [2, 4, 6, 8, 10]
         await nc.close()
     await app.aclose()
+
+
+def test_facts_after_the_end_do_not_reopen_a_workflow(make_app: Any) -> None:
+    app = make_app()
+
+    @app.activity
+    async def quick() -> int:
+        return 7
+
+    @app.workflow(execution_timeout=30)
+    async def short(ctx: Any) -> int:
+        return await asyncio.wait_for(ctx.activity(quick), 20)  # leaves two timers pending
+
+    with WorkerThread(app):
+        handle = short.start()
+        assert handle.result(timeout=30) == 7
+
+    async def late_signal_and_timers() -> Any:
+        store = await app._client().store()
+        _, subject = await handle._locate()
+        last = await store.last_seq(subject)  # a fact that arrives after the end
+        await store.append_fact(
+            subject, {"t": h.SIGNAL_RECEIVED, "ts": 0, "name": "late"}, msg_id=None, after_seq=last
+        )
+        info = await store.js.stream_info(
+            store.layout.history_stream, subjects_filter=store.layout.timers_all
+        )
+        return info.state.subjects or {}
+
+    pending = run_sync(late_signal_and_timers())
+    assert pending == {}  # the unfired timers were purged when the workflow ended
+    assert handle.status().status == "completed"
+    assert handle.result(timeout=5) == 7
+    assert [w.status for w in app.list_workflows()] == ["completed"]
+
+
+def test_start_arguments_of_the_wrong_type_fail_the_workflow(make_app: Any) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def typed(ctx: Any, n: int) -> int:
+        return n
+
+    with WorkerThread(app), pytest.raises(Exception) as info:
+        app.start("typed", "seven").result(timeout=30)
+    assert getattr(info.value, "cause_type", None) == "SerializationError"
+
+
+def test_a_decision_larger_than_max_payload_is_split(make_app: Any) -> None:
+    app = make_app()
+
+    @app.activity
+    def size(blob: str) -> int:
+        return len(blob)
+
+    @app.workflow
+    async def fan_out(ctx: Any) -> list[int]:
+        blobs = ["x" * 300_000] * 4  # each fits; together they exceed 1 MB
+        return await ctx.gather(*(ctx.activity(size, b) for b in blobs))
+
+    with WorkerThread(app):
+        handle = fan_out.start()
+        assert handle.result(timeout=60) == [300_000] * 4
+
+    async def decisions() -> Any:
+        store = await app._client().store()
+        _, subject = await handle._locate()
+        return [r.body for r in await store.load(subject) if r.type == h.DECIDED]
+
+    first = run_sync(decisions())[0]
+    assert first.get("more") is True
+
+
+def test_sync_workflows_in_a_small_cache_leave_no_threads(make_app: Any) -> None:
+    import threading
+
+    app = make_app(workflow_cache_size=2)
+
+    @app.activity
+    async def bump(n: int) -> int:
+        return n + 1
+
+    @app.workflow
+    def chain(ctx: Any, n: int) -> int:
+        for _ in range(3):
+            n = ctx.activity(bump, n)
+        return n
+
+    with WorkerThread(app):
+        handles = [chain.start(n) for n in range(30)]
+        assert [hd.result(timeout=60) for hd in handles] == [n + 3 for n in range(30)]
+
+    def parked() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("df-wf-")]
+
+    wait_until(lambda: not parked(), what="workflow threads to exit")

@@ -23,6 +23,9 @@ def test_names() -> None:
     assert lay.history_filter("gpu") == "shop.history.gpu.*"
     assert lay.timer_subject("default", "order-42", "3r2") == "shop.timer.default.order-42.3r2"
     assert lay.task_subject("gpu") == "shop.task.gpu"
+    assert lay.status_subject("default", "order-42") == "shop.status.default.order-42"
+    assert lay.status_for("shop.history.gpu.order-42") == "shop.status.gpu.order-42"
+    assert lay.timers_of("default", "order-42") == "shop.timer.default.order-42.>"
     assert lay.workflow_consumer("gpu") == "wf_gpu"
     assert lay.activity_consumer("gpu") == "act_gpu"
 
@@ -49,7 +52,11 @@ async def test_streams_and_consumers_created_by_a_worker(
     with WorkerThread(app, task_queues=["default", "gpu"]):
         pass
     hist = await js.stream_info(f"DF_{namespace}_HISTORY")  # type: ignore[attr-defined]
-    assert hist.config.subjects == [f"{namespace}.history.>", f"{namespace}.timer.>"]
+    assert hist.config.subjects == [
+        f"{namespace}.history.>",
+        f"{namespace}.timer.>",
+        f"{namespace}.status.>",
+    ]
     assert hist.config.retention == api.RetentionPolicy.LIMITS
     assert hist.config.storage == api.StorageType.FILE
     assert hist.config.allow_direct and hist.config.allow_msg_schedules

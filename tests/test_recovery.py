@@ -143,3 +143,25 @@ def _changed_app(nats_url: str, namespace: str) -> App:
         return []
 
     return app
+
+
+def test_an_attempt_whose_worker_died_is_retried_by_policy(
+    client: App, nats_url: str, namespace: str, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.txt"
+    env = {"DF_TEST_SIDE_EFFECTS": str(effects), "DF_ACTIVITY_ACK_WAIT": "1"}
+    first = spawn_worker(nats_url, namespace, env=env, log=tmp_path / "w1.log")
+    try:
+        handle = client.start("slow_flow", "k1")
+        wait_until(lambda: "slow k1 attempt 1" in lines(effects), what="attempt 1 to start")
+    finally:
+        sigkill(first)
+    second = spawn_worker(nats_url, namespace, env=env, log=tmp_path / "w2.log")
+    try:
+        assert handle.result(timeout=60) == "done"
+    finally:
+        second.terminate()
+        second.wait(30)
+    failures = [e.attributes["error"] for e in handle.history() if e.type == "ActivityFailed"]
+    assert [f["type"] for f in failures] == ["WorkerLost"]
+    assert lines(effects) == ["slow k1 attempt 1", "slow k1 attempt 2"]

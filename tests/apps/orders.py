@@ -57,6 +57,21 @@ def build_app(**settings: Any) -> App:
         shipped = ctx.activity(ship_package, charge, quantity)
         return {"charge_id": charge["charge_id"], "tracking_id": shipped["tracking_id"]}
 
+    @app.activity(retry=RetryPolicy(max_attempts=3, initial_interval=0.1))
+    def slow_once(key: str) -> str:
+        from dfcore import activity
+
+        record("slow", f"{key} attempt {activity.info().attempt}")
+        if activity.info().attempt == 1:
+            import time
+
+            time.sleep(60)  # the test kills the worker meanwhile
+        return "done"
+
+    @app.workflow
+    async def slow_flow(ctx: Any, key: str) -> str:
+        return await ctx.activity(slow_once, key)
+
     return app
 
 
