@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
+import queue as threadqueue
 import signal
 import threading
 import time
@@ -278,7 +280,9 @@ class WorkflowProcessor:
     def _trim(self) -> None:
         """Evict least recently used workflows that no handler is using."""
         excess = len(self.cache) - self.capacity
-        for workflow_id in list(self.cache)[: max(excess, 0) * 2]:
+        if excess <= 0:
+            return
+        for workflow_id in list(itertools.islice(self.cache, excess * 2 + 8)):
             if excess <= 0:
                 break
             entry = self.cache[workflow_id]
@@ -455,6 +459,7 @@ class ActivityRunner:
         self.app = app
         self.store = store
         self.ack_wait = app.settings.activity_ack_wait
+        self.threads = ActivityThreads()
         self.running: dict[tuple[str, int], ActivityState] = {}
         self._cancel_sub: Any = None
 
@@ -467,6 +472,7 @@ class ActivityRunner:
     async def stop(self) -> None:
         if self._cancel_sub is not None:
             await self._cancel_sub.unsubscribe()
+        self.threads.shutdown()
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
@@ -557,7 +563,7 @@ class ActivityRunner:
                 return await call()
 
             return loop.create_task(run_async(), context=ctx)
-        return _run_in_thread(loop, f"df-activity-{defn.name}", lambda: ctx.run(call))
+        return self.threads.submit(loop, lambda: ctx.run(call))
 
     async def _watch(
         self, job: asyncio.Future[Any], state: ActivityState, msg: Msg
@@ -627,37 +633,63 @@ def _worker_lost(info: ActivityInfo) -> dict[str, Any]:
     }
 
 
-def _run_in_thread(
-    loop: asyncio.AbstractEventLoop, name: str, fn: Callable[[], Any]
-) -> asyncio.Future[Any]:
-    """Run a sync activity on its own thread.
+class ActivityThreads:
+    """Threads for sync activities: an idle one is reused, a new one added when none is idle.
 
-    A thread per attempt, not a fixed pool: an attempt abandoned after its timeout keeps its
-    thread (threads cannot be killed), and must not keep later attempts from starting.
-    Concurrency is bounded by the consumer's in-flight limit.
+    Not a fixed-size pool: an attempt abandoned after its timeout keeps its thread (threads
+    cannot be killed), and must not keep later attempts from starting. Busy threads are bounded
+    by the consumer's in-flight limit plus the abandoned attempts still running.
     """
-    future: asyncio.Future[Any] = loop.create_future()
 
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+    def __init__(self) -> None:
+        self._jobs: threadqueue.SimpleQueue[tuple[Any, ...] | None] = threadqueue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._count = 0
 
-    def body() -> None:
-        try:
-            result: tuple[bool, Any] = (True, fn())
-        except BaseException as exc:
-            result = (False, exc)
-        try:
-            loop.call_soon_threadsafe(settle, *result)
-        except RuntimeError:
-            pass  # the worker's loop is gone (shutdown): nobody waits for this attempt
+    def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            spawn = self._idle == 0
+            if spawn:
+                self._count += 1
+            else:
+                self._idle -= 1
+        self._jobs.put((loop, future, fn))
+        if spawn:
+            name = f"df-activity-{self._count}"
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+        return future
 
-    threading.Thread(target=body, name=name, daemon=True).start()
-    return future
+    def shutdown(self) -> None:
+        """Let idle threads exit (busy ones exit when their attempt returns)."""
+        with self._lock:
+            count, self._count = self._count, 0
+        for _ in range(count):
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, fn = job
+            try:
+                outcome: tuple[bool, Any] = (True, fn())
+            except BaseException as exc:
+                outcome = (False, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:
+                pass  # the worker's loop is gone (shutdown): nobody waits for this attempt
+            with self._lock:
+                self._idle += 1
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _timeout_error(kind: str, seconds: float | None) -> dict[str, Any]:
