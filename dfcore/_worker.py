@@ -43,6 +43,7 @@ from ._errors import (
     DFError,
     NondeterminismError,
     PayloadError,
+    PayloadTooLargeError,
 )
 from ._naming import check_queue, workflow_token
 from ._pull import PullConsumer
@@ -357,48 +358,59 @@ class WorkflowProcessor:
                 return
 
     async def _decide(self, entry: _Entry, run: WorkflowRun) -> bool:
-        """Append the pending commands (split if too big); False if someone appended first."""
-        for part, more in self._parts(run.pending_commands()):
-            body: dict[str, Any] = {
-                "t": h.DECIDED,
-                "ts": _now_ms(),
-                "cmds": part,
-                "prev": run.last_seq,
-            }
-            if more:
-                body["more"] = True
-            try:
-                seq = await self.store.append(
-                    entry.subject,
-                    body,
-                    msg_id=f"{workflow_token(run.info.workflow_id)}:d:{run.last_seq}",
-                    expected_seq=run.last_seq,
-                    status=h.terminal_status(part),
-                )
-            except AppendConflict:
-                return False  # read what was appended and decide again
-            record = h.Record(seq, body)
-            run.apply([record])
-            await self._dispatch(entry, run, record)
+        """Append the pending commands; False if someone appended first.
+
+        A decision too big for one message is appended as several records, all but the last
+        marked ``more`` (the usual decision is encoded once and sent as it is).
+        """
+        cmds = run.pending_commands()
+        if not cmds:
+            return True
+        body = _decision(cmds, run.last_seq, more=False)
+        try:
+            data: bytes | None = self.store.encode(body, "a decision")
+        except PayloadTooLargeError:
+            parts = self._split(cmds)
+        else:
+            return await self._append_decision(entry, run, body, data)
+        for i, part in enumerate(parts):
+            body = _decision(part, run.last_seq, more=i < len(parts) - 1)
+            if not await self._append_decision(entry, run, body, None):
+                return False
         return True
 
-    def _parts(self, cmds: list[dict[str, Any]]) -> list[tuple[list[dict[str, Any]], bool]]:
-        """The commands as one decision, or as several when one would exceed max_payload."""
-        if not cmds:
-            return []
+    async def _append_decision(
+        self, entry: _Entry, run: WorkflowRun, body: dict[str, Any], data: bytes | None
+    ) -> bool:
+        try:
+            seq = await self.store.append(
+                entry.subject,
+                body,
+                msg_id=f"{workflow_token(run.info.workflow_id)}:d:{run.last_seq}",
+                expected_seq=run.last_seq,
+                status=h.terminal_status(body["cmds"]),
+                data=data,
+            )
+        except AppendConflict:
+            return False  # read what was appended and decide again
+        record = h.Record(seq, body)
+        run.apply([record])
+        await self._dispatch(entry, run, record)
+        return True
+
+    def _split(self, cmds: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Group commands into decisions that each fit in max_payload."""
         limit = int(self.store.nc.max_payload * 0.8)
-        sizes = [len(self.store.encode({"c": cmd}, "a command")) for cmd in cmds]
-        if sum(sizes) <= limit:
-            return [(cmds, False)]
         parts: list[list[dict[str, Any]]] = [[]]
         used = 0
-        for cmd, size in zip(cmds, sizes):
+        for cmd in cmds:
+            size = len(self.store.encode({"c": cmd}, "a command"))
             if parts[-1] and used + size > limit:
                 parts.append([])
                 used = 0
             parts[-1].append(cmd)
             used += size
-        return [(part, i < len(parts) - 1) for i, part in enumerate(parts)]
+        return parts
 
     async def _dispatch(self, entry: _Entry, run: WorkflowRun | None, record: h.Record) -> None:
         """Publish the work a decision implies; idempotent (deterministic message ids)."""
@@ -445,6 +457,13 @@ class WorkflowProcessor:
         elif kind == h.ACTIVITY_CANCEL_REQUESTED:
             subject = self.store.layout.activity_cancel_subject(workflow_id)
             await self.store.nc.publish(subject, orjson.dumps({"seq": cmd["seq"]}))
+
+
+def _decision(cmds: list[dict[str, Any]], prev: int, *, more: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"t": h.DECIDED, "ts": _now_ms(), "cmds": cmds, "prev": prev}
+    if more:
+        body["more"] = True
+    return body
 
 
 def _is_decision(msg: Msg) -> bool:
