@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import datetime
+import decimal
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import nats
+import pydantic
 import pytest
 
-from dfcore import App, PayloadCodec, WorkflowFailureError
+from dfcore import App, ConfigurationError, PayloadCodec, WorkflowFailureError
 from dfcore._loopthread import SYNC_LOOP, run_sync
 
 from .workerkit import WorkerThread
@@ -197,3 +202,52 @@ def test_a_loop_per_call_does_not_leak_connections(make_app: Any) -> None:
     assert len(set(ids)) == 10
     assert open_fds() <= before + 2  # not one socket per loop
     assert not [loop for loop in app._clients if loop.is_closed()]
+
+
+@dataclasses.dataclass
+class Address:
+    city: str
+    moved_in: datetime.date
+
+
+class Receipt(pydantic.BaseModel):
+    order_id: uuid.UUID
+    total: decimal.Decimal
+
+
+def test_typed_payloads_round_trip_through_workflows_and_activities(make_app: Any) -> None:
+    app = make_app()
+
+    @app.activity
+    def bill(address: Address, order_id: uuid.UUID) -> Receipt:
+        assert isinstance(address, Address) and isinstance(address.moved_in, datetime.date)
+        return Receipt(order_id=order_id, total=decimal.Decimal("12.50"))
+
+    @app.workflow
+    async def checkout(
+        ctx: Any, address: Address, order_id: uuid.UUID
+    ) -> tuple[Receipt, datetime.datetime]:
+        receipt = await ctx.activity(bill, address, order_id)
+        assert isinstance(receipt, Receipt)
+        return receipt, ctx.now()
+
+    order_id = uuid.uuid4()
+    with WorkerThread(app):
+        receipt, when = checkout.start(Address("Oslo", datetime.date(2020, 1, 2)), order_id).result(
+            timeout=30
+        )
+    assert receipt == Receipt(order_id=order_id, total=decimal.Decimal("12.50"))
+    assert isinstance(when, datetime.datetime) and when.tzinfo is not None
+
+
+def test_config_from_object_sets_the_namespace(nats_url: str) -> None:
+    class Config:
+        DF_NATS_URL = nats_url
+        DF_NAMESPACE = "fromobject"
+        UNRELATED = 1
+
+    app = App("cfg")
+    app.config_from_object(Config)
+    assert app.settings.namespace == "fromobject" and app.settings.nats_url == nats_url
+    with pytest.raises(ConfigurationError, match="DF_TASK_QUEUE"):
+        app.config_from_object({"DF_TASK_QUEUE": "has space"})
