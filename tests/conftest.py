@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from uuid import uuid4
 
 import pytest
 
+from dfcore import App
+from dfcore._loopthread import run_sync
 from dfcore._server import EmbeddedServer
 
 POSTGRES_DSN = os.environ.get("DF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -70,3 +73,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "postgres_dsn" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture
+def make_app(nats_url: str, namespace: str) -> Iterator[Callable[..., App]]:
+    """A factory for Apps on this test's server and namespace (their connections closed after)."""
+    apps: list[App] = []
+
+    def make(url: str | None = None, **settings: Any) -> App:
+        app = App("test", nats_url=url or nats_url, namespace=namespace, **settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        run_sync(app._close_sync_client())

@@ -8,7 +8,6 @@ import dataclasses
 import datetime
 import decimal
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import nats
@@ -29,21 +28,6 @@ class Base64Reversed(PayloadCodec):
 
     def decode(self, data: bytes) -> bytes:
         return base64.b64decode(data)[::-1]
-
-
-@pytest.fixture
-def make_app(nats_url: str, namespace: str) -> Iterator[Any]:
-    """A factory for Apps on this test's namespace (their sync connections closed after)."""
-    apps: list[App] = []
-
-    def make(**settings: Any) -> App:
-        app = App("client", nats_url=nats_url, namespace=namespace, **settings)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        run_sync(app._close_sync_client())
 
 
 def test_sync_calls_share_one_loop_and_connection(make_app: Any) -> None:

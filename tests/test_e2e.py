@@ -52,21 +52,6 @@ def orders(nats_url: str, namespace: str, effects: Path) -> Iterator[App]:
     close(app)
 
 
-@pytest.fixture
-def new_app(nats_url: str, namespace: str) -> Iterator[Any]:
-    """A factory for empty Apps on this test's namespace (closed afterwards)."""
-    apps: list[App] = []
-
-    def make(**settings: Any) -> App:
-        app = App("test", nats_url=nats_url, namespace=namespace, **settings)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        close(app)
-
-
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -128,8 +113,8 @@ def test_start_with_same_id_runs_once(orders: App, effects: Path) -> None:
 # -- retries and timeouts -------------------------------------------------------------------
 
 
-def test_retries_with_durable_backoff(new_app: Any) -> None:
-    app = new_app()
+def test_retries_with_durable_backoff(make_app: Any) -> None:
+    app = make_app()
     attempts: list[int] = []
 
     @app.activity(retry=RetryPolicy(max_attempts=4, initial_interval=0.05, backoff=2))
@@ -152,8 +137,8 @@ def test_retries_with_durable_backoff(new_app: Any) -> None:
     assert all(t["purpose"] == "retry" for t in timers)
 
 
-def test_non_retryable_error_is_not_retried(new_app: Any) -> None:
-    app = new_app()
+def test_non_retryable_error_is_not_retried(make_app: Any) -> None:
+    app = make_app()
     calls: list[int] = []
 
     @app.activity(retry=RetryPolicy(max_attempts=5, initial_interval=0.01))
@@ -175,8 +160,8 @@ def test_non_retryable_error_is_not_retried(new_app: Any) -> None:
     assert calls == [1]
 
 
-def test_non_retryable_type_in_policy(new_app: Any) -> None:
-    app = new_app()
+def test_non_retryable_type_in_policy(make_app: Any) -> None:
+    app = make_app()
 
     @app.activity(
         retry=RetryPolicy(max_attempts=5, initial_interval=0.01, non_retryable=[KeyError])
@@ -194,8 +179,8 @@ def test_non_retryable_type_in_policy(new_app: Any) -> None:
     assert "KeyError" in info.value.cause_message and "1 attempt" in info.value.cause_message
 
 
-def test_hung_activity_is_abandoned_after_start_to_close_and_retried(new_app: Any) -> None:
-    app = new_app()
+def test_hung_activity_is_abandoned_after_start_to_close_and_retried(make_app: Any) -> None:
+    app = make_app()
     release = threading.Event()
     attempts: list[int] = []
 
@@ -221,8 +206,8 @@ def test_hung_activity_is_abandoned_after_start_to_close_and_retried(new_app: An
     assert failed[0]["error"]["timeout"] == "start_to_close"
 
 
-def test_heartbeat_timeout_and_details_reach_next_attempt(new_app: Any) -> None:
-    app = new_app()
+def test_heartbeat_timeout_and_details_reach_next_attempt(make_app: Any) -> None:
+    app = make_app()
     release = threading.Event()
     seen: list[Any] = []
 
@@ -253,8 +238,8 @@ def test_heartbeat_timeout_and_details_reach_next_attempt(new_app: Any) -> None:
 # -- timers, signals, cancellation, parallelism ---------------------------------------------
 
 
-def test_durable_timer(new_app: Any) -> None:
-    app = new_app()
+def test_durable_timer(make_app: Any) -> None:
+    app = make_app()
 
     @app.workflow
     async def wf(ctx: Any) -> float:
@@ -276,8 +261,8 @@ def test_signal(orders: App) -> None:
     assert result["approved_by"] == {"by": "manager"}
 
 
-def test_wait_signal_timeout(new_app: Any) -> None:
-    app = new_app()
+def test_wait_signal_timeout(make_app: Any) -> None:
+    app = make_app()
 
     @app.workflow
     async def wf(ctx: Any) -> str:
@@ -290,8 +275,8 @@ def test_wait_signal_timeout(new_app: Any) -> None:
         assert app.start("wf").result(timeout=30) == "timed out"
 
 
-def test_cancellation_with_compensation(new_app: Any) -> None:
-    app = new_app()
+def test_cancellation_with_compensation(make_app: Any) -> None:
+    app = make_app()
     started = threading.Event()
     refunded: list[str] = []
 
@@ -334,8 +319,8 @@ def test_cancellation_with_compensation(new_app: Any) -> None:
         assert not runner.running
 
 
-def test_parallel_activities(new_app: Any) -> None:
-    app = new_app()
+def test_parallel_activities(make_app: Any) -> None:
+    app = make_app()
     both_running = threading.Barrier(2, timeout=10)
 
     @app.activity
@@ -367,8 +352,8 @@ def test_unknown_workflow_name_fails_clearly(orders: App) -> None:
     assert "@app.workflow" in info.value.cause_message
 
 
-def test_unregistered_activity_fails_clearly(new_app: Any) -> None:
-    app = new_app()
+def test_unregistered_activity_fails_clearly(make_app: Any) -> None:
+    app = make_app()
 
     def plain() -> None: ...
 
@@ -414,8 +399,8 @@ def test_unreachable_nats_names_the_url() -> None:
     assert url in str(info.value) and "df dev" in str(info.value)
 
 
-def test_bad_activity_arguments_fail_at_the_call_site(new_app: Any) -> None:
-    app = new_app()
+def test_bad_activity_arguments_fail_at_the_call_site(make_app: Any) -> None:
+    app = make_app()
 
     @app.activity
     def store(blob: Any) -> None: ...
@@ -440,8 +425,8 @@ def test_bad_activity_arguments_fail_at_the_call_site(new_app: Any) -> None:
     assert "argument 2 of activity 'store'" in info.value.cause_message
 
 
-def test_abandoned_sync_activities_do_not_starve_later_ones(new_app: Any) -> None:
-    app = new_app(activity_concurrency=2)
+def test_abandoned_sync_activities_do_not_starve_later_ones(make_app: Any) -> None:
+    app = make_app(activity_concurrency=2)
     release = threading.Event()
 
     @app.activity(timeout=0.2, retry=RetryPolicy(max_attempts=1))

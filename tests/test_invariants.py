@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,6 @@ from dfcore import _history as h
 from dfcore._loopthread import run_sync
 
 from .workerkit import WorkerThread, wait_until
-
-
-@pytest.fixture
-def make_app(nats_url: str, namespace: str) -> Iterator[Any]:
-    """A factory for Apps on this test's namespace (their sync connections closed after)."""
-    apps: list[App] = []
-
-    def make(url: str = nats_url, **settings: Any) -> App:
-        app = App("inv", nats_url=url, namespace=namespace, **settings)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        run_sync(app._close_sync_client())
 
 
 def define(app: App) -> None:
