@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random as _random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, overload
@@ -28,7 +28,7 @@ class WorkflowInfo:
     run_id: str
     task_queue: str
     namespace: str
-    attempt: int
+    attempt: int  # always 1: a workflow is not retried as a whole, its activities are
     start_time: datetime
 
 
@@ -151,7 +151,3 @@ class WorkflowContext:
     def uuid4(self) -> uuid.UUID:
         """A UUID that stays the same on replay."""
         return uuid.UUID(int=self._random.getrandbits(128), version=4)
-
-    def memo(self) -> Mapping[str, Any]:
-        """Reserved for future use."""
-        return {}

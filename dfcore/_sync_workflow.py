@@ -77,12 +77,18 @@ class SyncWorkflowContext:
         """Wait for the next signal ``name``."""
         return self._bridge.call(lambda: self._inner.wait_signal(name, timeout))
 
-    def gather(self, *calls: Callable[[], Any]) -> list[Any]:
-        """Run several ``lambda: ctx.activity_async(...)`` style thunks in parallel."""
-        return list(self._bridge.call(lambda: self._inner.gather(*(c() for c in calls))))
+    def gather(self, *started: Any) -> list[Any]:
+        """Wait for activities started with :meth:`activity_async`, which run in parallel.
+
+        Example: ``a, b = ctx.gather(ctx.activity_async(f, 1), ctx.activity_async(g, 2))``.
+        """
+        return list(self._bridge.call(lambda: self._inner.gather(*started)))
 
     def activity_async(self, fn: Any, *args: Any, **options: Any) -> Any:
-        """An awaitable activity, for use inside :meth:`gather`."""
+        """Start an activity without waiting; pass the result to :meth:`gather`.
+
+        Safe from the workflow thread: the engine's loop is parked while this thread runs.
+        """
         return self._inner.activity(fn, *args, **options)
 
     def __getattr__(self, name: str) -> Any:

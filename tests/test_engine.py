@@ -443,3 +443,18 @@ def test_a_decision_split_over_several_records_replays() -> None:
     fresh = hist.new_run()
     fresh.apply(hist.records)
     assert fresh.pending_commands() == []
+
+
+def test_plain_def_workflow_runs_activities_in_parallel() -> None:
+    def fan(ctx: Any) -> list[Any]:
+        return ctx.gather(
+            ctx.activity_async(charge, "a", 1.0), ctx.activity_async(charge, "b", 2.0)
+        )
+
+    hist = History(fan)
+    run = hist.new_run()
+    hist.start("fan")
+    assert [c["args"][0] for c in hist.decide(run)] == ["a", "b"]
+    hist.fact(h.ACTIVITY_COMPLETED, seq=2, attempt=1, result="B")
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result="A")
+    assert hist.decide(run)[0]["result"] == ["A", "B"]
