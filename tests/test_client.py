@@ -235,3 +235,27 @@ def test_config_from_object_sets_the_namespace(nats_url: str) -> None:
     assert app.settings.namespace == "fromobject" and app.settings.nats_url == nats_url
     with pytest.raises(ConfigurationError, match="DF_TASK_QUEUE"):
         app.config_from_object({"DF_TASK_QUEUE": "has space"})
+
+
+def test_a_server_too_old_for_the_engine_is_refused_clearly(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nats.aio.client import ServerVersion
+
+    from dfcore import DFError
+    from dfcore._store import Store
+
+    real = Store._check_server_version
+
+    def as_if_old(self: Store) -> None:
+        monkeypatch.setattr(
+            type(self.nc), "connected_server_version", property(lambda nc: ServerVersion("2.9.10"))
+        )
+        real(self)
+
+    monkeypatch.setattr(Store, "_check_server_version", as_if_old)
+    app = make_app()
+    with pytest.raises(
+        DFError, match=r"is version 2\.9\.10, but DurableFuture needs nats-server 2\.12"
+    ):
+        app.start("anything")
