@@ -6,15 +6,16 @@ import asyncio
 import functools
 import os
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._client import Client, IfExists, WorkflowHandle, WorkflowStatus
 from ._codec import IdentityCodec, PayloadCodec
-from ._config import Settings, load_codec, read_config_object, resolve_settings
+from ._config import Settings, read_config_object, resolve_settings
 from ._convert import return_hint
 from ._definitions import ActivityDefinition, ActivityOptions, RetryPolicy, WorkflowDefinition
 from ._errors import RegistrationError
+from ._inspect import list_workflows
 from ._loopthread import on_exit, run_sync
 from ._naming import check_queue
 
@@ -66,16 +67,14 @@ class WorkflowFunction(Generic[P, R]):
             if_exists: ``"use_existing"`` (default) or ``"fail"`` (raise WorkflowAlreadyStarted).
             execution_timeout: fail the workflow if it runs longer than this many seconds.
         """
-        return await self.app._client().start(
+        return await self.app._astart(
             self.name,
             args,
+            self.definition,
             workflow_id=workflow_id,
-            task_queue=check_queue(
-                task_queue or self.definition.task_queue or self.app.settings.task_queue
-            ),
+            task_queue=task_queue,
             if_exists=if_exists,
-            execution_timeout=execution_timeout or self.definition.execution_timeout,
-            result_hint=self._result_hint,
+            execution_timeout=execution_timeout,
         )
 
     def start(
@@ -157,7 +156,7 @@ class App:
             weakref.WeakKeyDictionary()
         )
         _ = self.settings  # validate now: a bad value fails at start-up, naming the key
-        on_exit(self._close_sync_client)
+        on_exit(self.aclose)
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} namespace={self.settings.namespace!r}>"
@@ -189,7 +188,7 @@ class App:
     @property
     def codec(self) -> PayloadCodec:
         if self._codec is None:
-            self._codec = load_codec(self.settings.codec) or IdentityCodec()
+            self._codec = self.settings.load_codec() or IdentityCodec()
         return self._codec
 
     # -- registration -----------------------------------------------------------------------
@@ -312,12 +311,6 @@ class App:
         if self._clients.get(loop) is client:
             del self._clients[loop]
 
-    async def _close_sync_client(self) -> None:
-        loop = asyncio.get_running_loop()
-        client = self._clients.pop(loop, None)
-        if client is not None:
-            await client.close()
-
     async def aclose(self) -> None:
         """Close this loop's connection (sync callers' connection closes at exit)."""
         client = self._clients.pop(asyncio.get_running_loop(), None)
@@ -329,23 +322,50 @@ class App:
         return WorkflowHandle(self, workflow_id)
 
     async def astart(
-        self, workflow: str | WorkflowFunction[..., Any], *args: Any, **options: Any
+        self,
+        workflow: str | WorkflowFunction[..., Any],
+        *args: Any,
+        workflow_id: str | None = None,
+        task_queue: str | None = None,
+        if_exists: IfExists = "use_existing",
+        execution_timeout: float | None = None,
     ) -> WorkflowHandle[Any]:
-        """Start a workflow by function or registered name (async)."""
-        if isinstance(workflow, WorkflowFunction):
-            return await workflow.astart(*args, **options)
-        defn = self.workflows.get(workflow)
-        if defn is not None:
-            return await WorkflowFunction(self, defn).astart(*args, **options)
-        queue = options.pop("task_queue", None) or self.settings.task_queue
-        return await self._client().start(
-            workflow,
+        """Start a workflow by function or registered name (async); see WorkflowFunction.astart.
+
+        A name this App does not know is started all the same: its workers may know it.
+        """
+        name = workflow.name if isinstance(workflow, WorkflowFunction) else workflow
+        return await self._astart(
+            name,
             args,
-            workflow_id=options.pop("workflow_id", None),
+            self.workflows.get(name),
+            workflow_id=workflow_id,
+            task_queue=task_queue,
+            if_exists=if_exists,
+            execution_timeout=execution_timeout,
+        )
+
+    async def _astart(
+        self,
+        name: str,
+        args: Sequence[Any],
+        defn: WorkflowDefinition | None,
+        *,
+        workflow_id: str | None,
+        task_queue: str | None,
+        if_exists: IfExists,
+        execution_timeout: float | None,
+    ) -> WorkflowHandle[Any]:
+        """The one start path: fills in the definition's and the settings' defaults."""
+        queue = task_queue or (defn.task_queue if defn else None) or self.settings.task_queue
+        return await self._client().start(
+            name,
+            args,
+            workflow_id=workflow_id,
             task_queue=check_queue(queue),
-            if_exists=options.pop("if_exists", "use_existing"),
-            execution_timeout=options.pop("execution_timeout", None),
-            result_hint=None,
+            if_exists=if_exists,
+            execution_timeout=execution_timeout or (defn.execution_timeout if defn else None),
+            result_hint=return_hint(defn.fn) if defn else None,
         )
 
     def start(
@@ -356,8 +376,6 @@ class App:
 
     async def alist_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
         """The most recently active workflows, newest first."""
-        from ._inspect import list_workflows
-
         return await list_workflows(await self._client().store(), limit)
 
     def list_workflows(self, limit: int = 50) -> list[WorkflowStatus]:

@@ -4,7 +4,6 @@ runs its async twin on the process's background loop (see ``_loopthread``)."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from ._errors import (
     WorkflowFailureError,
     WorkflowNotFoundError,
 )
+from ._history import now_ms
 from ._loopthread import SYNC_LOOP, run_sync
 from ._naming import workflow_token
 from ._store import AppendConflict, Store
@@ -34,10 +34,6 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 _RECHECK_SECONDS = 5.0
 IfExists = Literal["use_existing", "fail"]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Client:
@@ -70,7 +66,7 @@ class Client:
         the process and is closed at exit.
         """
         loop = asyncio.get_running_loop()
-        if loop is SYNC_LOOP.loop:
+        if SYNC_LOOP.owns(loop):
             return
 
         async def guard() -> None:
@@ -158,7 +154,6 @@ class WorkflowStatus:
     workflow_type: str | None
     status: str  # "running", "completed", "failed", "cancelled", "timed_out"
     last_event_time: datetime | None
-    events: int | None = None
 
 
 class WorkflowHandle(Generic[R]):
@@ -269,15 +264,15 @@ class WorkflowHandle(Generic[R]):
     async def astatus(self) -> WorkflowStatus:
         """The workflow's status, read from the last record of its history."""
         store, subject = await self._locate()
-        last = await store.last(subject)
+        last, ended, first = await asyncio.gather(
+            store.last(subject), store.outcome(subject), store.first(subject)
+        )
         if last is None:
             raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
         record = last[1]
-        ended = await store.outcome(subject)
         status = h.terminal_status(ended.commands) if ended is not None else None
         status = status or "running"
         when = datetime.fromtimestamp(record.ts / 1000, tz=UTC) if record.ts else None
-        first = await store.first(subject)
         kind = str(first.body.get("workflow")) if first is not None else None
         return WorkflowStatus(self.workflow_id, kind, status, when)
 
@@ -327,12 +322,12 @@ class WorkflowHandle(Generic[R]):
 
     async def _ensure_open(self, store: Store, subject: str, action: str) -> int:
         """The history's last sequence; raises if the workflow already ended."""
-        last = await store.last(subject)
-        if last is None:
+        last, ended = await asyncio.gather(store.last_seq(subject), store.outcome(subject))
+        if last == 0:
             raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
-        ended = await store.outcome(subject)
         if ended is not None and (status := h.terminal_status(ended.commands)):
             raise DFError(
-                f"cannot {action} workflow {self.workflow_id!r}: it already ended ({status})"
+                f"cannot {action} workflow {self.workflow_id!r}: it already ended ({status}); "
+                "its outcome is final, so start a new workflow to act again"
             )
-        return last[1].seq
+        return last

@@ -14,10 +14,6 @@ from ._errors import ConnectionError_
 log = logging.getLogger("dfcore.connection")
 
 
-def _urls(settings: Settings) -> list[str]:
-    return [u.strip() for u in settings.nats_url.split(",") if u.strip()]
-
-
 async def connect(
     settings: Settings,
     name: str,
@@ -28,7 +24,7 @@ async def connect(
     Raises:
         ConnectionError_: no server answered; the message names the URL and how to start one.
     """
-    urls = _urls(settings)
+    urls = settings.servers
     holder: list[NATS] = []
 
     async def error_cb(exc: Exception) -> None:

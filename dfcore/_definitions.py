@@ -48,6 +48,10 @@ class RetryPolicy:
         """Whether another attempt may follow failed attempt ``attempt``."""
         return self.max_attempts == 0 or attempt < self.max_attempts
 
+    def non_retryable_names(self) -> frozenset[str]:
+        """The error type names that fail an activity without retrying."""
+        return frozenset(_type_name(t) for t in self.non_retryable)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "max_attempts": self.max_attempts,

@@ -16,7 +16,7 @@ import logging
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import _history as h
@@ -81,7 +81,6 @@ class RunInfo:
     namespace: str = ""
     attempt: int = 1
     start_time_ms: int = 0
-    args: list[Any] = field(default_factory=list)
 
 
 class WorkflowRun:
@@ -162,10 +161,6 @@ class WorkflowRun:
     def now_ms(self) -> int:
         return self._now_ms
 
-    @property
-    def is_running(self) -> bool:
-        return self._main is not None and not self.closed
-
     def evict(self) -> None:
         """Release the workflow's code (it is being dropped from the worker's cache)."""
         self.evicting = True
@@ -228,7 +223,6 @@ class WorkflowRun:
         except SerializationError as exc:
             self._fail_workflow(exc)
             return
-        info.args = args
         timeout = body.get("execution_timeout") or defn.execution_timeout
         self._main = self._loop.create_task(self._run_workflow(defn, args))
         if timeout:
@@ -356,10 +350,6 @@ class WorkflowRun:
             self._signal_waiters.setdefault(name, deque()).append(future)
         return future
 
-    @property
-    def loop(self) -> DeterministicLoop:
-        return self._loop
-
     # -- internals --------------------------------------------------------------------------
 
     async def _run_workflow(self, defn: WorkflowDefinition, args: list[Any]) -> Any:
@@ -404,7 +394,7 @@ class WorkflowRun:
             try:
                 self._check_payload(result, f"the result of workflow {self.info.workflow_type!r}")
             except PayloadError as exc:
-                self._produce({"t": h.WORKFLOW_FAILED, "error": _error_json(exc)})
+                self._fail_workflow(exc)
                 return
         self._produce({"t": h.WORKFLOW_COMPLETED, "result": result})
 
@@ -424,16 +414,13 @@ class WorkflowRun:
         self.closed = True
 
     def _fail_unregistered(self, name: str) -> None:
-        error = {
-            "type": "RegistrationError",
-            "message": (
+        self._fail_workflow(
+            RegistrationError(
                 f"workflow {name!r} is not registered on the workers of task queue "
                 f"{self.info.task_queue!r}; define it with @app.workflow in a module the worker "
                 "imports, restart the workers, and start the workflow again"
-            ),
-        }
-        self._produce({"t": h.WORKFLOW_FAILED, "error": error})
-        self.closed = True
+            )
+        )
 
     def _lookup_activity(self, ref: Any) -> tuple[str, ActivityOptions, Any]:
         if self._activity_lookup is not None:
@@ -466,8 +453,7 @@ class WorkflowRun:
 
     def _retry_delay(self, call: ActivityCall, error: Mapping[str, Any]) -> float | None:
         policy = call.retry
-        non_retryable = {str(t) if isinstance(t, str) else t.__name__ for t in policy.non_retryable}
-        if error.get("non_retryable") or error.get("type") in non_retryable:
+        if error.get("non_retryable") or error.get("type") in policy.non_retryable_names():
             return None
         if not policy.allows(call.attempt):
             return None

@@ -14,6 +14,7 @@ Users see the flattened *event* list: every fact, and every command of every dec
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -67,6 +68,11 @@ TERMINAL_STATUS: Final[Mapping[str, str]] = {
 # Message headers (plain text, so operators can read them even when bodies are encrypted)
 HDR_EVENT: Final = "Df-Event"
 HDR_STATUS: Final = "Df-Status"
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds, the ``ts`` of the records a process appends."""
+    return int(time.time() * 1000)
 
 
 class MalformedRecordError(ValueError):

@@ -48,6 +48,10 @@ class EventLoopThread:
         ready.wait()
         self._loop, self._thread, self._pid = loop, thread, os.getpid()
 
+    def owns(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether ``loop`` is this thread's loop (without starting the thread)."""
+        return loop is self._loop and self._pid == os.getpid()
+
     def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` on the background loop and block until it finishes."""
         loop = self.loop

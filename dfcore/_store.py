@@ -121,8 +121,7 @@ class Store:
         except APIError as exc:
             raise DFError(
                 f"could not create JetStream stream {config.name}: {exc.description}. "
-                "Is JetStream enabled on the server (nats-server -js)? Message schedules need "
-                "nats-server 2.12 or newer."
+                "Is JetStream enabled on the server (nats-server -js), with room for streams?"
             ) from exc
         except Exception as exc:
             raise _wrap(exc, "creating streams") from exc
@@ -208,13 +207,8 @@ class Store:
 
     async def last_seq(self, subject: str) -> int:
         """The stream sequence of the last record on ``subject`` (0 when there is none)."""
-        msg = await self._direct_get({"last_by_subj": subject}, batch=False)
-        status = msg.headers.get("Status") if msg.headers else None
-        if status == "404":
-            return 0
-        if status is not None:
-            raise ConnectionError_(f"JetStream read of {subject} failed with status {status}")
-        return int(msg.headers["Nats-Sequence"])
+        msg = await self._get_one({"last_by_subj": subject}, subject)
+        return int(msg.headers["Nats-Sequence"]) if msg is not None else 0  # type: ignore[index]
 
     async def _publish(
         self, subject: str, payload: bytes, headers: dict[str, str], doing: str
@@ -263,23 +257,28 @@ class Store:
 
     async def last(self, subject: str) -> tuple[str, h.Record] | None:
         """The subject and last record of a history subject (wildcards allowed), or None."""
-        msg = await self._direct_get({"last_by_subj": subject}, batch=False)
+        msg = await self._get_one({"last_by_subj": subject}, subject)
+        record = self._record_from(msg) if msg is not None else None
+        if msg is None or record is None:
+            return None
+        return str(msg.headers["Nats-Subject"]), record  # type: ignore[index]
+
+    async def first(self, subject: str) -> h.Record | None:
+        """The first record on ``subject`` (its ``WorkflowStarted``), or None."""
+        msg = await self._get_one({"seq": 1, "next_by_subj": subject}, subject)
+        return self._record_from(msg) if msg is not None else None
+
+    async def _get_one(self, request: Mapping[str, Any], subject: str) -> Msg | None:
+        """A single-message direct get; None when there is no such message."""
+        msg: Msg = await self._direct_get(request, batch=False)
         status = msg.headers.get("Status") if msg.headers else None
         if status == "404":
             return None
         if status is not None:
-            raise ConnectionError_(f"JetStream read of {subject} failed with status {status}")
-        record = self._record_from(msg)
-        if record is None:
-            return None
-        return str(msg.headers["Nats-Subject"]), record
-
-    async def first(self, subject: str) -> h.Record | None:
-        """The first record on ``subject`` (its ``WorkflowStarted``), or None."""
-        msg = await self._direct_get({"seq": 1, "next_by_subj": subject}, batch=False)
-        if msg.headers and msg.headers.get("Status"):
-            return None
-        return self._record_from(msg)
+            raise ConnectionError_(
+                f"JetStream read of {subject} failed: {status} {_description(msg)}"
+            )
+        return msg
 
     async def mark_ended(self, history_subject: str, decision: Mapping[str, Any], seq: int) -> None:
         """Record a workflow's outcome on its status subject (idempotent)."""
@@ -365,10 +364,9 @@ class Store:
             subject, data, {"Nats-Msg-Id": msg_id}, f"publishing a task to {queue!r}"
         )
 
-    async def schedule_timer(
-        self, queue: str, workflow_id: str, timer_id: str, fire_at_ms: int, history_subject: str
-    ) -> None:
+    async def schedule_timer(self, history_subject: str, timer_id: str, fire_at_ms: int) -> None:
         """Have the server append a TimerFired record to the history at ``fire_at_ms``."""
+        queue, workflow_id = self.layout.parse_history_subject(history_subject)
         body = {"t": h.TIMER_FIRED, "timer": timer_id, "ts": fire_at_ms}
         at = datetime.fromtimestamp(fire_at_ms / 1000, tz=UTC)
         headers = {
@@ -462,8 +460,9 @@ class _Waiter:
         elif status == "404":
             self.future.set_result((self.msgs, False))
         else:
-            desc = (msg.headers or {}).get("Description", "")
-            self.future.set_exception(ConnectionError_(f"JetStream read failed: {status} {desc}"))
+            self.future.set_exception(
+                ConnectionError_(f"JetStream read failed: {status} {_description(msg)}")
+            )
 
     def expire(self, subject: str, timeout: float) -> None:
         if not self.future.done():
@@ -477,6 +476,11 @@ class _Waiter:
 
 class _NoResponders(DFError):
     """Nothing listens on the subject (the stream does not exist)."""
+
+
+def _description(msg: Msg) -> str:
+    """A status message's description (nats-py files it under an enum key)."""
+    return str((msg.headers or {}).get(api.Header.DESCRIPTION, ""))
 
 
 def _event_header(body: Mapping[str, Any]) -> str:

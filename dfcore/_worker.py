@@ -45,7 +45,8 @@ from ._errors import (
     PayloadError,
     PayloadTooLargeError,
 )
-from ._naming import check_queue, workflow_token
+from ._history import now_ms
+from ._naming import check_queue, workflow_id_from_token, workflow_token
 from ._pull import PullConsumer
 from ._store import AppendConflict, Store
 from .activity import ActivityInfo, ActivityState, _current
@@ -54,10 +55,6 @@ if TYPE_CHECKING:
     from ._app import App
 
 log = logging.getLogger("dfcore.worker")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _retry_delay(num_delivered: int) -> float:
@@ -102,8 +99,6 @@ class Worker:
         self._pullers: list[PullConsumer] = []
         self._activity_runner: ActivityRunner | None = None
         self._processors: list[WorkflowProcessor] = []
-        self._stopped = asyncio.Event()
-        self.started = asyncio.Event()
 
     async def start(self) -> None:
         """Connect, create streams and consumers, and start consuming."""
@@ -134,9 +129,7 @@ class Worker:
                 await store.ensure_consumer(
                     lay.tasks_stream, name, lay.task_subject(queue), settings.activity_ack_wait
                 )
-                runner = self._activity_runner or ActivityRunner(
-                    self.app, store, self.activity_concurrency
-                )
+                runner = self._activity_runner or ActivityRunner(self.app, store)
                 self._activity_runner = runner
                 self._pullers.append(
                     PullConsumer(
@@ -159,7 +152,6 @@ class Worker:
             settings.nats_url,
             settings.namespace,
         )
-        self.started.set()
 
     def _what(self) -> str:
         parts = ["workflows"] if self.serve_workflows else []
@@ -178,7 +170,6 @@ class Worker:
             processor.close()
         if self.store is not None:
             await close_connection(self.store.nc)
-        self._stopped.set()
 
     async def run(self, *, handle_signals: bool = False, stop: asyncio.Event | None = None) -> None:
         """Start, run until ``stop`` is set (or SIGTERM/SIGINT if ``handle_signals``), stop."""
@@ -199,6 +190,7 @@ class Worker:
 class _Entry:
     """A cached workflow: its run (None once closed or evicted) and a lock serialising it."""
 
+    workflow_id: str
     subject: str
     run: WorkflowRun | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -267,7 +259,7 @@ class WorkflowProcessor:
     def _entry(self, workflow_id: str, subject: str) -> _Entry:
         entry = self.cache.get(workflow_id)
         if entry is None:
-            entry = self.cache[workflow_id] = _Entry(subject)
+            entry = self.cache[workflow_id] = _Entry(workflow_id, subject)
         else:
             self.cache.move_to_end(workflow_id)
         return entry
@@ -426,7 +418,7 @@ class WorkflowProcessor:
         self, entry: _Entry, run: WorkflowRun | None, decision_seq: int, cmd: Mapping[str, Any]
     ) -> None:
         kind = cmd["t"]
-        workflow_id = self.store.layout.parse_history_subject(entry.subject)[1]
+        workflow_id = entry.workflow_id
         if kind == h.ACTIVITY_SCHEDULED:
             call = run.activity(int(cmd["seq"])) if run is not None else None
             if call is not None and (call.done or call.attempt != cmd["attempt"]):
@@ -450,17 +442,14 @@ class WorkflowProcessor:
             timer = run.timer(str(cmd["timer"])) if run is not None else None
             if (timer is not None and timer.fired) or (run is not None and run.closed):
                 return
-            queue = self.store.layout.parse_history_subject(entry.subject)[0]
-            await self.store.schedule_timer(
-                queue, workflow_id, str(cmd["timer"]), int(cmd["fire_at"]), entry.subject
-            )
+            await self.store.schedule_timer(entry.subject, str(cmd["timer"]), int(cmd["fire_at"]))
         elif kind == h.ACTIVITY_CANCEL_REQUESTED:
             subject = self.store.layout.activity_cancel_subject(workflow_id)
             await self.store.nc.publish(subject, orjson.dumps({"seq": cmd["seq"]}))
 
 
 def _decision(cmds: list[dict[str, Any]], prev: int, *, more: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"t": h.DECIDED, "ts": _now_ms(), "cmds": cmds, "prev": prev}
+    body: dict[str, Any] = {"t": h.DECIDED, "ts": now_ms(), "cmds": cmds, "prev": prev}
     if more:
         body["more"] = True
     return body
@@ -472,9 +461,9 @@ def _is_decision(msg: Msg) -> bool:
 
 
 class ActivityRunner:
-    """Runs activity tasks: sync ones in a thread pool, async ones on the loop."""
+    """Runs activity tasks: sync ones on :class:`ActivityThreads`, async ones on the loop."""
 
-    def __init__(self, app: App, store: Store, concurrency: int) -> None:
+    def __init__(self, app: App, store: Store) -> None:
         self.app = app
         self.store = store
         self.ack_wait = app.settings.activity_ack_wait
@@ -499,8 +488,6 @@ class ActivityRunner:
             seq = int(orjson.loads(msg.data)["seq"])
         except Exception:
             return
-        from ._naming import workflow_id_from_token
-
         state = self.running.get((workflow_id_from_token(token), seq))
         if state is not None:
             state.cancel_requested = True
@@ -521,24 +508,22 @@ class ActivityRunner:
             outcome = {"t": h.ACTIVITY_FAILED, "error": _worker_lost(info)}
         else:
             outcome = await self._run(defn, info, task.get("args") or [], msg)
-        body = {"ts": _now_ms(), "seq": info.seq, "attempt": info.attempt, **outcome}
+        try:
+            await self._report(task, info, outcome)
+        except PayloadError as exc:  # the result is too big or not serialisable
+            error = {"type": type(exc).__name__, "message": str(exc), "non_retryable": True}
+            await self._report(task, info, {"t": h.ACTIVITY_FAILED, "error": error})
+        await msg.ack()
+
+    async def _report(
+        self, task: Mapping[str, Any], info: ActivityInfo, outcome: Mapping[str, Any]
+    ) -> None:
+        """Append an attempt's outcome to its workflow's history (deduplicated by attempt)."""
+        body = {"ts": now_ms(), "seq": info.seq, "attempt": info.attempt, **outcome}
         kind = "c" if outcome["t"] == h.ACTIVITY_COMPLETED else "f"
         msg_id = f"{workflow_token(info.workflow_id)}:{info.seq}:{info.attempt}:{kind}"
         after = int(task.get("dseq") or 0)
-        try:
-            await self.store.append_fact(task["h"], body, msg_id=msg_id, after_seq=after)
-        except PayloadError as exc:  # the result is too big or not serialisable
-            error = {"type": type(exc).__name__, "message": str(exc), "non_retryable": True}
-            failed = {
-                "ts": _now_ms(),
-                "seq": info.seq,
-                "attempt": info.attempt,
-                "t": h.ACTIVITY_FAILED,
-                "error": error,
-            }
-            failed_id = msg_id[:-1] + "f"
-            await self.store.append_fact(task["h"], failed, msg_id=failed_id, after_seq=after)
-        await msg.ack()
+        await self.store.append_fact(task["h"], body, msg_id=msg_id, after_seq=after)
 
     async def _run(
         self, defn: ActivityDefinition, info: ActivityInfo, args: list[Any], msg: Msg

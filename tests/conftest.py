@@ -87,4 +87,4 @@ def make_app(nats_url: str, namespace: str) -> Iterator[Callable[..., App]]:
 
     yield make
     for app in apps:
-        run_sync(app._close_sync_client())
+        run_sync(app.aclose())

@@ -13,7 +13,7 @@ import pytest
 from dfcore import App
 from dfcore._loopthread import run_sync
 
-from .apps.orders import build_app
+from .apps.orders import ORDER_EVENTS, build_app
 from .workerkit import ROOT, WorkerThread
 
 
@@ -37,7 +37,7 @@ def finished(nats_url: str, namespace: str) -> Iterator[dict[str, str]]:
     app: App = build_app(nats_url=nats_url, namespace=namespace)
     with WorkerThread(app):
         app.start("order", "cli", 4.0, 1, workflow_id="cli-order").result(timeout=30)
-    run_sync(app._close_sync_client())
+    run_sync(app.aclose())
     yield {"DF_NATS_URL": nats_url, "DF_NAMESPACE": namespace}
 
 
@@ -47,14 +47,7 @@ def test_workflow_show_prints_the_event_table(finished: dict[str, str]) -> None:
     assert "cli-order (order): completed" in out.stdout
     header, *rows = out.stdout.splitlines()[1:]
     assert header.split()[:3] == ["SEQ", "TIME", "EVENT"]
-    assert [r.split()[2] for r in rows] == [
-        "WorkflowStarted",
-        "ActivityScheduled",
-        "ActivityCompleted",
-        "ActivityScheduled",
-        "ActivityCompleted",
-        "WorkflowCompleted",
-    ]
+    assert [r.split()[2] for r in rows] == ORDER_EVENTS
 
 
 def test_workflow_list_shows_status(finished: dict[str, str]) -> None:
@@ -119,7 +112,7 @@ def test_dev_runs_an_embedded_server_and_a_worker(tmp_path: Path) -> None:
         assert url and url.startswith("nats://127.0.0.1:")
         app = build_app(nats_url=url, namespace="devtest")
         assert app.start("order", "dev", 1.0, 1).result(timeout=30)["tracking_id"]
-        run_sync(app._close_sync_client())
+        run_sync(app.aclose())
     finally:
         proc.terminate()
         rest, _ = proc.communicate(timeout=30)

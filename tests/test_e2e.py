@@ -27,12 +27,12 @@ from dfcore import (
 from dfcore._loopthread import run_sync
 from dfcore._server import free_port
 
-from .apps.orders import build_app
+from .apps.orders import ORDER_EVENTS, build_app
 from .workerkit import WorkerThread
 
 
 def close(app: App) -> None:
-    run_sync(app._close_sync_client())
+    run_sync(app.aclose())
 
 
 @pytest.fixture
@@ -66,14 +66,7 @@ def test_order_from_sync_client(orders: App, effects: Path, workflow: str) -> No
     assert result["charge_id"].startswith("ch_") and result["tracking_id"].startswith("tr_")
     assert handle.status().status == "completed"
     types = [e.type for e in handle.history()]
-    assert types == [
-        "WorkflowStarted",
-        "ActivityScheduled",
-        "ActivityCompleted",
-        "ActivityScheduled",
-        "ActivityCompleted",
-        "WorkflowCompleted",
-    ]
+    assert types == ORDER_EVENTS
     assert sorted(line.split()[0] for line in lines(effects)) == ["charge", "ship"]
 
 

@@ -21,7 +21,7 @@ def client(nats_url: str, namespace: str) -> Iterator[App]:
     """A client-only App on this test's namespace."""
     app = build_app(nats_url=nats_url, namespace=namespace)
     yield app
-    run_sync(app._close_sync_client())
+    run_sync(app.aclose())
 
 
 def lines(path: Path) -> list[str]:
@@ -74,33 +74,7 @@ def test_sigterm_stops_the_worker_gracefully(nats_url: str, namespace: str, tmp_
 def test_nondeterminism_is_reported_and_the_fixed_code_continues(
     nats_url: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def make(version: int) -> App:
-        app = App("nd", nats_url=nats_url, namespace=namespace)
-
-        @app.activity
-        def charge() -> str:
-            return "ch"
-
-        @app.activity
-        def ship() -> str:
-            return "tr"
-
-        @app.activity
-        def send_email() -> str:
-            return "mail"
-
-        @app.workflow
-        async def flow(ctx: Any) -> list[str]:
-            out = [await ctx.activity(charge)]
-            await ctx.wait_signal("go")
-            out.append(await ctx.activity(ship if version == 1 else send_email))
-            return out
-
-        if version == 2:  # the deploy also changed an earlier step
-            app.workflows["flow"] = app.workflows["flow"]
-        return app
-
-    v1 = make(1)
+    v1 = _original_app(nats_url, namespace)
     with WorkerThread(v1):
         handle = v1.start("flow", workflow_id="nd-1")
         wait_until(
@@ -125,8 +99,29 @@ def test_nondeterminism_is_reported_and_the_fixed_code_continues(
 
     with WorkerThread(v1):  # the fixed (original) code picks it up again
         assert handle.result(timeout=30) == ["ch", "tr"]
-    run_sync(v1._close_sync_client())
-    run_sync(v2._close_sync_client())
+    run_sync(v1.aclose())
+    run_sync(v2.aclose())
+
+
+def _original_app(nats_url: str, namespace: str) -> App:
+    app = App("nd", nats_url=nats_url, namespace=namespace)
+
+    @app.activity
+    def charge() -> str:
+        return "ch"
+
+    @app.activity
+    def ship() -> str:
+        return "tr"
+
+    @app.workflow
+    async def flow(ctx: Any) -> list[str]:
+        out = [await ctx.activity(charge)]
+        await ctx.wait_signal("go")
+        out.append(await ctx.activity(ship))
+        return out
+
+    return app
 
 
 def _changed_app(nats_url: str, namespace: str) -> App:

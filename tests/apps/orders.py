@@ -13,6 +13,16 @@ from typing import Any
 
 from dfcore import App, RetryPolicy
 
+ORDER_EVENTS = [
+    "WorkflowStarted",
+    "ActivityScheduled",
+    "ActivityCompleted",
+    "ActivityScheduled",
+    "ActivityCompleted",
+    "WorkflowCompleted",
+]
+"""The history of one order workflow, event by event."""
+
 
 def record(kind: str, key: str) -> None:
     path = os.environ.get("DF_TEST_SIDE_EFFECTS")
