@@ -19,7 +19,7 @@ Quick start::
 
 from . import activity
 from ._app import ActivityFunction, App, WorkflowFunction
-from ._client import WorkflowHandle, WorkflowStatus
+from ._client import PreparedStart, WorkflowHandle, WorkflowStatus
 from ._codec import IdentityCodec, JSONConverter, PayloadCodec
 from ._config import Settings
 from ._context import WorkflowContext, WorkflowInfo
@@ -63,6 +63,7 @@ __all__ = [
     "PayloadCodec",
     "PayloadError",
     "PayloadTooLargeError",
+    "PreparedStart",
     "RegistrationError",
     "RetryPolicy",
     "SerializationError",

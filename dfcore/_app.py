@@ -7,20 +7,24 @@ import functools
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from ._client import Client, IfExists, WorkflowHandle, WorkflowStatus
+from ._client import Client, IfExists, PreparedStart, WorkflowHandle, WorkflowStatus, prepare_start
 from ._codec import IdentityCodec, PayloadCodec
 from ._config import Settings, read_config_object, resolve_settings
 from ._convert import return_hint
 from ._definitions import ActivityDefinition, ActivityOptions, RetryPolicy, WorkflowDefinition
 from ._errors import RegistrationError
 from ._inspect import list_workflows
-from ._loopthread import on_exit, run_sync
+from ._loopthread import SYNC_LOOP, on_exit, run_sync
 from ._naming import check_queue
 
 if TYPE_CHECKING:
     from ._worker import Worker
+    from .activity import ActivityInfo
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -155,6 +159,8 @@ class App:
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Client] = (
             weakref.WeakKeyDictionary()
         )
+        self._loops_are_short_lived = False
+        self.activity_contexts: list[Callable[[ActivityInfo], AbstractContextManager[Any]]] = []
         _ = self.settings  # validate now: a bad value fails at start-up, naming the key
         on_exit(self.aclose)
 
@@ -174,16 +180,38 @@ class App:
     def configure(self, **settings: Any) -> None:
         """Override settings given as keyword arguments (validated at once)."""
         self._kwargs.update(settings)
-        self._settings = None
-        self._codec = None
-        _ = self.settings
+        self._reload()
 
-    def config_from_object(self, obj: object | str, namespace: str = "DF") -> None:
-        """Read settings from a module, class, object or dict (keys ``DF_NATS_URL`` ...)."""
-        self._from_object = read_config_object(obj, namespace)
+    def _reload(self) -> None:
         self._settings = None
         self._codec = None
         _ = self.settings
+        self._drop_clients()
+
+    def config_from_object(
+        self, obj: object | str, namespace: str | None = "DF", *, source: str | None = None
+    ) -> None:
+        """Read settings from a module, class, object or dict (keys ``DF_NATS_URL`` ...).
+
+        Args:
+            obj: the object, or an import path to it.
+            namespace: the key prefix; with ``None``, keys are the bare setting names
+                (``nats_url`` or ``NATS_URL``).
+            source: how error messages name ``obj`` (``"settings.DFCORE"``).
+
+        Raises:
+            ConfigurationError: a value is invalid; the message names its key.
+        """
+        self._from_object = read_config_object(obj, namespace, source=source)
+        self._reload()
+
+    @property
+    def _max_payload(self) -> int:
+        """The connected server's max_payload, or the NATS default before any connection."""
+        for client in list(self._clients.values()):
+            if client.nc is not None:
+                return int(client.nc.max_payload)
+        return DEFAULT_MAX_PAYLOAD
 
     @property
     def codec(self) -> PayloadCodec:
@@ -307,9 +335,55 @@ class App:
             client = self._clients[loop] = Client(self)
         return client
 
-    def _forget_client(self, loop: asyncio.AbstractEventLoop, client: Client) -> None:
+    async def _on_client_loop(self, call: Callable[[Client], Awaitable[T]]) -> T:
+        """Run ``call(client)`` with this loop's client, or on the shared sync loop.
+
+        Async calls use a connection on the caller's loop, which suits long-lived loops (an
+        ASGI server, a worker). Once a loop that held a connection has ended, this process
+        runs loops per call (``asyncio.run`` in a script, asgiref's ``async_to_sync`` for an
+        async Django view under WSGI); from then on, a new loop borrows the shared
+        connection of the sync loop instead of opening one per call.
+        """
+        loop = asyncio.get_running_loop()
+        if not self._loops_are_short_lived or loop in self._clients or SYNC_LOOP.owns(loop):
+            return await call(self._client())
+
+        async def run() -> T:
+            return await call(self._client())
+
+        future = asyncio.run_coroutine_threadsafe(run(), SYNC_LOOP.loop)
+        return await asyncio.wrap_future(future)
+
+    def _loop_ended(self, loop: asyncio.AbstractEventLoop, client: Client) -> None:
         if self._clients.get(loop) is client:
             del self._clients[loop]
+        self._loops_are_short_lived = True
+
+    def _drop_clients(self) -> None:
+        """Close every connection (after a settings change): the next call reconnects."""
+        for loop, client in list(self._clients.items()):
+            del self._clients[loop]
+            if loop.is_closed():
+                continue
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                loop.create_task(client.close())
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(client.close(), loop)
+
+    def add_activity_context(
+        self, factory: Callable[[ActivityInfo], AbstractContextManager[Any]]
+    ) -> None:
+        """Enter ``factory(info)`` around every activity attempt this app's workers run.
+
+        A framework integration uses it to give activities what a request would have: Flask's
+        ``app.app_context()``, fresh Django database connections. The context is entered on the
+        thread that runs a ``def`` activity, and in the task of an ``async def`` one.
+        """
+        self.activity_contexts.append(factory)
 
     async def aclose(self) -> None:
         """Close this loop's connection (sync callers' connection closes at exit)."""
@@ -356,17 +430,83 @@ class App:
         if_exists: IfExists,
         execution_timeout: float | None,
     ) -> WorkflowHandle[Any]:
-        """The one start path: fills in the definition's and the settings' defaults."""
+        """The one start path: prepare the record, then append it."""
+        start = self._prepare(
+            name,
+            args,
+            defn,
+            workflow_id=workflow_id,
+            task_queue=task_queue,
+            execution_timeout=execution_timeout,
+        )
+        return await self._on_client_loop(
+            lambda client: client.start(
+                start, if_exists=if_exists, result_hint=return_hint(defn.fn) if defn else None
+            )
+        )
+
+    def _prepare(
+        self,
+        name: str,
+        args: Sequence[Any],
+        defn: WorkflowDefinition | None,
+        *,
+        workflow_id: str | None,
+        task_queue: str | None,
+        execution_timeout: float | None,
+    ) -> PreparedStart:
+        """Fill in the definition's and the settings' defaults and encode the start."""
         queue = task_queue or (defn.task_queue if defn else None) or self.settings.task_queue
-        return await self._client().start(
+        return prepare_start(
+            self.codec,
             name,
             args,
             workflow_id=workflow_id,
             task_queue=check_queue(queue),
-            if_exists=if_exists,
             execution_timeout=execution_timeout or (defn.execution_timeout if defn else None),
-            result_hint=return_hint(defn.fn) if defn else None,
+            max_payload=self._max_payload,
         )
+
+    def prepare_start(
+        self,
+        workflow: str | WorkflowFunction[..., Any],
+        *args: Any,
+        workflow_id: str | None = None,
+        task_queue: str | None = None,
+        execution_timeout: float | None = None,
+    ) -> PreparedStart:
+        """Encode a start without sending it, for a transactional outbox (no I/O).
+
+        Store the result with the transaction that decides the work, then send it with
+        :meth:`publish_start` after the commit. Sending it more than once starts the
+        workflow once. Arguments are checked here, so a bad one fails inside the caller's
+        transaction, not later in a relay.
+
+        Raises:
+            SerializationError: an argument cannot be encoded (the error names it).
+            PayloadTooLargeError: the start exceeds the server's max_payload.
+        """
+        name = workflow.name if isinstance(workflow, WorkflowFunction) else workflow
+        return self._prepare(
+            name,
+            args,
+            self.workflows.get(name),
+            workflow_id=workflow_id,
+            task_queue=task_queue,
+            execution_timeout=execution_timeout,
+        )
+
+    async def apublish_start(self, start: PreparedStart) -> WorkflowHandle[Any]:
+        """Send a start made by :meth:`prepare_start`; idempotent (a repeat starts nothing)."""
+        defn = self.workflows.get(start.workflow_type)
+        hint = return_hint(defn.fn) if defn else None
+        return await self._on_client_loop(
+            lambda client: client.start(start, if_exists="use_existing", result_hint=hint)
+        )
+
+    def publish_start(self, start: PreparedStart) -> WorkflowHandle[Any]:
+        """Sync twin of :meth:`apublish_start`."""
+        return run_sync(self.apublish_start(start))
 
     def start(
         self, workflow: str | WorkflowFunction[..., Any], *args: Any, **options: Any
@@ -376,7 +516,11 @@ class App:
 
     async def alist_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
         """The most recently active workflows, newest first."""
-        return await list_workflows(await self._client().store(), limit)
+
+        async def run(client: Client) -> list[WorkflowStatus]:
+            return await list_workflows(await client.store(), limit)
+
+        return await self._on_client_loop(run)
 
     def list_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
         """Sync twin of :meth:`alist_workflows`."""

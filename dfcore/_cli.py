@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -105,21 +105,21 @@ def worker_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    _setup_logging(args.loglevel)
+    setup_logging(args.loglevel)
     app = load_app(args.app)
     app.run_worker(**worker_options(args))
     return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    _setup_logging(args.loglevel)
+    setup_logging(args.loglevel)
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     server = EmbeddedServer(
@@ -139,30 +139,62 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_workflow(args: argparse.Namespace) -> int:
-    app = load_app(args.app)
+    return run_workflow_command(load_app(args.app), args)
+
+
+def add_workflow_arguments(parser: argparse.ArgumentParser, with_app: bool = True) -> None:
+    """The ``workflow list|show|result|signal|cancel`` actions, shared with integrations.
+
+    Args:
+        parser: the parser of the ``workflow`` command.
+        with_app: add ``-A/--app`` to each action (integrations know their app).
+    """
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lst = actions.add_parser("list", help="list recent workflows with their status")
+    lst.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    show = actions.add_parser("show", help="print a workflow's status and event history")
+    cancel = actions.add_parser("cancel", help="request cancellation of a workflow")
+    signal = actions.add_parser("signal", help="send a signal to a workflow")
+    result = actions.add_parser("result", help="wait for a workflow's result and print it")
+    for action in (show, cancel, signal, result):
+        action.add_argument("workflow_id")
+    signal.add_argument("name", help="the signal name the workflow waits for")
+    signal.add_argument("payload", nargs="?", help="JSON payload")
+    result.add_argument("--timeout", type=float, default=None, help="seconds to wait")
+    if with_app:
+        for action in (lst, show, cancel, signal, result):
+            add_app_argument(action)
+
+
+def run_workflow_command(app: App, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Carry out a ``workflow`` action parsed by :func:`add_workflow_arguments`."""
+    out = out or sys.stdout
+
+    def emit(text: str) -> None:
+        out.write(text + "\n")  # not print(): Django's OutputWrapper adds its own newline
+
     if args.action == "list":
         rows = app.list_workflows(limit=args.limit)
-        print(f"{'WORKFLOW ID':40}  {'STATUS':10}  LAST EVENT")
+        emit(f"{'WORKFLOW ID':40}  {'STATUS':10}  LAST EVENT")
         for row in rows:
             when = row.last_event_time.isoformat(timespec="seconds") if row.last_event_time else ""
-            print(f"{row.workflow_id:40}  {row.status:10}  {when}")
+            emit(f"{row.workflow_id:40}  {row.status:10}  {when}")
         return 0
     handle = app.get_handle(args.workflow_id)
     if args.action == "show":
         status = handle.status()
-        print(f"Workflow {args.workflow_id} ({status.workflow_type}): {status.status}")
-        print(render_history(handle.history()))
+        emit(f"Workflow {args.workflow_id} ({status.workflow_type}): {status.status}")
+        emit(render_history(handle.history()))
     elif args.action == "cancel":
         handle.cancel()
-        print(f"cancellation requested for {args.workflow_id}")
+        emit(f"cancellation requested for {args.workflow_id}")
     elif args.action == "signal":
         payload = orjson.loads(args.payload) if args.payload else None
         handle.signal(args.name, payload)
-        print(f"signal {args.name!r} sent to {args.workflow_id}")
+        emit(f"signal {args.name!r} sent to {args.workflow_id}")
     elif args.action == "result":
-        print(
-            orjson.dumps(handle.result(timeout=args.timeout), option=orjson.OPT_INDENT_2).decode()
-        )
+        result = handle.result(timeout=args.timeout)
+        emit(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
@@ -195,24 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     wf = sub.add_parser("workflow", help="inspect and control workflows")
-    wf_sub = wf.add_subparsers(dest="action", required=True)
-    for name, helptext in (
-        ("show", "print a workflow's status and event history"),
-        ("cancel", "request cancellation of a workflow"),
-        ("signal", "send a signal to a workflow"),
-        ("result", "wait for a workflow's result and print it"),
-    ):
-        p = wf_sub.add_parser(name, help=helptext)
-        add_app_argument(p)
-        p.add_argument("workflow_id")
-        if name == "signal":
-            p.add_argument("name")
-            p.add_argument("payload", nargs="?", help="JSON payload")
-        if name == "result":
-            p.add_argument("--timeout", type=float, default=None)
-    lst = wf_sub.add_parser("list", help="list recent workflows with their status")
-    add_app_argument(lst)
-    lst.add_argument("--limit", type=int, default=50)
+    add_workflow_arguments(wf)
     wf.set_defaults(func=cmd_workflow)
     return parser
 

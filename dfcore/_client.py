@@ -4,16 +4,19 @@ runs its async twin on the process's background loop (see ``_loopthread``)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
 from . import _history as h
+from ._codec import JSONConverter, PayloadCodec, check_size, safe_encode
 from ._connection import close_connection, connect
 from ._convert import convert
 from ._errors import (
@@ -26,7 +29,7 @@ from ._errors import (
 from ._history import now_ms
 from ._loopthread import SYNC_LOOP, run_sync
 from ._naming import workflow_token
-from ._store import AppendConflict, Store
+from ._store import HEADROOM, AppendConflict, Store
 
 if TYPE_CHECKING:
     from ._app import App
@@ -73,7 +76,7 @@ class Client:
             try:
                 await loop.create_future()  # until cancelled
             except asyncio.CancelledError:
-                self.app._forget_client(loop, self)
+                self.app._loop_ended(loop, self)
                 await self.close()
                 raise
 
@@ -92,58 +95,105 @@ class Client:
             await close_connection(nc)
 
     async def start(
-        self,
-        workflow: str,
-        args: Sequence[Any],
-        *,
-        workflow_id: str | None,
-        task_queue: str,
-        if_exists: IfExists,
-        execution_timeout: float | None,
-        result_hint: Any,
+        self, start: PreparedStart, *, if_exists: IfExists, result_hint: Any
     ) -> WorkflowHandle[Any]:
+        """Append a prepared start record; a second start of the same id starts nothing."""
         store = await self.store()
-        wf_id = workflow_id or str(uuid.uuid4())
-        body: dict[str, Any] = {
-            "t": h.WORKFLOW_STARTED,
-            "ts": now_ms(),
-            "workflow": workflow,
-            "args": list(args),
-            "task_queue": task_queue,
-            "run_id": uuid.uuid4().hex,
-            "prev": 0,
-        }
-        if execution_timeout:
-            body["execution_timeout"] = execution_timeout
-        data = _encode_start(store, body)
+        check_size(len(start.data) + HEADROOM, store.nc.max_payload, start.what)
         lay = store.layout
-        subject = lay.history_subject(task_queue, wf_id)
-        msg_id = f"{workflow_token(wf_id)}:start" if if_exists == "use_existing" else None
+        subject = lay.history_subject(start.task_queue, start.workflow_id)
+        token = workflow_token(start.workflow_id)
         try:
             await store.append(
                 subject,
-                body,
-                msg_id=msg_id,
+                {"t": h.WORKFLOW_STARTED},
+                msg_id=f"{token}:start" if if_exists == "use_existing" else None,
                 expected_seq=0,
-                expected_subject=lay.history_any_queue(wf_id),
-                data=data,
+                expected_subject=lay.history_any_queue(start.workflow_id),
+                data=start.data,
             )
         except AppendConflict:
             if if_exists == "fail":
-                raise WorkflowAlreadyStartedError(wf_id) from None
-            existing = await store.last(lay.history_any_queue(wf_id))
+                raise WorkflowAlreadyStartedError(start.workflow_id) from None
+            existing = await store.last(lay.history_any_queue(start.workflow_id))
             subject = existing[0] if existing else subject
-        return WorkflowHandle(self.app, wf_id, subject=subject, result_hint=result_hint)
+        return WorkflowHandle(self.app, start.workflow_id, subject=subject, result_hint=result_hint)
 
 
-def _encode_start(store: Store, body: dict[str, Any]) -> bytes:
-    """Encode a start record; an unserialisable argument is named in the error."""
+@dataclass(frozen=True)
+class PreparedStart:
+    """A workflow start, encoded but not yet sent: what a transactional outbox stores.
+
+    Made by :meth:`dfcore.App.prepare_start`, sent by :meth:`dfcore.App.publish_start`.
+    Sending the same prepared start again (a relay retrying) starts the workflow once.
+
+    Attributes:
+        workflow_id: the id of the workflow it starts.
+        workflow_type: the registered workflow name.
+        task_queue: the queue whose workers run it.
+        data: the encoded start record (the app's codec applied).
+    """
+
+    workflow_id: str
+    workflow_type: str
+    task_queue: str
+    data: bytes
+
+    @property
+    def what(self) -> str:
+        return f"the start of workflow {self.workflow_type!r}"
+
+
+def prepare_start(
+    codec: PayloadCodec,
+    workflow: str,
+    args: Sequence[Any],
+    *,
+    workflow_id: str | None,
+    task_queue: str,
+    execution_timeout: float | None,
+    max_payload: int,
+) -> PreparedStart:
+    """Build and encode a start record (no I/O); an unserialisable argument is named."""
+    body: dict[str, Any] = {
+        "t": h.WORKFLOW_STARTED,
+        "ts": now_ms(),
+        "workflow": workflow,
+        "args": list(args),
+        "task_queue": task_queue,
+        "run_id": uuid.uuid4().hex,
+        "prev": 0,
+    }
+    if execution_timeout:
+        body["execution_timeout"] = execution_timeout
+    start = PreparedStart(workflow_id or str(uuid.uuid4()), workflow, task_queue, b"")
+    converter = JSONConverter()
     try:
-        return store.encode(body, f"the start of workflow {body['workflow']!r}")
+        raw = converter.dumps(body, what=start.what)
     except SerializationError:
         for i, arg in enumerate(body["args"], 1):
-            store.converter.dumps(arg, what=f"argument {i} of workflow {body['workflow']!r}")
+            converter.dumps(arg, what=f"argument {i} of workflow {workflow!r}")
         raise
+    data = safe_encode(codec, raw, start.what)
+    check_size(len(data) + HEADROOM, max_payload, start.what)
+    return dataclasses.replace(start, data=data)
+
+
+H = TypeVar("H", bound="WorkflowHandle[Any]")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _on_client_loop(
+    method: Callable[Concatenate[H, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[H, P], Coroutine[Any, Any, T]]:
+    """Run a handle method where its App's connection lives (see ``App._on_client_loop``)."""
+
+    @functools.wraps(method)
+    async def run(handle: H, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await handle.app._on_client_loop(lambda _client: method(handle, *args, **kwargs))
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -195,6 +245,7 @@ class WorkflowHandle(Generic[R]):
 
     # -- result -----------------------------------------------------------------------------
 
+    @_on_client_loop
     async def aresult(self, timeout: float | None = None) -> R:
         """Wait for the workflow to finish and return its result.
 
@@ -261,6 +312,7 @@ class WorkflowHandle(Generic[R]):
 
     # -- inspection -------------------------------------------------------------------------
 
+    @_on_client_loop
     async def astatus(self) -> WorkflowStatus:
         """The workflow's status, read from the last record of its history."""
         store, subject = await self._locate()
@@ -280,6 +332,7 @@ class WorkflowHandle(Generic[R]):
         """Sync twin of :meth:`astatus`."""
         return run_sync(self.astatus())
 
+    @_on_client_loop
     async def ahistory(self) -> list[h.HistoryEvent]:
         """Every event of the workflow, in order (decisions expanded into their commands)."""
         store, subject = await self._locate()
@@ -291,6 +344,7 @@ class WorkflowHandle(Generic[R]):
 
     # -- interaction ------------------------------------------------------------------------
 
+    @_on_client_loop
     async def asignal(
         self, name: str, payload: Any = None, *, signal_id: str | None = None
     ) -> None:
@@ -308,6 +362,7 @@ class WorkflowHandle(Generic[R]):
         """Sync twin of :meth:`asignal`."""
         run_sync(self.asignal(name, payload, signal_id=signal_id))
 
+    @_on_client_loop
     async def acancel(self, reason: str = "") -> None:
         """Request cancellation: the workflow sees ``CancelledError`` at its next await."""
         store, subject = await self._locate()

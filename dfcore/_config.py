@@ -266,6 +266,11 @@ class Settings:
         """Import and instantiate :attr:`codec` (see :func:`load_codec`)."""
         return load_codec(self.codec, self.sources.get("codec", "codec"))
 
+    @staticmethod
+    def names() -> tuple[str, ...]:
+        """Every setting's name, for integrations that read settings from their own place."""
+        return SETTING_NAMES
+
 
 SETTING_NAMES: tuple[str, ...] = tuple(_PARSERS)
 
@@ -352,7 +357,8 @@ def read_config_object(
     """Read settings from an object, as Celery's ``config_from_object`` does.
 
     With ``namespace="DF"`` the setting ``nats_url`` is read from ``DF_NATS_URL``; with a
-    lower-case namespace from ``df_nats_url``; with ``None`` or ``""`` from ``nats_url``.
+    lower-case namespace from ``df_nats_url``; with ``None`` or ``""`` from ``nats_url`` or
+    ``NATS_URL``.
 
     Args:
         obj: a module, a class, an instance, a mapping (Flask's ``app.config``), or an import
@@ -386,7 +392,7 @@ def read_config_object(
 
 def _config_keys(namespace: str | None) -> dict[str, str]:
     if not namespace:
-        return {name: name for name in SETTING_NAMES}
+        return {key: name for name in SETTING_NAMES for key in (name, name.upper())}
     prefix = namespace.rstrip("_") + "_"
     upper = namespace.isupper()
     return {prefix + (name.upper() if upper else name): name for name in SETTING_NAMES}

@@ -29,7 +29,7 @@ log = logging.getLogger("dfcore.store")
 
 WRONG_LAST_SEQUENCE = 10071
 MIN_SERVER_VERSION = (2, 12)
-_HEADROOM = 512  # bytes of headers and protocol framing on top of the body
+HEADROOM = 512  # bytes of headers and protocol framing on top of the body
 
 
 class AppendConflict(DFError):
@@ -150,7 +150,7 @@ class Store:
 
     def encode(self, body: Mapping[str, Any], what: str) -> bytes:
         data = safe_encode(self.codec, self.converter.dumps(body, what=what), what)
-        check_size(len(data) + _HEADROOM, self.nc.max_payload, what)
+        check_size(len(data) + HEADROOM, self.nc.max_payload, what)
         return data
 
     def decode(self, data: bytes, what: str) -> Any:

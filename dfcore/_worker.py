@@ -17,6 +17,7 @@ is in progress, and enforces the start-to-close and heartbeat timeouts itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -557,17 +558,30 @@ class ActivityRunner:
         ctx.run(_current.set, state)
         loop = asyncio.get_running_loop()
 
+        contexts = self.app.activity_contexts
+
         def call() -> Any:
             call_args, _ = decode_call_args(defn.fn, args, {})
             return defn.fn(*call_args)
 
+        def enter_contexts(stack: contextlib.ExitStack) -> None:
+            for factory in contexts:
+                stack.enter_context(factory(state.info))
+
+        def run_sync() -> Any:
+            with contextlib.ExitStack() as stack:
+                enter_contexts(stack)
+                return call()
+
         if defn.is_async:
 
             async def run_async() -> Any:
-                return await call()
+                with contextlib.ExitStack() as stack:
+                    enter_contexts(stack)
+                    return await call()
 
             return loop.create_task(run_async(), context=ctx)
-        return self.threads.submit(loop, lambda: ctx.run(call))
+        return self.threads.submit(loop, lambda: ctx.run(run_sync))
 
     async def _watch(
         self, job: asyncio.Future[Any], state: ActivityState, msg: Msg

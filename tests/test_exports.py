@@ -22,6 +22,7 @@ def test_exported_members() -> None:
             "PayloadCodec",
             "PayloadError",
             "PayloadTooLargeError",
+            "PreparedStart",
             "RegistrationError",
             "RetryPolicy",
             "SerializationError",

@@ -1,0 +1,29 @@
+"""Building blocks of the ``df`` command, for framework integrations.
+
+``manage.py df_worker`` and ``flask df worker`` take exactly the options of ``df worker``, and
+``df_workflow`` mirrors ``df workflow``, by building their parsers with these functions::
+
+    def add_arguments(self, parser):
+        cli.add_worker_arguments(parser)
+
+    def handle(self, **options):
+        get_app().run_worker(**cli.worker_options(argparse.Namespace(**options)))
+"""
+
+from ._cli import (
+    add_worker_arguments,
+    add_workflow_arguments,
+    main,
+    run_workflow_command,
+    setup_logging,
+    worker_options,
+)
+
+__all__ = [
+    "add_worker_arguments",
+    "add_workflow_arguments",
+    "main",
+    "run_workflow_command",
+    "setup_logging",
+    "worker_options",
+]

@@ -1,0 +1,244 @@
+"""The transactional outbox: start a workflow if and only if a database transaction commits.
+
+A view writes its own rows and an *outbox row* holding a prepared start
+(:meth:`dfcore.App.prepare_start`) in one transaction. After the commit the row is published
+at once (the fast path); a relay publishes whatever a crash left behind. Publishing a start
+twice starts the workflow once, so the relay may always err on the side of publishing.
+
+The Django and SQLAlchemy integrations each implement :class:`OutboxSource` over their own
+table; everything else — which rows to publish, in what order, how failures back off, how
+relays share one database — is here, once.
+
+Concurrency: where the database can ``SELECT ... FOR UPDATE SKIP LOCKED`` (PostgreSQL,
+MySQL 8, Oracle), a source claims rows under row locks and any number of relays can run. Where
+it cannot (SQLite), relays take turns through a lease row: one relays, the others wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._client import PreparedStart
+from ._errors import PayloadError
+from ._loopthread import run_sync
+
+if TYPE_CHECKING:
+    from ._app import App
+
+__all__ = ["OutboxRelay", "OutboxRow", "OutboxSource", "retry_delay"]
+
+log = logging.getLogger("dfcore.outbox")
+
+MAX_RETRY_DELAY = 300.0  # seconds between attempts at a row that keeps failing
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One pending start, as a source hands it to the relay.
+
+    Attributes:
+        key: the row's primary key in its table.
+        start: what to publish.
+        attempts: how many publishes of it have failed so far.
+    """
+
+    key: Any
+    start: PreparedStart
+    attempts: int = 0
+
+
+class OutboxSource(Protocol):
+    """An outbox table in one database, as an ORM integration exposes it to the relay."""
+
+    @property
+    def name(self) -> str:
+        """Names the table and database in logs (``"django:default"``)."""
+        ...
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether :meth:`claim` locks the rows it returns, so relays can run side by side."""
+        ...
+
+    def claim(
+        self, limit: int, *, keys: Sequence[Any] | None = None, min_age: float = 0.0
+    ) -> AbstractContextManager[list[OutboxRow]]:
+        """Up to ``limit`` unpublished rows, oldest first, held until the context exits.
+
+        Args:
+            limit: the batch size.
+            keys: only these rows (the fast path after a commit); ``None`` for any row whose
+                retry time has come.
+            min_age: skip rows younger than this many seconds (their own fast path is
+                probably publishing them right now).
+
+        A concurrent source holds the rows with ``FOR UPDATE SKIP LOCKED`` in a transaction
+        that commits when the context exits; :meth:`mark_published` and :meth:`mark_failed`
+        are called inside it.
+        """
+        ...
+
+    def mark_published(self, keys: Sequence[Any]) -> None:
+        """Record that these rows are published."""
+        ...
+
+    def mark_failed(self, key: Any, error: str, retry_in: float) -> None:
+        """Record a failed publish; try the row again in ``retry_in`` seconds."""
+        ...
+
+    def take_lease(self, holder: str, ttl: float) -> bool:
+        """Become (or stay) the one relay of a non-concurrent source for ``ttl`` seconds."""
+        ...
+
+    def purge(self, published_before: datetime) -> int:
+        """Delete rows published before this time; return how many."""
+        ...
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next publish of a row that has failed ``attempts`` times."""
+    return float(min(2.0 ** max(attempts, 1), MAX_RETRY_DELAY))
+
+
+class OutboxRelay:
+    """Publishes outbox rows: right after a commit, and in the background for leftovers.
+
+    Args:
+        app: the App whose connection publishes the starts.
+        sources: the outbox tables to relay from.
+        interval: seconds between background passes.
+        batch_size: rows claimed per query.
+        min_age: a background pass skips rows younger than this (see ``claim``).
+        retention: published rows are deleted after this many seconds; ``None`` keeps them.
+        lease_ttl: how long a relay of a non-concurrent source holds its turn.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        sources: Iterable[OutboxSource],
+        *,
+        interval: float = 1.0,
+        batch_size: int = 100,
+        min_age: float = 2.0,
+        retention: float | None = 7 * 86400.0,
+        lease_ttl: float = 30.0,
+    ) -> None:
+        self.app = app
+        self.sources = list(sources)
+        self.interval = interval
+        self.batch_size = batch_size
+        self.min_age = min_age
+        self.retention = retention
+        self.lease_ttl = lease_ttl
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._last_purge = 0.0
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish(self, source: OutboxSource, keys: Sequence[Any]) -> int:
+        """Publish these rows now (the fast path after a commit); return how many went out.
+
+        A row another relay holds is skipped: that relay publishes it.
+        """
+        with source.claim(len(keys), keys=keys) as rows:
+            return self._publish_rows(source, rows)
+
+    def relay_once(self) -> int:
+        """One pass over every source: publish every due row; return how many went out."""
+        published = 0
+        for source in self.sources:
+            if not source.concurrent and not source.take_lease(self.holder, self.lease_ttl):
+                continue  # another relay has this database's turn
+            published += self._drain(source)
+            self._purge(source)
+        return published
+
+    def _drain(self, source: OutboxSource) -> int:
+        published = 0
+        while True:
+            with source.claim(self.batch_size, min_age=self.min_age) as rows:
+                published += self._publish_rows(source, rows)
+            if len(rows) < self.batch_size:
+                return published
+
+    def _publish_rows(self, source: OutboxSource, rows: Sequence[OutboxRow]) -> int:
+        if not rows:
+            return 0
+        outcomes = run_sync(self._publish_all([row.start for row in rows]))
+        done = [row.key for row, error in zip(rows, outcomes) if error is None]
+        if done:
+            source.mark_published(done)
+        for row, error in zip(rows, outcomes):
+            if error is not None:
+                delay = retry_delay(row.attempts + 1)
+                log.warning(
+                    "could not publish the start of workflow %r from the outbox (%s, row %s); "
+                    "retrying in %.0fs: %s",
+                    row.start.workflow_id,
+                    source.name,
+                    row.key,
+                    delay,
+                    error,
+                )
+                source.mark_failed(row.key, error, delay)
+        return len(done)
+
+    async def _publish_all(self, starts: Sequence[PreparedStart]) -> list[str | None]:
+        """Publish concurrently; each start's error message, or None where it went out."""
+        outcomes = await asyncio.gather(
+            *(self.app.apublish_start(start) for start in starts), return_exceptions=True
+        )
+        errors: list[str | None] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancellation, KeyboardInterrupt: not a row's fault
+            errors.append(_describe(outcome) if isinstance(outcome, Exception) else None)
+        return errors
+
+    def _purge(self, source: OutboxSource) -> None:
+        if self.retention is None or time.monotonic() - self._last_purge < 60.0:
+            return
+        self._last_purge = time.monotonic()
+        removed = source.purge(datetime.now(UTC) - timedelta(seconds=self.retention))
+        if removed:
+            log.info("deleted %d published outbox rows from %s", removed, source.name)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Relay until ``stop`` is set; a failing pass is logged and retried next interval."""
+        names = ", ".join(source.name for source in self.sources)
+        log.info("outbox relay %s watching %s", self.holder, names or "no databases")
+        while not stop.is_set():
+            try:
+                count = self.relay_once()
+                if count:
+                    log.info("relayed %d workflow start(s) left in the outbox", count)
+            except Exception:
+                log.exception("outbox relay pass failed; retrying in %.1fs", self.interval)
+            stop.wait(self.interval)
+
+    def start_thread(self, stop: threading.Event) -> threading.Thread:
+        """Run :meth:`run` on a daemon thread (a worker runs its relay this way)."""
+        thread = threading.Thread(
+            target=self.run, args=(stop,), name="dfcore-outbox-relay", daemon=True
+        )
+        thread.start()
+        return thread
+
+
+def _describe(exc: Exception) -> str:
+    kind = "payload" if isinstance(exc, PayloadError) else type(exc).__name__
+    return f"{kind}: {exc}"

@@ -1,0 +1,36 @@
+"""The Django app ``dfcore`` (add ``"dfcore.integrations.django"`` to INSTALLED_APPS)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.utils.module_loading import autodiscover_modules
+
+
+class DurableFutureConfig(AppConfig):
+    name = "dfcore.integrations.django"
+    label = "dfcore"
+    verbose_name = "DurableFuture"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import runtime
+
+        setting_changed.connect(_on_setting_changed, dispatch_uid="dfcore-settings")
+        conf = runtime.get_settings()  # a bad DFCORE fails at start-up, naming the key
+        autodiscover_modules(*conf.autodiscover)
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    from . import runtime
+    from .conf import SETTING
+
+    if setting == SETTING:
+        runtime.reset()
+        try:
+            runtime.get_app()  # apply the new settings to the App that workflows are bound to
+        except ImproperlyConfigured:
+            pass  # raised again, naming the key, when the settings are next used
