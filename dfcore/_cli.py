@@ -106,9 +106,11 @@ def worker_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def setup_logging(level: str) -> None:
+    """Log to stderr (unless logging is configured already), dfcore at ``level``."""
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
+    logging.getLogger("dfcore").setLevel(level.upper())
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -176,6 +176,7 @@ class OutboxRelay:
     def _publish_rows(self, source: OutboxSource, rows: Sequence[OutboxRow]) -> int:
         if not rows:
             return 0
+        log.debug("publishing %d workflow start(s) from %s", len(rows), source.name)
         outcomes = run_sync(self._publish_all([row.start for row in rows]))
         done = [row.key for row, error in zip(rows, outcomes) if error is None]
         if done:

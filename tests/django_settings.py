@@ -54,5 +54,7 @@ if os.environ.get("CI") == "true" or _postgres_reachable():
         "TEST": {"NAME": _PG_NAME},
     }
 
-DFCORE = {"NAMESPACE": "djtest"}  # tests override NATS_URL and NAMESPACE per test
+# Tests set DFCORE per test (override_settings); subprocesses (df_worker, df_relay) get their
+# server and namespace from DF_NATS_URL and DF_NAMESPACE, which DFCORE must not shadow.
+DFCORE: dict[str, object] = {}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test logins

@@ -74,8 +74,9 @@ def _load_app(path: str | None) -> App:
         ) from exc
     if not isinstance(found, App):
         raise ImproperlyConfigured(
-            f'settings.{SETTING}["APP"] is invalid: {path!r} is a {type(found).__name__}, '
-            "not a dfcore.App; point it at the App object, such as 'proj.df:app'"
+            f'settings.{SETTING}["APP"] is invalid: {path!r} is an object of type '
+            f"{type(found).__name__}, not a dfcore.App; point it at your App, such as "
+            "'proj.df:app'"
         )
     return found
 

@@ -8,8 +8,8 @@ from django.db import transaction
 from dfcore import App, SerializationError
 from dfcore.integrations.django import make_relay, start_on_commit
 from dfcore.integrations.django.models import OutboxEntry
-from tests.djangoapp.workflows import greeting
 from tests.django.conftest import on_all_databases
+from tests.djangoapp.workflows import greeting
 from tests.workerkit import WorkerThread, wait_until
 
 pytestmark = on_all_databases
@@ -21,7 +21,9 @@ def starts_of(app: App, workflow_id: str) -> int:
     return sum(1 for event in history if event.type == "WorkflowStarted")
 
 
-def test_commit_starts_the_workflow_once(db_alias: str, worker: WorkerThread, project_app: App) -> None:
+def test_commit_starts_the_workflow_once(
+    db_alias: str, worker: WorkerThread, project_app: App
+) -> None:
     with transaction.atomic(using=db_alias):
         handle = start_on_commit(greeting, "ada", workflow_id="greet-ada", using=db_alias)
         assert handle.workflow_id == "greet-ada"  # known before the commit
@@ -64,7 +66,9 @@ def test_the_relay_publishes_what_the_fast_path_left(
         assert project_app.get_handle("greet-cy").result(timeout=30) == "hello cy"
 
 
-def test_publishing_twice_starts_once(db_alias: str, worker: WorkerThread, project_app: App) -> None:
+def test_publishing_twice_starts_once(
+    db_alias: str, worker: WorkerThread, project_app: App
+) -> None:
     with transaction.atomic(using=db_alias):
         handle = start_on_commit(greeting, "di", workflow_id="greet-di", using=db_alias)
     wait_until(lambda: OutboxEntry.objects.using(db_alias).get().published_at, what="publish")

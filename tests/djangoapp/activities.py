@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import connection
 
 from dfcore.integrations.django import app
@@ -15,7 +17,13 @@ def count_users() -> int:
 
 
 @app.activity
-def connection_id() -> int:
-    """The identity of this thread's database connection (the ORM opens one if needed)."""
-    connection.ensure_connection()
-    return id(connection.connection)
+def starts_with_no_connection() -> bool:
+    """Whether this thread's database connection was closed since its last activity."""
+    was_closed = connection.connection is None
+    connection.ensure_connection()  # leave it open, as an ORM query would
+    return was_closed
+
+
+@app.workflow
+async def three_activities_on_one_thread(ctx: Any) -> list[bool]:
+    return [await ctx.activity(starts_with_no_connection) for _ in range(3)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from dfcore.integrations.django import app
-
 from tests.apps.orders import record
 
 

@@ -1,0 +1,73 @@
+"""manage.py df_worker / df_relay / df_workflow: the core CLI's options, this project's App."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import CommandError, call_command, load_command_class
+from django.db import transaction
+
+from dfcore import App
+from dfcore.cli import add_worker_arguments
+from dfcore.integrations.django import start_on_commit
+from dfcore.integrations.django.models import OutboxEntry
+from tests.django.conftest import on_all_databases
+from tests.djangoapp.workflows import greeting
+from tests.workerkit import WorkerThread
+
+
+def option_strings(parser: object) -> set[str]:
+    return {s for action in parser._actions for s in action.option_strings}  # type: ignore[attr-defined]
+
+
+def test_df_worker_takes_exactly_the_core_worker_options() -> None:
+    import argparse
+
+    core = argparse.ArgumentParser()
+    add_worker_arguments(core)
+    command = load_command_class("dfcore.integrations.django", "df_worker")
+    parser = command.create_parser("manage.py", "df_worker")
+    assert option_strings(core) - {"-h", "--help"} <= option_strings(parser)
+    options = parser.parse_args(["-Q", "emails,default", "--activities-only", "-c", "4"])
+    assert (options.queues, options.activities_only, options.concurrency) == (
+        "emails,default",
+        True,
+        4,
+    )
+
+
+def run(*args: str) -> str:
+    out = io.StringIO()
+    call_command("df_workflow", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_df_workflow_mirrors_the_cli(worker: WorkerThread) -> None:
+    handle = greeting.start("eve", workflow_id="greet-eve")
+    assert handle.result(timeout=30) == "hello eve"
+    assert "greet-eve" in run("list")
+    shown = run("show", "greet-eve")
+    assert "greet-eve (greeting): completed" in shown
+    assert "ActivityCompleted" in shown
+    assert run("result", "greet-eve").strip() == '"hello eve"'
+
+
+def test_df_workflow_errors_become_command_errors() -> None:
+    with pytest.raises(CommandError, match="no-such-workflow"):
+        run("show", "no-such-workflow")
+
+
+@on_all_databases
+def test_df_relay_once_publishes_pending_rows(
+    db_alias: str, dfcore_settings: dict, settings, project_app: App
+) -> None:
+    settings.DFCORE = {**dfcore_settings, "PUBLISH_ON_COMMIT": False}
+    with transaction.atomic(using=db_alias):
+        start_on_commit(greeting, "fay", workflow_id="greet-fay", using=db_alias)
+    out = io.StringIO()
+    call_command("df_relay", "--once", "--database", db_alias, stdout=out)
+    assert "published 1 workflow start" in out.getvalue()
+    assert OutboxEntry.objects.using(db_alias).get().status == "published"
+    with WorkerThread(project_app):
+        assert project_app.get_handle("greet-fay").result(timeout=30) == "hello fay"
