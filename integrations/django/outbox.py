@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from django.db import IntegrityError, connections, router, transaction
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -103,8 +103,30 @@ def make_relay(databases: Sequence[str] | None = None) -> OutboxRelay:
 
 
 def outbox_databases() -> list[str]:
-    """Every database alias the router lets the outbox table be migrated to."""
-    return [alias for alias in connections if router.allow_migrate_model(alias, OutboxEntry)]
+    """Every database the router lets the outbox be migrated to, and where it is migrated."""
+    aliases = []
+    for alias in connections:
+        if not router.allow_migrate_model(alias, OutboxEntry):
+            continue
+        table = OutboxEntry._meta.db_table
+        try:
+            migrated = table in connections[alias].introspection.table_names()
+        except DatabaseError as exc:
+            log.warning(
+                "database %r is not reachable, so its outbox is not relayed: %s", alias, exc
+            )
+            continue
+        if not migrated:
+            log.warning(
+                "database %r has no %s table, so its outbox is not relayed; "
+                "run `manage.py migrate --database %s`",
+                alias,
+                table,
+                alias,
+            )
+            continue
+        aliases.append(alias)
+    return aliases
 
 
 class DjangoOutboxSource:
