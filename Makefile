@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test matrix lint bench clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,12 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The framework matrix (tox.ini). pyenv's interpreters are put on PATH so tox finds 3.12.
+# One cell: make matrix TOXARGS="-e py311-django42"
+PYENV_BINS := $(shell ls -d $(HOME)/.pyenv/versions/3.1[123]*/bin 2>/dev/null | tr '\n' ':')
+matrix: venv
+	PATH="$(PYENV_BINS)$$PATH" $(BIN)/tox $(TOXARGS)
 
 lint: venv
 	$(BIN)/ruff check .

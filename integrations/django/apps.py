@@ -23,6 +23,10 @@ class DurableFutureConfig(AppConfig):
         conf = runtime.get_settings()  # a bad DFCORE fails at start-up, naming the key
         autodiscover_modules(*conf.autodiscover)
 
+        from .tasks import register_configured_backends
+
+        register_configured_backends()  # a TASKS backend of ours registers its workflow now
+
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     from . import runtime

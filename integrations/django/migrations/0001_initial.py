@@ -5,56 +5,72 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Workflow',
+            name="Workflow",
             fields=[
-                ('workflow_id', models.CharField(max_length=255, primary_key=True, serialize=False)),
+                (
+                    "workflow_id",
+                    models.CharField(max_length=255, primary_key=True, serialize=False),
+                ),
             ],
             options={
-                'verbose_name': 'workflow',
-                'verbose_name_plural': 'workflows',
-                'managed': False,
-                'default_permissions': ('view',),
+                "verbose_name": "workflow",
+                "verbose_name_plural": "workflows",
+                "managed": False,
+                "default_permissions": ("view",),
             },
         ),
         migrations.CreateModel(
-            name='RelayLease',
+            name="RelayLease",
             fields=[
-                ('name', models.CharField(max_length=64, primary_key=True, serialize=False)),
-                ('holder', models.CharField(max_length=255)),
-                ('expires_at', models.DateTimeField()),
+                ("name", models.CharField(max_length=64, primary_key=True, serialize=False)),
+                ("holder", models.CharField(max_length=255)),
+                ("expires_at", models.DateTimeField()),
             ],
             options={
-                'db_table': 'dfcore_relay_lease',
+                "db_table": "dfcore_relay_lease",
             },
         ),
         migrations.CreateModel(
-            name='OutboxEntry',
+            name="OutboxEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('workflow_id', models.CharField(db_index=True, max_length=255)),
-                ('workflow_type', models.CharField(max_length=255)),
-                ('task_queue', models.CharField(max_length=255)),
-                ('payload', models.BinaryField(help_text='the encoded start record')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('published_at', models.DateTimeField(blank=True, null=True)),
-                ('attempts', models.PositiveIntegerField(default=0, help_text='publishes tried so far')),
-                ('next_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('last_error', models.TextField(blank=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("workflow_id", models.CharField(db_index=True, max_length=255)),
+                ("workflow_type", models.CharField(max_length=255)),
+                ("task_queue", models.CharField(max_length=255)),
+                ("payload", models.BinaryField(help_text="the encoded start record")),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("published_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "attempts",
+                    models.PositiveIntegerField(default=0, help_text="publishes tried so far"),
+                ),
+                ("next_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("last_error", models.TextField(blank=True)),
             ],
             options={
-                'verbose_name': 'outbox entry',
-                'verbose_name_plural': 'outbox',
-                'db_table': 'dfcore_outbox',
-                'ordering': ['-id'],
-                'indexes': [models.Index(condition=models.Q(('published_at__isnull', True)), fields=['id'], name='dfcore_outbox_pending'), models.Index(fields=['published_at'], name='dfcore_outbox_published')],
+                "verbose_name": "outbox entry",
+                "verbose_name_plural": "outbox",
+                "db_table": "dfcore_outbox",
+                "ordering": ["-id"],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("published_at__isnull", True)),
+                        fields=["id"],
+                        name="dfcore_outbox_pending",
+                    ),
+                    models.Index(fields=["published_at"], name="dfcore_outbox_published"),
+                ],
             },
         ),
     ]
