@@ -4,28 +4,31 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Order',
+            name="Order",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('customer', models.CharField(max_length=100)),
-                ('product', models.CharField(max_length=100)),
-                ('quantity', models.PositiveIntegerField(default=1)),
-                ('amount', models.DecimalField(decimal_places=2, max_digits=10)),
-                ('status', models.CharField(default='new', max_length=20)),
-                ('charge_id', models.CharField(blank=True, max_length=64)),
-                ('tracking_id', models.CharField(blank=True, max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("customer", models.CharField(max_length=100)),
+                ("product", models.CharField(max_length=100)),
+                ("quantity", models.PositiveIntegerField(default=1)),
+                ("amount", models.DecimalField(decimal_places=2, max_digits=10)),
+                ("status", models.CharField(default="new", max_length=20)),
+                ("charge_id", models.CharField(blank=True, max_length=64)),
+                ("tracking_id", models.CharField(blank=True, max_length=64)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
     ]

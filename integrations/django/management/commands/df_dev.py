@@ -1,0 +1,184 @@
+"""``manage.py df_dev``: the whole project in one process, for development.
+
+An embedded NATS JetStream server (data in ``.df/`` next to ``manage.py``), a worker with the
+outbox relay on a background thread, and ``runserver`` in the foreground. Ctrl-C or SIGTERM
+stops all three. In production run NATS, ``df_worker`` and your web server separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command, get_commands, load_command_class
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from dfcore import App, ConfigurationError, EmbeddedServer, Worker, cli
+from dfcore._loopthread import run_sync
+
+from ... import runtime
+from ...outbox import make_relay
+
+
+class Command(BaseCommand):
+    help = (
+        "Develop without installing anything: start an embedded NATS JetStream server, a "
+        "worker with the outbox relay, and the development web server, in one process."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "addrport",
+            nargs="?",
+            default="",
+            help="address and port of the web server, as for "
+            "runserver (default 127.0.0.1:8000; port 0 picks a free one)",
+        )
+        parser.add_argument(
+            "--data-dir",
+            help="where the NATS server keeps its data (default: .df next to manage.py)",
+        )
+        parser.add_argument(
+            "--nats-port",
+            type=int,
+            default=0,
+            help="client port of the NATS server (default: a free one)",
+        )
+        parser.add_argument(
+            "--no-relay", action="store_true", help="do not relay the transactional outbox"
+        )
+        cli.add_worker_arguments(parser)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        cli.setup_logging(options["loglevel"])
+        data = Path(options["data_dir"] or _project_dir() / ".df").resolve()
+        server = EmbeddedServer(
+            data / "nats",
+            port=options["nats_port"],
+            log_file=str(data / "nats.log"),
+            kill_with_parent=True,  # a crashed df_dev leaves no server behind (Linux)
+        )
+        try:
+            server.start()
+        except ConfigurationError as exc:
+            raise CommandError(str(exc)) from exc
+        stop_relay = threading.Event()
+        app: App | None = None
+        worker: WorkerThread | None = None
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            app = self._use_server(server)
+            worker = WorkerThread(app.worker(**cli.worker_options(argparse.Namespace(**options))))
+            worker.start()
+            relay = runtime.get_settings().worker_relay and not options["no_relay"]
+            if relay:
+                make_relay().start_thread(stop_relay)
+            serving = (
+                f"namespace {app.settings.namespace!r}, queues {', '.join(worker.worker.queues)}"
+            )
+            serving += ", with the outbox relay" if relay else ", no outbox relay"
+            self._runserver(options["addrport"], server, data, serving)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            stop_relay.set()
+            if worker is not None:
+                worker.stop()
+            if app is not None:
+                run_sync(app.aclose())  # the web's and the relay's connection, before NATS stops
+            server.stop()
+            self.stdout.write("df_dev: stopped the web server, the worker and NATS")
+
+    def _use_server(self, server: EmbeddedServer) -> App:
+        """Point the project App, and the processes this one starts, at ``server``."""
+        os.environ["DF_NATS_URL"] = server.url
+        runtime.reset()  # read DFCORE again: without NATS_URL, the environment supplies it
+        app = runtime.get_app()
+        if app.settings.nats_url != server.url:
+            self.stderr.write(
+                f'df_dev: settings.DFCORE["NATS_URL"] is {app.settings.nats_url!r}; '
+                f"using the embedded server {server.url} instead"
+            )
+            app.configure(nats_url=server.url)
+        return app
+
+    def _runserver(self, addrport: str, server: EmbeddedServer, data: Path, serving: str) -> None:
+        """Run ``runserver`` (the project's, e.g. staticfiles') until Ctrl-C or SIGTERM."""
+        command = load_command_class(get_commands()["runserver"], "runserver")
+        announce = command.on_bind
+
+        def on_bind(port: int) -> None:
+            announce(port)
+            host = "127.0.0.1" if command.addr in ("0", "0.0.0.0") else command.addr
+            host = f"[{host}]" if ":" in host else host
+            site = f"{command.protocol}://{host}:{port}/"
+            self.stdout.write(
+                f"\nNATS JetStream  {server.url}  (data in {data})\n"
+                f"Worker          {serving}\n"
+                f"Site            {site}  (admin: {site}admin/)\n"
+                f"Other processes can use this server:  export DF_NATS_URL={server.url}\n"
+            )
+            self.stdout.flush()
+
+        command.on_bind = on_bind  # type: ignore[method-assign]
+        # No autoreloader: it would restart this process, and NATS and the worker with it.
+        call_command(command, addrport, use_reloader=False)
+
+
+class WorkerThread:
+    """A worker on its own thread and event loop (signals stay with the main thread)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="dfcore-dev-worker", daemon=True)
+
+    def start(self) -> None:
+        """Start the worker and wait until it consumes (raises if it could not start)."""
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise CommandError(f"the worker could not start: {self._error}") from self._error
+
+    def stop(self) -> None:
+        """Let in-flight work finish (up to the shutdown timeout), then disconnect."""
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        await self.worker.start()
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.worker.stop()
+
+
+def _project_dir() -> Path:
+    """The folder of ``manage.py``: settings.BASE_DIR by convention, else the current one."""
+    return Path(getattr(settings, "BASE_DIR", None) or Path.cwd())
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM stops runserver as Ctrl-C does (it only handles KeyboardInterrupt)."""
+    raise KeyboardInterrupt
