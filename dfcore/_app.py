@@ -391,6 +391,10 @@ class App:
         if client is not None:
             await client.close()
 
+    def close(self) -> None:
+        """Close the sync callers' connection now rather than at exit (the next call reopens it)."""
+        run_sync(self.aclose())
+
     def get_handle(self, workflow_id: str) -> WorkflowHandle[Any]:
         """A handle to the workflow with this id (whatever its type)."""
         return WorkflowHandle(self, workflow_id)

@@ -21,7 +21,6 @@ from django.core.management import call_command, get_commands, load_command_clas
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from dfcore import App, ConfigurationError, EmbeddedServer, Worker, cli
-from dfcore._loopthread import run_sync
 
 from ... import runtime
 from ...outbox import make_relay
@@ -91,7 +90,7 @@ class Command(BaseCommand):
             if worker is not None:
                 worker.stop()
             if app is not None:
-                run_sync(app.aclose())  # the web's and the relay's connection, before NATS stops
+                app.close()  # the web's and the relay's connection, before NATS stops
             server.stop()
             self.stdout.write("df_dev: stopped the web server, the worker and NATS")
 
