@@ -443,10 +443,13 @@ class App:
             task_queue=task_queue,
             execution_timeout=execution_timeout,
         )
+        return await self._apublish(start, if_exists)
+
+    async def _apublish(self, start: PreparedStart, if_exists: IfExists) -> WorkflowHandle[Any]:
+        defn = self.workflows.get(start.workflow_type)
+        hint = return_hint(defn.fn) if defn else None
         return await self._on_client_loop(
-            lambda client: client.start(
-                start, if_exists=if_exists, result_hint=return_hint(defn.fn) if defn else None
-            )
+            lambda client: client.start(start, if_exists=if_exists, result_hint=hint)
         )
 
     def _prepare(
@@ -502,11 +505,7 @@ class App:
 
     async def apublish_start(self, start: PreparedStart) -> WorkflowHandle[Any]:
         """Send a start made by :meth:`prepare_start`; idempotent (a repeat starts nothing)."""
-        defn = self.workflows.get(start.workflow_type)
-        hint = return_hint(defn.fn) if defn else None
-        return await self._on_client_loop(
-            lambda client: client.start(start, if_exists="use_existing", result_hint=hint)
-        )
+        return await self._apublish(start, "use_existing")
 
     def publish_start(self, start: PreparedStart) -> WorkflowHandle[Any]:
         """Sync twin of :meth:`apublish_start`."""

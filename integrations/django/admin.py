@@ -87,6 +87,15 @@ def problem_message(exc: BaseException) -> str:
     return f"Cannot read workflows: {type(exc).__name__}: {exc}"
 
 
+#: What the templates are told a user may do on the workflow pages: look, nothing else.
+_READ_ONLY = {
+    "has_add_permission": False,
+    "has_change_permission": False,
+    "has_delete_permission": False,
+    "has_view_permission": True,
+}
+
+
 # -- outbox ---------------------------------------------------------------------------------
 
 
@@ -337,10 +346,7 @@ class WorkflowAdmin(admin.ModelAdmin):
                 (name, request.GET[name]) for name in ("status", "limit") if name in request.GET
             ],
             "has_filters": True,
-            "has_add_permission": False,
-            "has_change_permission": False,
-            "has_delete_permission": False,
-            "has_view_permission": True,
+            **_READ_ONLY,
             **(extra_context or {}),
         }
         return TemplateResponse(request, self.workflow_list_template, context)
@@ -445,10 +451,7 @@ class WorkflowAdmin(admin.ModelAdmin):
             "changelist_url": reverse(
                 f"{self.admin_site.name}:dfcore_workflow_changelist",
             ),
-            "has_add_permission": False,
-            "has_change_permission": False,
-            "has_delete_permission": False,
-            "has_view_permission": True,
+            **_READ_ONLY,
             **(extra_context or {}),
         }
         return TemplateResponse(request, self.workflow_detail_template, context)

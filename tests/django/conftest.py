@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +15,9 @@ from django.conf import settings as django_settings
 from dfcore import App
 from dfcore.integrations.django import get_app
 from tests.conftest import require_postgres
-from tests.workerkit import WorkerThread
+from tests.workerkit import ROOT, WorkerThread
+
+SHOP = ROOT / "example_projects" / "django_shop"
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +55,35 @@ def db_alias(request: pytest.FixtureRequest) -> str:
         if "pg" not in django_settings.DATABASES:
             pytest.skip("no pg database configured")
     return str(request.param)
+
+
+def django_process(
+    *args: str, output: Path | int = subprocess.PIPE, **env: str
+) -> subprocess.Popen[bytes]:
+    """``python ARGS`` on the test settings and databases, with ``env`` added.
+
+    The child inherits ``DF_TEST_DB_TAG``, so it opens the same SQLite file and PostgreSQL
+    test database as this run. ``output`` is a log file to append to, or a subprocess
+    constant (``PIPE``, ``DEVNULL``); stderr goes to the same place.
+    """
+    environ = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.django_settings",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(SHOP)]),
+        "PYTHONUNBUFFERED": "1",  # a log shows output as it happens
+        **env,
+    }
+    command = [sys.executable, *args]
+    if not isinstance(output, Path):
+        return subprocess.Popen(
+            command, cwd=ROOT, env=environ, stdout=output, stderr=subprocess.STDOUT
+        )
+    with open(output, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def manage_py(*args: str) -> tuple[str, ...]:
+    """The arguments that run the example project's ``manage.py ARGS``."""
+    return (str(SHOP / "manage.py"), *args)

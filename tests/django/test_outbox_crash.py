@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,42 +12,31 @@ import pytest
 
 from dfcore import App, EmbeddedServer
 from dfcore.integrations.django.models import OutboxEntry, RelayLease
-from tests.django.conftest import on_all_databases
+from tests.django.conftest import django_process, manage_py, on_all_databases
 from tests.django.test_outbox import starts_of
-from tests.workerkit import ROOT, WorkerThread, sigkill, wait_until
+from tests.workerkit import WorkerThread, sigkill, wait_until
 
 pytestmark = [on_all_databases, pytest.mark.slow]
 
 
-def django_process(
-    args: list[str], nats_url: str, namespace: str, log: Path | None = None
+def on_server(
+    *args: str, nats_url: str, namespace: str, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """A Python process on the test settings and databases, with DF_NATS_URL/DF_NAMESPACE."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.django_settings",
-        "DF_NATS_URL": nats_url,
-        "DF_NAMESPACE": namespace,
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [sys.executable, *args]
-    if log is None:
-        return subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def manage(*args: str) -> list[str]:
-    return [str(ROOT / "example_projects" / "django_shop" / "manage.py"), *args]
+    """A test-settings process using this server and namespace (see ``django_process``)."""
+    output: Path | int = log if log is not None else subprocess.PIPE
+    return django_process(*args, output=output, DF_NATS_URL=nats_url, DF_NAMESPACE=namespace)
 
 
 def test_a_crash_between_commit_and_publish_loses_nothing(
     db_alias: str, nats_url: str, namespace: str, project_app: App
 ) -> None:
-    web = django_process(
-        ["-m", "tests.django.outbox_crash", db_alias, "greet-crash"], nats_url, namespace
+    web = on_server(
+        "-m",
+        "tests.django.outbox_crash",
+        db_alias,
+        "greet-crash",
+        nats_url=nats_url,
+        namespace=namespace,
     )
     assert web.stdout is not None
     assert web.stdout.readline().strip() == b"committed"
@@ -56,8 +44,10 @@ def test_a_crash_between_commit_and_publish_loses_nothing(
     web.stdout.close()
     assert OutboxEntry.objects.using(db_alias).get().status == "pending"
 
-    relay = django_process(
-        manage("df_relay", "--once", "--database", db_alias), nats_url, namespace
+    relay = on_server(
+        *manage_py("df_relay", "--once", "--database", db_alias),
+        nats_url=nats_url,
+        namespace=namespace,
     )
     out, _ = relay.communicate(timeout=60)
     assert relay.returncode == 0, out
@@ -89,8 +79,11 @@ def test_a_relay_killed_mid_publish_is_finished_by_another(
     settings.DFCORE = {"NATS_URL": url, "NAMESPACE": namespace, "PUBLISH_ON_COMMIT": False}
     app = get_app()
     log = tmp_path / "relay.log"
-    relay = django_process(
-        manage("df_relay", "--database", db_alias, "-l", "DEBUG"), url, namespace, log
+    relay = on_server(
+        *manage_py("df_relay", "--database", db_alias, "-l", "DEBUG"),
+        nats_url=url,
+        namespace=namespace,
+        log=log,
     )
     try:
         with transaction.atomic(using=db_alias):
@@ -115,7 +108,9 @@ def test_a_relay_killed_mid_publish_is_finished_by_another(
     # SQLite relays take turns by lease; the dead relay's lease would expire after its TTL.
     RelayLease.objects.using(db_alias).all().delete()
 
-    second = django_process(manage("df_relay", "--once", "--database", db_alias), url, namespace)
+    second = on_server(
+        *manage_py("df_relay", "--once", "--database", db_alias), nats_url=url, namespace=namespace
+    )
     out, _ = second.communicate(timeout=60)
     assert second.returncode == 0, out
     assert OutboxEntry.objects.using(db_alias).get(workflow_id="greet-two").published_at

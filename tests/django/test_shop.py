@@ -4,12 +4,10 @@ and ``manage.py df_dev`` (embedded NATS + worker + runserver in one command)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -27,9 +25,9 @@ from dfcore import App
 from dfcore._server import free_port
 from dfcore.integrations.django import make_relay
 from dfcore.integrations.django.models import OutboxEntry
-from tests.workerkit import ROOT, WorkerThread, wait_until
+from tests.django.conftest import django_process, manage_py
+from tests.workerkit import WorkerThread, wait_until
 
-SHOP = ROOT / "example_projects" / "django_shop"
 ORDER = {"customer": "ada", "product": "book", "quantity": "2", "amount": "12.50"}
 
 pytestmark = pytest.mark.django_db(transaction=True)  # real commits, seen by other processes
@@ -154,26 +152,6 @@ def test_an_order_without_a_workflow(client: Client) -> None:
 # -- real processes ---------------------------------------------------------------------------
 
 
-def manage_py(*args: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    """``python example_projects/django_shop/manage.py ARGS`` on the test settings and database."""
-    environ = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.django_settings",
-        "DF_TEST_DB_TAG": os.environ["DF_TEST_DB_TAG"],  # the same SQLite file as this run
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(SHOP)]),
-        "PYTHONUNBUFFERED": "1",  # the log shows output as it happens
-        **env,
-    }
-    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, str(SHOP / "manage.py"), *args],
-            cwd=ROOT,
-            env=environ,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 @pytest.fixture
 def stop_on_exit() -> Iterator[list[subprocess.Popen[bytes]]]:
     """Processes to kill if the test fails before stopping them itself."""
@@ -204,7 +182,9 @@ def test_a_real_df_worker_process_fulfils_an_order_from_the_form(
 ) -> None:
     order = place_order(client)
     log = tmp_path / "df_worker.log"
-    worker = manage_py("df_worker", log=log, DF_NATS_URL=nats_url, DF_NAMESPACE=namespace)
+    worker = django_process(
+        *manage_py("df_worker"), output=log, DF_NATS_URL=nats_url, DF_NAMESPACE=namespace
+    )
     stop_on_exit.append(worker)
 
     wait_until(
@@ -222,7 +202,7 @@ def test_df_dev_runs_server_worker_and_site_in_one_command(
 ) -> None:
     log = tmp_path / "df_dev.log"
     data = tmp_path / "df"
-    dev = manage_py("df_dev", "127.0.0.1:0", "--data-dir", str(data), log=log)
+    dev = django_process(*manage_py("df_dev", "127.0.0.1:0", "--data-dir", str(data)), output=log)
     stop_on_exit.append(dev)
 
     banner = re.compile(r"^NATS JetStream +(nats://\S+).*\n.*\nSite +(http://\S+)", re.M)

@@ -6,10 +6,8 @@ import contextlib
 import importlib
 import importlib.util
 import logging
-import os
 import re
 import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from dfcore import App, WorkflowFailureError
-from tests.workerkit import ROOT, WorkerThread, wait_until
+from tests.django.conftest import django_process
+from tests.workerkit import WorkerThread, wait_until
 
 HAS_TASKS = django.VERSION >= (6, 0)
 BACKEND = "dfcore.integrations.django.tasks.DFTaskBackend"
@@ -395,16 +394,9 @@ def run_worker_process(
     nats_url: str, namespace: str, dfcore: dict[str, Any]
 ) -> subprocess.Popen[bytes]:
     """``manage.py df_worker`` in its own process, with TASKS naming DFTaskBackend."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.django_settings",
-        "DF_NATS_URL": nats_url,
-        "DF_NAMESPACE": namespace,
-        "PYTHONPATH": str(ROOT),
-    }
     script = _WORKER.format(backend=BACKEND, dfcore=dfcore)
-    return subprocess.Popen(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
+    return django_process(
+        "-c", script, output=subprocess.DEVNULL, DF_NATS_URL=nats_url, DF_NAMESPACE=namespace
     )
 
 
