@@ -38,10 +38,15 @@ class WorkflowFunction(Generic[P, R]):
     """
 
     def __init__(self, app: App, definition: WorkflowDefinition) -> None:
-        self.app = app
+        self._app = app
         self.definition = definition
         self._result_hint = return_hint(definition.fn)
         functools.update_wrapper(self, definition.fn)
+
+    @property
+    def app(self) -> App:
+        """The App this workflow is started on (a framework integration may pick it per call)."""
+        return self._app
 
     @property
     def name(self) -> str:
@@ -204,6 +209,20 @@ class App:
         """
         self._from_object = read_config_object(obj, namespace, source=source)
         self._reload()
+
+    def derive(self, name: str | None = None, **settings: Any) -> App:
+        """A new App with this App's workflows and activities, and its own settings.
+
+        The registry is shared, not copied: whatever is registered on either App later is on
+        both. Settings start from this App's keyword arguments (``settings`` override them);
+        connections and activity contexts are the new App's own. The Flask extension gives
+        each Flask application its own App this way.
+        """
+        other = App(name or self.name, **{**self._kwargs, **settings})
+        other.workflows = self.workflows
+        other.activities = self.activities
+        other._by_fn = self._by_fn
+        return other
 
     @property
     def _max_payload(self) -> int:

@@ -18,8 +18,10 @@ from ._cli import (
     setup_logging,
     worker_options,
 )
+from ._worker_thread import WorkerThread
 
 __all__ = [
+    "WorkerThread",
     "add_worker_arguments",
     "add_workflow_arguments",
     "main",

@@ -23,20 +23,20 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._client import PreparedStart
-from ._errors import PayloadError
+from ._errors import ConfigurationError, PayloadError
 from ._loopthread import run_sync
 
 if TYPE_CHECKING:
     from ._app import App
 
-__all__ = ["OutboxRelay", "OutboxRow", "OutboxSource", "retry_delay"]
+__all__ = ["OutboxRelay", "OutboxRow", "OutboxSettings", "OutboxSource", "retry_delay"]
 
 log = logging.getLogger("dfcore.outbox")
 
@@ -104,6 +104,79 @@ class OutboxSource(Protocol):
     def purge(self, published_before: datetime) -> int:
         """Delete rows published before this time; return how many."""
         ...
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    """The outbox options a framework integration reads from its own settings.
+
+    Attributes:
+        worker_relay: run the relay inside the framework's worker command.
+        publish_on_commit: publish a row right after its transaction commits (off: only the
+            relay publishes).
+        relay_interval: seconds between relay passes.
+        relay_min_age: a relay pass leaves rows younger than this to their commit's fast path.
+        outbox_retention: seconds published rows are kept; ``None`` keeps them forever.
+    """
+
+    worker_relay: bool = True
+    publish_on_commit: bool = True
+    relay_interval: float = 1.0
+    relay_min_age: float = 2.0
+    outbox_retention: float | None = 7 * 86400.0
+
+    @staticmethod
+    def keys() -> dict[str, Any]:
+        """The options as upper-case keys (``RELAY_INTERVAL``) with their defaults."""
+        defaults = OutboxSettings()
+        return {name.upper(): getattr(defaults, name) for name in _OPTION_CHECKS}
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], label: Callable[[str], str]) -> OutboxSettings:
+        """Validate options given under upper-case keys; a missing key takes its default.
+
+        Args:
+            values: ``{"RELAY_INTERVAL": 0.5, ...}``; other keys are ignored.
+            label: names a key as the user wrote it, for error messages
+                (``'DF_RELAY_INTERVAL in the config of Flask app "shop"'``).
+
+        Raises:
+            ConfigurationError: a value has the wrong type or range; the message names it.
+        """
+        options: dict[str, Any] = {}
+        for name, (check, expected) in _OPTION_CHECKS.items():
+            key = name.upper()
+            if key not in values:
+                continue
+            value = values[key]
+            if not check(value):
+                raise ConfigurationError(
+                    f"{label(key)} is invalid: got {value!r}; expected {expected}"
+                )
+            options[name] = (
+                float(value)
+                if isinstance(value, int | float) and not isinstance(value, bool)
+                else value
+            )
+        return cls(**options)
+
+
+def _is_seconds(value: Any, allow_zero: bool = False) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return value > 0 or (allow_zero and value == 0)
+
+
+_OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "worker_relay": (lambda v: isinstance(v, bool), "True or False"),
+    "publish_on_commit": (lambda v: isinstance(v, bool), "True or False"),
+    "relay_interval": (_is_seconds, "a positive number of seconds"),
+    "relay_min_age": (lambda v: _is_seconds(v, allow_zero=True), "a number of seconds, 0 or more"),
+    "outbox_retention": (
+        lambda v: v is None or _is_seconds(v),
+        "a positive number of seconds, or None to keep published rows",
+    ),
+}
 
 
 def retry_delay(attempts: int) -> float:

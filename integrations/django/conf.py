@@ -15,28 +15,22 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
-from dfcore import Settings
+from dfcore import ConfigurationError, Settings
+from dfcore.outbox import OutboxSettings
 
 SETTING = "DFCORE"
 
-# The integration's own keys and their defaults.
+# The integration's own keys and their defaults; the outbox options (WORKER_RELAY,
+# PUBLISH_ON_COMMIT, RELAY_INTERVAL, RELAY_MIN_AGE, OUTBOX_RETENTION) are shared with the Flask
+# integration and documented on dfcore.outbox.OutboxSettings.
 DEFAULTS: dict[str, Any] = {
     # "proj.df:app": use your own App (Celery style) instead of the built-in project App.
     "APP": None,
     # Modules imported from every installed app, so their workflows and activities register.
     "AUTODISCOVER": ("workflows", "activities"),
-    # Run the outbox relay inside `manage.py df_worker` (off: run `manage.py df_relay`).
-    "WORKER_RELAY": True,
-    # Publish an outbox row right after its transaction commits (off: only the relay does).
-    "PUBLISH_ON_COMMIT": True,
-    # Seconds between relay passes over the outbox.
-    "RELAY_INTERVAL": 1.0,
-    # A relay pass leaves rows younger than this to their own commit's fast path.
-    "RELAY_MIN_AGE": 2.0,
-    # Seconds published outbox rows are kept (for the admin); None keeps them forever.
-    "OUTBOX_RETENTION": 7 * 86400.0,
     # Database aliases the relay watches; None: every database the outbox is migrated to.
     "OUTBOX_DATABASES": None,
+    **OutboxSettings.keys(),
 }
 
 
@@ -73,17 +67,19 @@ def read_settings() -> DjangoSettings:
         if key not in core_keys and key not in DEFAULTS:
             raise ImproperlyConfigured(_unknown_key(key, [*core_keys, *DEFAULTS]))
     own = {key: raw.get(key, default) for key, default in DEFAULTS.items()}
+    try:
+        outbox = OutboxSettings.from_mapping(own, label)
+    except ConfigurationError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
     return DjangoSettings(
         core={key: value for key, value in raw.items() if key in core_keys},
         app=_optional_str(own, "APP"),
         autodiscover=_names(own, "AUTODISCOVER"),
-        worker_relay=_bool(own, "WORKER_RELAY"),
-        publish_on_commit=_bool(own, "PUBLISH_ON_COMMIT"),
-        relay_interval=_seconds(own, "RELAY_INTERVAL"),
-        relay_min_age=_seconds(own, "RELAY_MIN_AGE", allow_zero=True),
-        outbox_retention=None
-        if own["OUTBOX_RETENTION"] is None
-        else _seconds(own, "OUTBOX_RETENTION"),
+        worker_relay=outbox.worker_relay,
+        publish_on_commit=outbox.publish_on_commit,
+        relay_interval=outbox.relay_interval,
+        relay_min_age=outbox.relay_min_age,
+        outbox_retention=outbox.outbox_retention,
         outbox_databases=None
         if own["OUTBOX_DATABASES"] is None
         else _names(own, "OUTBOX_DATABASES"),
@@ -119,18 +115,3 @@ def _names(own: Mapping[str, Any], key: str) -> tuple[str, ...]:
     if isinstance(value, str) or not all(isinstance(v, str) and v for v in value or ()):
         raise _invalid(key, value, 'a list of names, such as ["workflows", "activities"]')
     return tuple(value)
-
-
-def _bool(own: Mapping[str, Any], key: str) -> bool:
-    value = own[key]
-    if not isinstance(value, bool):
-        raise _invalid(key, value, "True or False")
-    return value
-
-
-def _seconds(own: Mapping[str, Any], key: str, allow_zero: bool = False) -> float:
-    value = own[key]
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise _invalid(key, value, "a positive number of seconds")
-    return float(value)

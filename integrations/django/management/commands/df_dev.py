@@ -8,7 +8,6 @@ stops all three. In production run NATS, ``df_worker`` and your web server separ
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import threading
@@ -20,7 +19,7 @@ from django.conf import settings
 from django.core.management import call_command, get_commands, load_command_class
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from dfcore import App, ConfigurationError, EmbeddedServer, Worker, cli
+from dfcore import App, ConfigurationError, DFError, EmbeddedServer, cli
 
 from ... import runtime
 from ...outbox import make_relay
@@ -70,12 +69,17 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         stop_relay = threading.Event()
         app: App | None = None
-        worker: WorkerThread | None = None
+        worker: cli.WorkerThread | None = None
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             app = self._use_server(server)
-            worker = WorkerThread(app.worker(**cli.worker_options(argparse.Namespace(**options))))
-            worker.start()
+            worker = cli.WorkerThread(
+                app.worker(**cli.worker_options(argparse.Namespace(**options)))
+            )
+            try:
+                worker.start()
+            except DFError as exc:
+                raise CommandError(str(exc)) from exc
             relay = runtime.get_settings().worker_relay and not options["no_relay"]
             if relay:
                 make_relay().start_thread(stop_relay)
@@ -128,49 +132,6 @@ class Command(BaseCommand):
         command.on_bind = on_bind  # type: ignore[method-assign]
         # No autoreloader: it would restart this process, and NATS and the worker with it.
         call_command(command, addrport, use_reloader=False)
-
-
-class WorkerThread:
-    """A worker on its own thread and event loop (signals stay with the main thread)."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="dfcore-dev-worker", daemon=True)
-
-    def start(self) -> None:
-        """Start the worker and wait until it consumes (raises if it could not start)."""
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise CommandError(f"the worker could not start: {self._error}") from self._error
-
-    def stop(self) -> None:
-        """Let in-flight work finish (up to the shutdown timeout), then disconnect."""
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join()
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            self._ready.set()
-
-    async def _run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        await self.worker.start()
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await self.worker.stop()
 
 
 def _project_dir() -> Path:

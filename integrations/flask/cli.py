@@ -1,0 +1,184 @@
+"""``flask df``: the ``df`` command for the current Flask app.
+
+``flask df worker`` and ``flask df workflow`` parse their arguments with the core CLI's own
+parsers (``dfcore.cli``), so they take exactly the options of ``df worker`` and ``df workflow``;
+``flask df worker --help`` lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from dfcore import DFError, cli
+
+from .extension import EXTENSION, DFState
+
+df_group = AppGroup("df", help="Run DurableFuture workers and relays, inspect workflows.")
+
+# Hand every argument, --help included, to the core's argparse parser.
+_PASSTHROUGH: dict[str, Any] = {
+    "ignore_unknown_options": True,
+    "allow_extra_args": True,
+    "help_option_names": [],
+}
+
+
+def _state() -> DFState:
+    state = current_app.extensions.get(EXTENSION)
+    if state is None:
+        raise click.UsageError(
+            f"DurableFuture is not registered on the Flask app {current_app.name!r}: "
+            "call DurableFuture(app) or df.init_app(app) in your app factory"
+        )
+    return state  # type: ignore[no-any-return]
+
+
+def _parse(
+    prog: str, build: Callable[[argparse.ArgumentParser], None], argv: Sequence[str]
+) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog)
+    build(parser)
+    return parser.parse_args(list(argv))
+
+
+def _add_relay_switch(parser: argparse.ArgumentParser) -> None:
+    cli.add_worker_arguments(parser)
+    parser.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="do not relay the transactional outbox in this worker "
+        "(run `flask df relay`, or set DF_WORKER_RELAY = False)",
+    )
+
+
+@df_group.command(
+    "worker",
+    context_settings=_PASSTHROUGH,
+    short_help="Run a worker for this app's workflows and activities (options of `df worker`).",
+)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def worker_command(argv: Sequence[str]) -> None:
+    """Run a worker, with the outbox relay; `flask df worker --help` lists the options."""
+    args = _parse("flask df worker", _add_relay_switch, argv)
+    cli.setup_logging(args.loglevel)
+    state = _state()
+    stop = threading.Event()
+    if state.settings.outbox.worker_relay and not args.no_relay:
+        _start_relay(state, stop)
+    try:
+        state.app.run_worker(**cli.worker_options(args))
+    finally:
+        stop.set()
+
+
+def _start_relay(state: DFState, stop: threading.Event) -> None:
+    from .outbox import make_relay, relayable
+
+    engines = relayable(state.outbox_engines())
+    if engines:
+        make_relay(state.app, engines, state.settings.outbox).start_thread(stop)
+
+
+@df_group.command("relay")
+@click.option("--once", is_flag=True, help="Publish everything pending, then exit.")
+@click.option("-l", "--loglevel", default="INFO", help="Logging level (DEBUG, INFO, WARNING...).")
+def relay_command(once: bool, loglevel: str) -> None:
+    """Publish workflow starts a crash left in the outbox.
+
+    `flask df worker` runs a relay too; run this one when workers run elsewhere. On
+    PostgreSQL several may run at once.
+    """
+    cli.setup_logging(loglevel)
+    state = _state()
+    if not state.outbox_engines():
+        raise click.UsageError(
+            "no outbox database: set DF_OUTBOX_DATABASE_URI, or register Flask-SQLAlchemy "
+            "on the app"
+        )
+    relay = state.make_relay()
+    if once:
+        relay.min_age = 0.0
+        click.echo(f"published {relay.relay_once()} workflow start(s) from the outbox")
+        return
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    relay.run(stop)
+
+
+@df_group.command("create-outbox")
+def create_outbox_command() -> None:
+    """Create the outbox tables in the outbox database if they do not exist."""
+    from .outbox import create_outbox_tables
+
+    engines = _state().outbox_engines()
+    if not engines:
+        raise click.UsageError(
+            "no outbox database: set DF_OUTBOX_DATABASE_URI, or register Flask-SQLAlchemy "
+            "on the app"
+        )
+    for engine in engines:
+        create_outbox_tables(engine)
+        click.echo(f"outbox tables ready in {engine.url.render_as_string(hide_password=True)}")
+
+
+@df_group.command(
+    "workflow",
+    context_settings=_PASSTHROUGH,
+    short_help="Inspect and control workflows: list, show, result, signal, cancel.",
+)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def workflow_command(argv: Sequence[str]) -> None:
+    """The actions of `df workflow`; `flask df workflow --help` lists them."""
+    args = _parse(
+        "flask df workflow",
+        lambda parser: cli.add_workflow_arguments(parser, with_app=False),
+        argv,
+    )
+    try:
+        cli.run_workflow_command(_state().app, args, out=click.get_text_stream("stdout"))
+    except DFError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _add_dev_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="web server address (127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=5000, help="web server port (5000; 0 picks a free one)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="where the NATS server keeps its data (default: df/ in the app's instance folder)",
+    )
+    parser.add_argument(
+        "--nats-port", type=int, default=0, help="client port of the NATS server (a free one)"
+    )
+    _add_relay_switch(parser)
+
+
+@df_group.command(
+    "dev",
+    context_settings=_PASSTHROUGH,
+    short_help="Embedded NATS, a worker with the outbox relay, and the dev web server.",
+)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def dev_command(argv: Sequence[str]) -> None:
+    """Develop without installing anything: an embedded NATS JetStream server, a worker with
+    the outbox relay, and the development web server, in one process. Ctrl-C stops all three.
+    `flask df dev --help` lists the options."""
+    from .dev import run_dev
+
+    args = _parse("flask df dev", _add_dev_arguments, argv)
+    cli.setup_logging(args.loglevel)
+    try:
+        run_dev(current_app._get_current_object(), _state(), args)  # type: ignore[attr-defined]
+    except DFError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,378 @@
+"""The transactional outbox on SQLAlchemy (any ``Session``, including Flask-SQLAlchemy's).
+
+:func:`start_in_transaction` inserts the prepared start into the session's transaction. When
+the session commits, the start is published at once; a relay (``flask df relay``, or inside
+``flask df worker``) publishes whatever a crash left behind. A rollback starts nothing. The
+shared logic lives in ``dfcore.outbox``; this module is the SQLAlchemy glue and imports no Flask.
+
+The tables are the Django integration's (``dfcore_outbox``, ``dfcore_relay_lease``), defined on
+:data:`metadata`. Create them with :func:`create_outbox_tables` (or ``flask df create-outbox``),
+or add :data:`metadata` to Alembic's ``target_metadata``. Times are stored as naive UTC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    insert,
+    inspect,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dfcore import App, PreparedStart, WorkflowFunction, WorkflowHandle
+from dfcore.outbox import OutboxRelay, OutboxRow, OutboxSettings
+
+log = logging.getLogger("dfcore.flask.outbox")
+
+#: Holds the outbox tables; add it to Alembic's ``target_metadata`` to migrate them.
+metadata = MetaData()
+
+outbox_table = Table(
+    "dfcore_outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("workflow_id", String(255), nullable=False, index=True),
+    Column("workflow_type", String(255), nullable=False),
+    Column("task_queue", String(255), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("published_at", DateTime),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime),
+    Column("last_error", Text, nullable=False, default=""),
+    Index("dfcore_outbox_published", "published_at"),
+)
+
+lease_table = Table(
+    "dfcore_relay_lease",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+)
+
+_LEASE = "outbox-relay"
+_PENDING = "dfcore.outbox.pending"  # session.info key: rows to publish after the commit
+# Dialects whose SELECT ... FOR UPDATE SKIP LOCKED lets relays run side by side.
+_SKIP_LOCKED_DIALECTS = {"postgresql", "mysql", "mariadb", "oracle"}
+
+
+def create_outbox_tables(engine: Engine) -> None:
+    """Create the outbox tables in this database if they do not exist."""
+    metadata.create_all(engine, checkfirst=True)
+
+
+def start_in_transaction(
+    session: Any,
+    app: App,
+    workflow: WorkflowFunction[..., Any] | str,
+    *args: Any,
+    workflow_id: str | None = None,
+    task_queue: str | None = None,
+    execution_timeout: float | None = None,
+    settings: OutboxSettings | None = None,
+) -> WorkflowHandle[Any]:
+    """Start a workflow if and only if ``session``'s transaction commits.
+
+    Inserts an outbox row in the session's transaction (beginning one if needed) and returns
+    the handle at once. After the commit the start is published; if the process dies first,
+    the relay publishes it; a rollback starts nothing.
+
+    Args:
+        session: a SQLAlchemy ``Session`` or ``scoped_session`` (Flask-SQLAlchemy's
+            ``db.session``).
+        app: the App that publishes the start.
+        workflow: the workflow function, or its registered name.
+        *args: the workflow's arguments; checked now, so a bad one fails before the commit.
+        workflow_id: the id (a new UUID if omitted); starting an id twice runs it once.
+        task_queue: the queue whose workers run it.
+        execution_timeout: fail the workflow if it runs longer than this many seconds.
+        settings: the outbox options (``publish_on_commit``, relay timing).
+
+    Raises:
+        SerializationError: an argument cannot be encoded.
+        PayloadTooLargeError: the arguments are too large for the server.
+    """
+    settings = settings or OutboxSettings()
+    start = app.prepare_start(
+        workflow,
+        *args,
+        workflow_id=workflow_id,
+        task_queue=task_queue,
+        execution_timeout=execution_timeout,
+    )
+    statement = insert(outbox_table).values(
+        workflow_id=start.workflow_id,
+        workflow_type=start.workflow_type,
+        task_queue=start.task_queue,
+        payload=start.data,
+        created_at=_now(),
+        attempts=0,
+        last_error="",
+    )
+    key = session.execute(statement).inserted_primary_key[0]
+    if settings.publish_on_commit:
+        engine = _engine_of(session.get_bind(clause=statement))
+        _pending(session).add(app, engine, settings, key)
+    if isinstance(workflow, WorkflowFunction):
+        return workflow.get_handle(start.workflow_id)
+    return app.get_handle(start.workflow_id)
+
+
+# -- publishing after the commit ------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """Rows a session inserted, grouped by the App and database that publish them."""
+
+    batches: dict[tuple[int, int], tuple[App, Engine, OutboxSettings, list[Any]]] = field(
+        default_factory=dict
+    )
+
+    def add(self, app: App, engine: Engine, settings: OutboxSettings, key: Any) -> None:
+        batch = self.batches.setdefault((id(app), id(engine)), (app, engine, settings, []))
+        batch[3].append(key)
+
+
+def _pending(session: Any) -> _Pending:
+    _listen_once()
+    info: dict[str, Any] = session.info
+    pending = info.get(_PENDING)
+    if pending is None:
+        pending = info[_PENDING] = _Pending()
+    return pending
+
+
+_listening = False
+
+
+def _listen_once() -> None:
+    global _listening
+    if not _listening:
+        event.listen(Session, "after_commit", _after_commit)
+        event.listen(Session, "after_rollback", _after_rollback)
+        _listening = True
+
+
+def _after_commit(session: Session) -> None:
+    pending = session.info.pop(_PENDING, None)
+    if pending is None:
+        return
+    for app, engine, settings, keys in pending.batches.values():
+        publish_committed(app, engine, keys, settings)
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def publish_committed(
+    app: App, engine: Engine, keys: Sequence[Any], settings: OutboxSettings | None = None
+) -> None:
+    """The fast path: publish rows just committed. A failure leaves them to the relay."""
+    try:
+        make_relay(app, [engine], settings).publish(SQLAlchemyOutboxSource(engine), keys)
+    except Exception as exc:
+        log.warning(
+            "could not publish outbox rows %s after commit (%s: %s); the relay will",
+            list(keys),
+            type(exc).__name__,
+            exc,
+        )
+
+
+def make_relay(
+    app: App, engines: Sequence[Engine], settings: OutboxSettings | None = None
+) -> OutboxRelay:
+    """A relay publishing, through ``app``, the outbox of each of these databases."""
+    settings = settings or OutboxSettings()
+    return OutboxRelay(
+        app,
+        [SQLAlchemyOutboxSource(engine) for engine in engines],
+        interval=settings.relay_interval,
+        min_age=settings.relay_min_age,
+        retention=settings.outbox_retention,
+    )
+
+
+def relayable(engines: Sequence[Engine]) -> list[Engine]:
+    """The databases that have the outbox tables; the others are skipped with a warning."""
+    found = []
+    for engine in engines:
+        where = engine.url.render_as_string(hide_password=True)
+        try:
+            tables = set(inspect(engine).get_table_names())
+        except Exception as exc:
+            log.warning(
+                "database %s is not reachable, so its outbox is not relayed: %s", where, exc
+            )
+            continue
+        if not {outbox_table.name, lease_table.name} <= tables:
+            log.warning(
+                "database %s has no %s table, so its outbox is not relayed; run "
+                "`flask df create-outbox`, or add dfcore.integrations.flask.outbox.metadata to "
+                "your migrations",
+                where,
+                outbox_table.name,
+            )
+            continue
+        found.append(engine)
+    return found
+
+
+# -- the relay's view of one database -------------------------------------------------------
+
+
+class SQLAlchemyOutboxSource:
+    """The outbox table in one database, for :class:`dfcore.outbox.OutboxRelay`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._claimed = threading.local()  # the connection holding claimed rows, per thread
+
+    @property
+    def name(self) -> str:
+        return f"sqlalchemy:{self.engine.url.render_as_string(hide_password=True)}"
+
+    @property
+    def concurrent(self) -> bool:
+        return self.engine.dialect.name in _SKIP_LOCKED_DIALECTS
+
+    @contextlib.contextmanager
+    def claim(
+        self, limit: int, *, keys: Sequence[Any] | None = None, min_age: float = 0.0
+    ) -> Iterator[list[OutboxRow]]:
+        now = _now()
+        query = select(outbox_table).where(outbox_table.c.published_at.is_(None))
+        if keys is not None:
+            query = query.where(outbox_table.c.id.in_(list(keys)))
+        else:
+            due = outbox_table.c.next_attempt_at
+            query = query.where(or_(due.is_(None), due <= now))
+        if min_age:
+            query = query.where(outbox_table.c.created_at <= now - timedelta(seconds=min_age))
+        query = query.order_by(outbox_table.c.id).limit(limit)
+        if self.concurrent:
+            query = query.with_for_update(skip_locked=True)
+        with self.engine.begin() as connection:
+            rows = [_as_row(row) for row in connection.execute(query).mappings()]
+            self._claimed.connection = connection
+            try:
+                yield rows
+            finally:
+                self._claimed.connection = None
+
+    def mark_published(self, keys: Sequence[Any]) -> None:
+        table = outbox_table
+        self._execute(
+            update(table)
+            .where(table.c.id.in_(list(keys)))
+            .values(
+                published_at=_now(),
+                attempts=table.c.attempts + 1,
+                next_attempt_at=None,
+                last_error="",
+            )
+        )
+
+    def mark_failed(self, key: Any, error: str, retry_in: float) -> None:
+        table = outbox_table
+        self._execute(
+            update(table)
+            .where(table.c.id == key)
+            .values(
+                attempts=table.c.attempts + 1,
+                next_attempt_at=_now() + timedelta(seconds=retry_in),
+                last_error=error[:4000],
+            )
+        )
+
+    def take_lease(self, holder: str, ttl: float) -> bool:
+        now = _now()
+        until = now + timedelta(seconds=ttl)
+        table = lease_table
+        mine_or_expired = or_(table.c.holder == holder, table.c.expires_at < now)
+        renew = (
+            update(table)
+            .where(table.c.name == _LEASE, mine_or_expired)
+            .values(holder=holder, expires_at=until)
+        )
+        with self.engine.begin() as connection:
+            if connection.execute(renew).rowcount:
+                return True
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    insert(table).values(name=_LEASE, holder=holder, expires_at=until)
+                )
+        except IntegrityError:
+            return False  # another relay holds it
+        return True
+
+    def purge(self, published_before: datetime) -> int:
+        before = published_before.astimezone(UTC).replace(tzinfo=None)
+        statement = outbox_table.delete().where(outbox_table.c.published_at < before)
+        with self.engine.begin() as connection:
+            return int(connection.execute(statement).rowcount)
+
+    def _execute(self, statement: Any) -> None:
+        """Run an update inside :meth:`claim`'s transaction (which holds the rows' locks), or
+        in a transaction of its own outside one."""
+        connection = getattr(self._claimed, "connection", None)
+        if connection is not None:
+            connection.execute(statement)
+            return
+        with self.engine.begin() as connection:
+            connection.execute(statement)
+
+
+def _as_row(row: Any) -> OutboxRow:
+    start = PreparedStart(
+        row["workflow_id"], row["workflow_type"], row["task_queue"], bytes(row["payload"])
+    )
+    return OutboxRow(row["id"], start, row["attempts"])
+
+
+def _engine_of(bind: Any) -> Engine:
+    return bind if isinstance(bind, Engine) else bind.engine  # a Connection
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+__all__ = [
+    "SQLAlchemyOutboxSource",
+    "create_outbox_tables",
+    "lease_table",
+    "make_relay",
+    "metadata",
+    "outbox_table",
+    "publish_committed",
+    "relayable",
+    "start_in_transaction",
+]
