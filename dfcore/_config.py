@@ -41,6 +41,7 @@ import dataclasses
 import difflib
 import importlib
 import math
+import os
 import re
 import types
 from collections.abc import Callable, Mapping
@@ -265,6 +266,16 @@ class Settings:
     def load_codec(self) -> PayloadCodec | None:
         """Import and instantiate :attr:`codec` (see :func:`load_codec`)."""
         return load_codec(self.codec, self.sources.get("codec", "codec"))
+
+    @classmethod
+    def from_environment(cls, **settings: Any) -> Settings:
+        """Settings from keyword arguments, then ``DF_*`` environment variables, then defaults
+        (what an App has before any config object is read).
+
+        Raises:
+            ConfigurationError: an unknown setting name or an invalid value.
+        """
+        return resolve_settings(kwargs=settings, environ=os.environ)
 
     @staticmethod
     def names() -> tuple[str, ...]:

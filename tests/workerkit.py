@@ -100,3 +100,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def starts_of(app: App, workflow_id: str) -> int:
+    """How many WorkflowStarted events the workflow's history holds."""
+    history = app.get_handle(workflow_id).history()
+    return sum(1 for event in history if event.type == "WorkflowStarted")

@@ -1,14 +1,15 @@
 """The ``DF_*`` keys of a Flask app's config: defaults, validation, error messages.
 
 Every key is ``setdefault`` on ``app.config`` by ``init_app``, so ``app.config`` shows what is in
-effect. A core setting's default there is the value the environment gives (``DF_NATS_URL`` in
-``os.environ``) or the built-in default, so environment variables keep working; a value set in
-the config wins over the environment.
+effect. A key's default there is the value of the environment variable of the same name
+(``DF_NATS_URL``), else the built-in default: environment variables keep working, and a value
+set in the config wins over the environment.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +29,9 @@ OWN_DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class FlaskSettings:
-    """A Flask app's ``DF_*`` config, validated: the core part and the extension's own."""
+    """The extension's own ``DF_*`` keys of a Flask app's config, validated (the core
+    settings are read by ``App.config_from_object``)."""
 
-    core: Mapping[str, Any]
     outbox: OutboxSettings
     outbox_database_uri: object | None
 
@@ -41,11 +42,32 @@ def core_keys() -> dict[str, str]:
 
 
 def set_defaults(config: MutableMapping[str, Any], base: Settings) -> None:
-    """``setdefault`` every key: core settings from ``base`` (kwargs, environment, defaults)."""
+    """``setdefault`` every key: core settings from ``base``, the extension's own from the
+    environment variable of the same name, else the built-in defaults."""
     for key, name in core_keys().items():
         config.setdefault(key, getattr(base, name))
     for key, default in OWN_DEFAULTS.items():
-        config.setdefault(key, default)
+        config.setdefault(key, _from_environment(key, default))
+
+
+def _from_environment(key: str, default: Any) -> Any:
+    """``os.environ[key]`` as the type of ``default``; a value that does not parse is kept as
+    the string, so validation names the key."""
+    raw = os.environ.get(key)
+    if not raw:
+        return default
+    if isinstance(default, bool):
+        return _BOOLEANS.get(raw.strip().lower(), raw)
+    if isinstance(default, int | float) or key == "DF_OUTBOX_RETENTION":
+        try:
+            return float(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLEANS |= {"0": False, "false": False, "no": False, "off": False}
 
 
 def read_config(config: Mapping[str, Any], where: str) -> FlaskSettings:
@@ -76,7 +98,6 @@ def read_config(config: Mapping[str, Any], where: str) -> FlaskSettings:
             "Flask-SQLAlchemy's engine"
         )
     return FlaskSettings(
-        core={name: config.get(key) for key, name in core.items()},
         outbox=outbox,
         outbox_database_uri=uri,
     )

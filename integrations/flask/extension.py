@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from flask import Flask, current_app
 
-from dfcore import App, ConfigurationError, WorkflowFunction, WorkflowHandle
+from dfcore import App, ConfigurationError, Settings, WorkflowFunction, WorkflowHandle
 from dfcore.activity import ActivityInfo
 
 from .config import FlaskSettings, read_config, set_defaults
@@ -165,12 +165,13 @@ class DurableFuture:
                 f"{app.name!r}; import and use that instance instead of registering another"
             )
         where = f"the config of Flask app {app.name!r}"
-        set_defaults(app.config, self._registry.settings)
+        set_defaults(app.config, Settings.from_environment())
         settings = read_config(app.config, where)
         dfapp = self._registry if self._wraps_app else self._registry.derive(app.name)
-        dfapp.config_from_object(settings.core, namespace=None, source=where)
         if self._wraps_app:
-            self._check_shared_settings(app, dfapp)
+            self._configure_shared(app, dfapp, where)
+        else:
+            dfapp.config_from_object(app.config, namespace="DF", source=where)
         _enter_app_context(dfapp, app)
         app.extensions[EXTENSION] = DFState(self, dfapp, settings)
         self._bound[id(app)] = app
@@ -179,19 +180,22 @@ class DurableFuture:
 
         app.cli.add_command(df_group)
 
-    def _check_shared_settings(self, app: Flask, dfapp: App) -> None:
-        for other in list(self._bound.values()):
-            if other is app or EXTENSION not in other.extensions:
-                continue
-            theirs = other.extensions[EXTENSION].app.settings
-            if theirs is not dfapp.settings and theirs != dfapp.settings:
-                raise ConfigurationError(
-                    f"the App {dfapp.name!r} is already configured by Flask app "
-                    f"{other.name!r} with other DF_* settings than Flask app {app.name!r}'s; "
-                    "an App has one set of settings. Give both apps the same DF_* config, or "
-                    "define workflows with @df.workflow on DurableFuture() without dfapp= "
-                    "so each Flask app gets its own App"
-                )
+    def _configure_shared(self, app: Flask, dfapp: App, where: str) -> None:
+        """Configure the user's App from ``app``: fine when it is new to the extension or the
+        other Flask apps it serves give the same settings, an error otherwise."""
+        others = [other for other in self._bound.values() if EXTENSION in other.extensions]
+        before = dfapp.settings
+        dfapp.config_from_object(app.config, namespace="DF", source=where)
+        if not others or dfapp.settings == before:
+            return
+        other = others[-1]
+        dfapp.config_from_object(other.config, namespace="DF", source=f"Flask app {other.name!r}")
+        raise ConfigurationError(
+            f"the App {dfapp.name!r} is already configured by Flask app {other.name!r} with "
+            f"other DF_* settings than Flask app {app.name!r}'s; an App has one set of "
+            "settings. Give both apps the same DF_* config, or define workflows with "
+            "@df.workflow on DurableFuture() without dfapp=, so each Flask app gets its own App"
+        )
 
     def get_state(self, app: Flask | None = None) -> DFState:
         """The extension's state on ``app`` (default: the current app).

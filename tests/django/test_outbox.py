@@ -10,15 +10,9 @@ from dfcore.integrations.django import make_relay, start_on_commit
 from dfcore.integrations.django.models import OutboxEntry
 from tests.django.conftest import on_all_databases
 from tests.djangoapp.workflows import greeting
-from tests.workerkit import WorkerThread, wait_until
+from tests.workerkit import WorkerThread, starts_of, wait_until
 
 pytestmark = on_all_databases
-
-
-def starts_of(app: App, workflow_id: str) -> int:
-    """How many WorkflowStarted events the workflow's history holds."""
-    history = app.get_handle(workflow_id).history()
-    return sum(1 for event in history if event.type == "WorkflowStarted")
 
 
 def test_commit_starts_the_workflow_once(

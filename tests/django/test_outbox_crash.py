@@ -13,8 +13,7 @@ import pytest
 from dfcore import App, EmbeddedServer
 from dfcore.integrations.django.models import OutboxEntry, RelayLease
 from tests.django.conftest import django_process, manage_py, on_all_databases
-from tests.django.test_outbox import starts_of
-from tests.workerkit import WorkerThread, sigkill, wait_until
+from tests.workerkit import WorkerThread, sigkill, starts_of, wait_until
 
 pytestmark = [on_all_databases, pytest.mark.slow]
 

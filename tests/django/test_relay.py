@@ -15,8 +15,8 @@ from dfcore.integrations.django.models import OutboxEntry
 from dfcore.integrations.django.outbox import DjangoOutboxSource
 from dfcore.outbox import OutboxRelay
 from tests.django.conftest import on_all_databases
-from tests.django.test_outbox import starts_of
 from tests.djangoapp.workflows import greeting
+from tests.workerkit import starts_of
 
 pytestmark = on_all_databases
 

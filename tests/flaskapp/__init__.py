@@ -57,7 +57,7 @@ async def greet(ctx: Any, name: str) -> str:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get(
-        "FLASKAPP_DATABASE_URI", "sqlite:///flaskapp.sqlite3"
+        "FLASKAPP_DATABASE_URI", "sqlite://"
     )
     app.config.update(config or {})
     db.init_app(app)

@@ -1,0 +1,115 @@
+"""``flask df worker|relay|workflow|create-outbox`` as real processes."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine, inspect, select
+
+from dfcore import WorkflowNotFoundError, cli
+from tests.flask.conftest import Factory, flask_process
+from tests.flaskapp import Delivery, db, greet
+from tests.workerkit import sigkill, wait_until
+
+
+@pytest.fixture
+def env(flask_config: dict[str, Any], database_uri: str) -> dict[str, str]:
+    """The environment of a `flask` process on this test's server, namespace and database."""
+    return {
+        **{key: str(value) for key, value in flask_config.items()},
+        "FLASKAPP_DATABASE_URI": database_uri,
+    }
+
+
+@pytest.fixture
+def worker_process(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `flask df worker` (with its outbox relay) for the test app."""
+    log = tmp_path / "worker.log"
+    proc = flask_process("df", "worker", "--loglevel", "DEBUG", env=env, output=log)
+    yield proc
+    if proc.poll() is None:
+        sigkill(proc)
+    if proc.returncode not in (0, -9):
+        print(log.read_text())
+
+
+def test_worker_help_lists_the_options_of_df_worker() -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_worker_arguments(parser)
+    expected = {opt for action in parser._actions for opt in action.option_strings}
+    proc = flask_process("df", "worker", "--help", env={})
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    shown = set(re.findall(r"(--?[A-Za-z][a-z-]*)", out.decode()))
+    assert expected | {"--no-relay"} <= shown
+
+
+def started(app: Flask, workflow_id: str) -> bool:
+    with app.app_context():
+        try:
+            greet.get_handle(workflow_id).status()
+        except WorkflowNotFoundError:
+            return False
+    return True
+
+
+def test_the_worker_runs_activities_in_the_app_context_and_relays(
+    make_flask_app: Factory, database_uri: str, worker_process: subprocess.Popen[bytes]
+) -> None:
+    web = make_flask_app(SQLALCHEMY_DATABASE_URI=database_uri)
+    quiet = make_flask_app(SQLALCHEMY_DATABASE_URI=database_uri, DF_PUBLISH_ON_COMMIT=False)
+    assert web.test_client().post("/greet/ada").status_code == 200
+    assert quiet.test_client().post("/greet/bo").status_code == 200  # left to the relay
+    wait_until(lambda: started(web, "greet-bo"), 60, "the relay to publish greet-bo")
+    with web.app_context():
+        for name in ("ada", "bo"):
+            result = greet.get_handle(f"greet-{name}").result(timeout=60)
+            assert result == f"hello {name} from tests.flaskapp ({web.config['DF_NAMESPACE']})"
+        # the worker process wrote these through Flask-SQLAlchemy, in its app context
+        rows = db.session.execute(select(Delivery.workflow_id, Delivery.text)).all()
+    assert sorted(wid for wid, _ in rows) == ["greet-ada", "greet-bo"]
+    assert worker_process.poll() is None
+
+
+def test_workflow_commands(
+    make_flask_app: Factory, env: dict[str, str], worker_process: Any
+) -> None:
+    web = make_flask_app(SQLALCHEMY_DATABASE_URI=env["FLASKAPP_DATABASE_URI"])
+    assert web.test_client().post("/greet/cy").status_code == 200
+    with web.app_context():
+        greet.get_handle("greet-cy").result(timeout=60)
+
+    def flask_df(*args: str) -> str:
+        proc = flask_process("df", *args, env=env)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        return out.decode()
+
+    listing = flask_df("workflow", "list")
+    assert re.search(r"greet-cy\s+completed", listing)
+    shown = flask_df("workflow", "show", "greet-cy")
+    assert "Workflow greet-cy (greet): completed" in shown
+    assert "ActivityCompleted" in shown
+    assert '"hello cy' in flask_df("workflow", "result", "greet-cy")
+    missing = flask_process("df", "workflow", "show", "no-such-workflow", env=env)
+    out, _ = missing.communicate(timeout=60)
+    assert missing.returncode != 0
+    assert b"no-such-workflow" in out
+    assert b"Traceback" not in out
+
+
+def test_create_outbox_makes_the_tables(tmp_path: Path, env: dict[str, str]) -> None:
+    uri = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    proc = flask_process("df", "create-outbox", env={**env, "DF_OUTBOX_DATABASE_URI": uri})
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert b"outbox tables ready" in out
+    tables = inspect(create_engine(uri)).get_table_names()
+    assert {"dfcore_outbox", "dfcore_relay_lease"} <= set(tables)
