@@ -56,9 +56,7 @@ async def greet(ctx: Any, name: str) -> str:
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
-    app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get(
-        "FLASKAPP_DATABASE_URI", "sqlite://"
-    )
+    app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("FLASKAPP_DATABASE_URI", "sqlite://")
     app.config.update(config or {})
     db.init_app(app)
     df.init_app(app)

@@ -1,0 +1,60 @@
+"""The order workflow: charge, ship, record the outcome.
+
+Activities run inside the Flask app's context (``app.app_context()``), so they use
+``db.session`` as views do; each commits its own change. Ids derive from the order id
+(``uuid5``), so an activity retried after a crash returns the same id again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from dfcore import RetryPolicy, WorkflowContext
+from dfcore.integrations.flask import DurableFuture
+
+from .models import Order, db
+
+df = DurableFuture()
+
+
+def _stable_id(prefix: str, kind: str, order_id: int) -> str:
+    return f"{prefix}_{uuid.uuid5(uuid.NAMESPACE_OID, f'{kind}-{order_id}').hex[:12]}"
+
+
+@df.activity(retry=RetryPolicy(max_attempts=5, initial_interval=0.5), timeout=30)
+def charge_card(order_id: int) -> str:
+    """Charge the order's amount; an amount of 0 fails, so the engine retries, then gives up."""
+    order = db.session.get_one(Order, order_id)
+    if order.amount_cents <= 0:
+        raise ValueError(f"order {order_id} has nothing to charge")
+    charge_id = _stable_id("ch", "charge", order_id)
+    order.status, order.charge_id = "charged", charge_id
+    db.session.commit()
+    return charge_id
+
+
+@df.activity(timeout=30)
+def ship(order_id: int, charge_id: str) -> str:
+    """Hand the paid order to the carrier; returns the tracking id."""
+    order = db.session.get_one(Order, order_id)
+    order.status = "shipping"
+    db.session.commit()
+    return _stable_id("trk", "ship", order_id)
+
+
+@df.activity
+def mark_fulfilled(order_id: int, tracking_id: str) -> None:
+    """Record the tracking id: the order is done."""
+    order = db.session.get_one(Order, order_id)
+    order.status, order.tracking_id = "fulfilled", tracking_id
+    db.session.commit()
+
+
+@df.workflow
+async def fulfil_order(ctx: WorkflowContext, order_id: int) -> dict[str, Any]:
+    """Charge, ship, mark fulfilled; each step is retried and survives restarts."""
+    charge_id = await ctx.activity(charge_card, order_id)
+    tracking_id = await ctx.activity(ship, order_id, charge_id)
+    await ctx.activity(mark_fulfilled, order_id, tracking_id)
+    return {"order_id": order_id, "charge_id": charge_id, "tracking_id": tracking_id}
