@@ -49,7 +49,7 @@ def _parse(
     return parser.parse_args(list(argv))
 
 
-def _add_relay_switch(parser: argparse.ArgumentParser) -> None:
+def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     cli.add_worker_arguments(parser)
     parser.add_argument(
         "--no-relay",
@@ -67,24 +67,16 @@ def _add_relay_switch(parser: argparse.ArgumentParser) -> None:
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def worker_command(argv: Sequence[str]) -> None:
     """Run a worker, with the outbox relay; `flask df worker --help` lists the options."""
-    args = _parse("flask df worker", _add_relay_switch, argv)
+    args = _parse("flask df worker", _add_worker_arguments, argv)
     cli.setup_logging(args.loglevel)
     state = _state()
     stop = threading.Event()
     if state.settings.outbox.worker_relay and not args.no_relay:
-        _start_relay(state, stop)
+        state.start_relay(stop)
     try:
         state.app.run_worker(**cli.worker_options(args))
     finally:
         stop.set()
-
-
-def _start_relay(state: DFState, stop: threading.Event) -> None:
-    from .outbox import make_relay, relayable
-
-    engines = relayable(state.outbox_engines())
-    if engines:
-        make_relay(state.app, engines, state.settings.outbox).start_thread(stop)
 
 
 @df_group.command("relay")
@@ -161,7 +153,7 @@ def _add_dev_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nats-port", type=int, default=0, help="client port of the NATS server (a free one)"
     )
-    _add_relay_switch(parser)
+    _add_worker_arguments(parser)
 
 
 @df_group.command(

@@ -20,7 +20,6 @@ from werkzeug.serving import make_server
 from dfcore import EmbeddedServer, cli
 
 from .extension import DFState
-from .outbox import make_relay, relayable
 
 
 def run_dev(app: Flask, state: DFState, args: argparse.Namespace) -> None:
@@ -42,11 +41,9 @@ def run_dev(app: Flask, state: DFState, args: argparse.Namespace) -> None:
         worker = cli.WorkerThread(state.app.worker(**cli.worker_options(args)))
         worker.start()
         relaying = state.settings.outbox.worker_relay and not args.no_relay
-        engines = relayable(state.outbox_engines()) if relaying else []
-        if engines:
-            make_relay(state.app, engines, state.settings.outbox).start_thread(stop_relay)
+        relaying = relaying and state.start_relay(stop_relay)
         web = make_server(args.host, args.port, app, threaded=True)
-        relay = ", with the outbox relay" if engines else ", no outbox relay"
+        relay = ", with the outbox relay" if relaying else ", no outbox relay"
         click.echo(
             f"\nNATS JetStream  {server.url}  (data in {data})\n"
             f"Worker          namespace {state.app.settings.namespace!r}, queues "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +56,19 @@ class DFState:
         from .outbox import make_relay
 
         return make_relay(self.app, self.outbox_engines(), self.settings.outbox)
+
+    def start_relay(self, stop: threading.Event) -> bool:
+        """Relay on a background thread until ``stop`` is set, if there is an outbox database
+        with the outbox tables (a missing table is logged); return whether it started."""
+        engines = self.outbox_engines()
+        if not engines:
+            return False  # nothing to relay (and SQLAlchemy may not even be installed)
+        from .outbox import make_relay, relayable
+
+        engines = relayable(engines)
+        if engines:
+            make_relay(self.app, engines, self.settings.outbox).start_thread(stop)
+        return bool(engines)
 
 
 class DurableFuture:
