@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -228,6 +229,28 @@ class OutboxRelay:
         with source.claim(len(keys), keys=keys) as rows:
             return self._publish_rows(source, rows)
 
+    def publish_committed(self, source: OutboxSource, keys: Sequence[Any]) -> None:
+        """The fast path right after a commit: publish these rows now. A failure is logged and
+        leaves them to the background relay; the commit has happened, so it must not raise."""
+        try:
+            self.publish(source, keys)
+        except Exception as exc:
+            log.warning(
+                "could not publish outbox rows %s of %s after commit (%s: %s); the relay will",
+                list(keys),
+                source.name,
+                type(exc).__name__,
+                exc,
+            )
+
+    def drain(self) -> int:
+        """Publish every pending row now, however young (``relay --once``); return how many."""
+        min_age, self.min_age = self.min_age, 0.0
+        try:
+            return self.relay_once()
+        finally:
+            self.min_age = min_age
+
     def relay_once(self) -> int:
         """One pass over every source: publish every due row; return how many went out."""
         published = 0
@@ -303,6 +326,13 @@ class OutboxRelay:
             except Exception:
                 log.exception("outbox relay pass failed; retrying in %.1fs", self.interval)
             stop.wait(self.interval)
+
+    def run_until_signalled(self) -> None:
+        """Run in the foreground until SIGTERM or SIGINT (the ``relay`` commands)."""
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        self.run(stop)
 
     def start_thread(self, stop: threading.Event) -> threading.Thread:
         """Run :meth:`run` on a daemon thread (a worker runs its relay this way)."""

@@ -88,3 +88,19 @@ def make_app(nats_url: str, namespace: str) -> Iterator[Callable[..., App]]:
     yield make
     for app in apps:
         run_sync(app.aclose())
+
+
+@pytest.fixture
+def nats_connects(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Records every NATS connection the client opens during the test."""
+    import dfcore._client
+
+    connects: list[Any] = []
+    real_connect = dfcore._client.connect
+
+    async def counting_connect(*args: Any, **kwargs: Any) -> Any:
+        connects.append(args)
+        return await real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(dfcore._client, "connect", counting_connect)
+    return connects

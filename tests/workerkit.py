@@ -76,14 +76,21 @@ def spawn_worker(
     """Start ``df worker`` as a real process (kill it with SIGKILL to test recovery)."""
     environ = {**os.environ, "DF_NATS_URL": nats_url, "DF_NAMESPACE": namespace, **(env or {})}
     command = [sys.executable, "-m", "dfcore", "worker", "-A", app, *args]
-    if log is None:
-        return subprocess.Popen(
-            command, cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
-    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT
-        )
+    return popen(command, environ, log if log is not None else subprocess.DEVNULL)
+
+
+def popen(
+    command: list[str],
+    env: dict[str, str],
+    output: Path | int = subprocess.PIPE,
+    cwd: Path = ROOT,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` (in the repository root by default); stdout and stderr go to
+    ``output``: a log file to append to, or a subprocess constant (``PIPE``, ``DEVNULL``)."""
+    if not isinstance(output, Path):
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
+    with open(output, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def sigkill(proc: subprocess.Popen[bytes]) -> None:

@@ -77,15 +77,7 @@ def start_on_commit(
 
 def publish_committed(using: str, keys: Sequence[Any]) -> None:
     """The fast path: publish rows just committed. A failure leaves them to the relay."""
-    try:
-        make_relay([using]).publish(DjangoOutboxSource(using), keys)
-    except Exception as exc:
-        log.warning(
-            "could not publish outbox rows %s after commit (%s: %s); the relay will",
-            list(keys),
-            type(exc).__name__,
-            exc,
-        )
+    make_relay([using]).publish_committed(DjangoOutboxSource(using), keys)
 
 
 def make_relay(databases: Sequence[str] | None = None) -> OutboxRelay:

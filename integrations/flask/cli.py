@@ -8,7 +8,6 @@ parsers (``dfcore.cli``), so they take exactly the options of ``df worker`` and 
 from __future__ import annotations
 
 import argparse
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,6 +38,16 @@ def _state() -> DFState:
             "call DurableFuture(app) or df.init_app(app) in your app factory"
         )
     return state  # type: ignore[no-any-return]
+
+
+def _outbox_engines(state: DFState) -> list[Any]:
+    engines = state.outbox_engines()
+    if not engines:
+        raise click.UsageError(
+            "no outbox database: set DF_OUTBOX_DATABASE_URI, or register Flask-SQLAlchemy "
+            "on the app"
+        )
+    return engines
 
 
 def _parse(
@@ -90,20 +99,12 @@ def relay_command(once: bool, loglevel: str) -> None:
     """
     cli.setup_logging(loglevel)
     state = _state()
-    if not state.outbox_engines():
-        raise click.UsageError(
-            "no outbox database: set DF_OUTBOX_DATABASE_URI, or register Flask-SQLAlchemy "
-            "on the app"
-        )
+    _outbox_engines(state)
     relay = state.make_relay()
     if once:
-        relay.min_age = 0.0
-        click.echo(f"published {relay.relay_once()} workflow start(s) from the outbox")
+        click.echo(f"published {relay.drain()} workflow start(s) from the outbox")
         return
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    relay.run(stop)
+    relay.run_until_signalled()
 
 
 @df_group.command("create-outbox")
@@ -111,13 +112,7 @@ def create_outbox_command() -> None:
     """Create the outbox tables in the outbox database if they do not exist."""
     from .outbox import create_outbox_tables
 
-    engines = _state().outbox_engines()
-    if not engines:
-        raise click.UsageError(
-            "no outbox database: set DF_OUTBOX_DATABASE_URI, or register Flask-SQLAlchemy "
-            "on the app"
-        )
-    for engine in engines:
+    for engine in _outbox_engines(_state()):
         create_outbox_tables(engine)
         click.echo(f"outbox tables ready in {engine.url.render_as_string(hide_password=True)}")
 

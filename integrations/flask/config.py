@@ -58,7 +58,7 @@ def _from_environment(key: str, default: Any) -> Any:
         return default
     if isinstance(default, bool):
         return _BOOLEANS.get(raw.strip().lower(), raw)
-    if isinstance(default, int | float) or key == "DF_OUTBOX_RETENTION":
+    if isinstance(default, int | float):
         try:
             return float(raw)
         except ValueError:

@@ -194,15 +194,7 @@ def publish_committed(
     app: App, engine: Engine, keys: Sequence[Any], settings: OutboxSettings | None = None
 ) -> None:
     """The fast path: publish rows just committed. A failure leaves them to the relay."""
-    try:
-        make_relay(app, [engine], settings).publish(SQLAlchemyOutboxSource(engine), keys)
-    except Exception as exc:
-        log.warning(
-            "could not publish outbox rows %s after commit (%s: %s); the relay will",
-            list(keys),
-            type(exc).__name__,
-            exc,
-        )
+    make_relay(app, [engine], settings).publish_committed(SQLAlchemyOutboxSource(engine), keys)
 
 
 def make_relay(

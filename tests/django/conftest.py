@@ -15,7 +15,7 @@ from django.conf import settings as django_settings
 from dfcore import App
 from dfcore.integrations.django import get_app
 from tests.conftest import require_postgres
-from tests.workerkit import ROOT, WorkerThread
+from tests.workerkit import ROOT, WorkerThread, popen
 
 SHOP = ROOT / "example_projects" / "django_shop"
 
@@ -73,15 +73,7 @@ def django_process(
         "PYTHONUNBUFFERED": "1",  # a log shows output as it happens
         **env,
     }
-    command = [sys.executable, *args]
-    if not isinstance(output, Path):
-        return subprocess.Popen(
-            command, cwd=ROOT, env=environ, stdout=output, stderr=subprocess.STDOUT
-        )
-    with open(output, "ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT
-        )
+    return popen([sys.executable, *args], environ, output)
 
 
 def manage_py(*args: str) -> tuple[str, ...]:

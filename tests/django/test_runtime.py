@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 
-import dfcore._client
 from dfcore import App
 from tests.djangoapp.activities import three_activities_on_one_thread
 from tests.djangoapp.workflows import greeting
@@ -23,17 +22,9 @@ def test_activities_get_fresh_database_connections(project_app: App) -> None:
 
 
 def test_async_views_under_wsgi_do_not_connect_per_request(
-    project_app: App, monkeypatch: pytest.MonkeyPatch
+    project_app: App, nats_connects: list[Any]
 ) -> None:
     """Django runs an async view under WSGI with asgiref's async_to_sync: a loop per call."""
-    connects: list[Any] = []
-    real_connect = dfcore._client.connect
-
-    async def counting_connect(*args: Any, **kwargs: Any) -> Any:
-        connects.append(args)
-        return await real_connect(*args, **kwargs)
-
-    monkeypatch.setattr(dfcore._client, "connect", counting_connect)
 
     async def view(n: int) -> str:
         return (await greeting.astart(f"v{n}", workflow_id=f"view-{n}")).workflow_id
@@ -41,4 +32,4 @@ def test_async_views_under_wsgi_do_not_connect_per_request(
     ids = [async_to_sync(view)(n) for n in range(10)]
     assert ids == [f"view-{n}" for n in range(10)]
     # The first loop's own connection (closed with its loop), then the shared one.
-    assert len(connects) <= 2
+    assert len(nats_connects) <= 2

@@ -15,7 +15,7 @@ from flask import Flask
 
 from tests.conftest import require_postgres
 from tests.flaskapp import create_app
-from tests.workerkit import ROOT
+from tests.workerkit import ROOT, popen
 
 Factory = Callable[..., Flask]
 
@@ -57,10 +57,15 @@ def make_flask_app(flask_config: dict[str, Any], tmp_path: Path) -> Iterator[Fac
 
     yield make
     for app in apps:
-        app.extensions["dfcore"].app.close()
-        with app.app_context():
-            for engine in app.extensions["sqlalchemy"].engines.values():
-                engine.dispose()
+        close_flask_app(app)
+
+
+def close_flask_app(app: Flask) -> None:
+    """Close the app's NATS connection and its database engines."""
+    app.extensions["dfcore"].app.close()
+    with app.app_context():
+        for engine in app.extensions["sqlalchemy"].engines.values():
+            engine.dispose()
 
 
 def flask_process(
@@ -72,11 +77,4 @@ def flask_process(
     """
     environ = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
     command = [sys.executable, "-m", "flask", "--app", "tests.flaskapp", *args]
-    if not isinstance(output, Path):
-        return subprocess.Popen(
-            command, cwd=ROOT, env=environ, stdout=output, stderr=subprocess.STDOUT
-        )
-    with open(output, "ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT
-        )
+    return popen(command, environ, output)

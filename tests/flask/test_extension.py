@@ -8,7 +8,6 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-import dfcore._client
 from dfcore import App, ConfigurationError
 from dfcore.integrations.flask import DurableFuture, FlaskWorkflow
 from tests.flask.conftest import Factory
@@ -159,17 +158,9 @@ def test_workflow_decorator_returns_a_typed_workflow_function() -> None:
 
 
 def test_views_do_not_connect_per_request(
-    make_flask_app: Factory, monkeypatch: pytest.MonkeyPatch
+    make_flask_app: Factory, nats_connects: list[Any]
 ) -> None:
     """Flask runs an async view with asgiref's async_to_sync: a new loop per request."""
-    connects: list[Any] = []
-    real_connect = dfcore._client.connect
-
-    async def counting_connect(*args: Any, **kwargs: Any) -> Any:
-        connects.append(args)
-        return await real_connect(*args, **kwargs)
-
-    monkeypatch.setattr(dfcore._client, "connect", counting_connect)
     client = make_flask_app().test_client()
     for name in ("ada", "bo", "cy"):
         assert client.post(f"/greet/{name}").json == {"workflow_id": f"greet-{name}"}
@@ -178,7 +169,7 @@ def test_views_do_not_connect_per_request(
             assert client.get(f"/greet/{name}").json == {"status": "running"}
     # The sync views' shared connection, the first async loop's own (closed with its loop);
     # later loops borrow the shared one.
-    assert len(connects) <= 2
+    assert len(nats_connects) <= 2
 
 
 class TestOwnApp:

@@ -26,7 +26,8 @@ from sqlalchemy import func, select
 
 from dfcore._server import free_port
 from dfcore.integrations.flask.outbox import outbox_table
-from tests.workerkit import ROOT, wait_until
+from tests.flask.conftest import close_flask_app
+from tests.workerkit import ROOT, popen, wait_until
 
 PROJECT = ROOT / "example_projects" / "flask_orders"
 ORDER = {"customer": "ada", "product": "book", "quantity": "2", "amount": "12.50"}
@@ -74,10 +75,7 @@ def make_shop(
 
     yield make
     for app in apps:
-        app.extensions["dfcore"].app.close()
-        with app.app_context():
-            for engine in app.extensions["sqlalchemy"].engines.values():
-                engine.dispose()
+        close_flask_app(app)
 
 
 @pytest.fixture
@@ -146,10 +144,7 @@ def flask_orders(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen
     }
     environ.update(PYTHONUNBUFFERED="1", **env)
     command = [sys.executable, "-m", "flask", "--app", "orders", *args]
-    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            command, cwd=PROJECT, env=environ, stdout=out, stderr=subprocess.STDOUT
-        )
+    return popen(command, environ, log, cwd=PROJECT)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from dfcore.integrations.flask.outbox import SQLAlchemyOutboxSource, outbox_tabl
 from dfcore.outbox import OutboxRelay
 from tests.flask.conftest import Factory, flask_process
 from tests.flaskapp import db, df, greet
-from tests.workerkit import ROOT, WorkerThread, sigkill, starts_of
+from tests.workerkit import WorkerThread, popen, sigkill, starts_of
 
 
 class CountingSource(SQLAlchemyOutboxSource):
@@ -52,12 +51,8 @@ def test_a_crash_between_commit_and_publish_loses_nothing(
     web = make_flask_app(SQLALCHEMY_DATABASE_URI=database_uri)
     env = {key: str(value) for key, value in flask_config.items()}
     env["FLASKAPP_DATABASE_URI"] = database_uri
-    crashing = subprocess.Popen(
-        [sys.executable, "-m", "tests.flask.outbox_crash", "greet-crash"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    crashing = popen(
+        [sys.executable, "-m", "tests.flask.outbox_crash", "greet-crash"], {**os.environ, **env}
     )
     assert crashing.stdout is not None
     assert crashing.stdout.readline().strip() == b"committed"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -39,11 +37,6 @@ class Command(BaseCommand):
         cli.setup_logging(options["loglevel"])
         relay = make_relay(options["databases"])
         if options["once"]:
-            relay.min_age = 0.0
-            count = relay.relay_once()
-            self.stdout.write(f"published {count} workflow start(s) from the outbox")
+            self.stdout.write(f"published {relay.drain()} workflow start(s) from the outbox")
             return
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-        relay.run(stop)
+        relay.run_until_signalled()
