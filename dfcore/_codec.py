@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from dfcore._errors import PayloadTooLargeError, SerializationError
+from dfcore._errors import CodecKeyError, PayloadError, PayloadTooLargeError, SerializationError
 
 __all__ = [
     "BYTES_TAG",
@@ -125,7 +125,7 @@ def safe_encode(codec: PayloadCodec, data: bytes, what: str) -> bytes:
 
 
 def safe_decode(codec: PayloadCodec, data: bytes, what: str) -> bytes:
-    """Run a (user-supplied) codec's ``decode`` and turn any failure into a SerializationError.
+    """Run a (user-supplied) codec's ``decode``; a failure raises a PayloadError naming ``what``.
 
     Args:
         codec: the configured codec.
@@ -133,11 +133,21 @@ def safe_decode(codec: PayloadCodec, data: bytes, what: str) -> bytes:
         what: what the data is, for the error message (``"history event 7 of 'order-42'"``).
 
     Raises:
-        SerializationError: the codec raised (wrong key, data written by another codec...)
+        CodecKeyError: the codec says the data was encoded with a key it does not have (a
+            configuration problem of this process, not bad data); raised as is, naming ``what``.
+        PayloadError: any other PayloadError the codec raised (corrupt or forged data), as is,
+            its message prefixed with ``what``.
+        SerializationError: the codec raised another error (data written by another codec...)
             or did not return bytes.
     """
     try:
         result = codec.decode(data)
+    except CodecKeyError as exc:
+        exc.about(what)
+        raise
+    except PayloadError as exc:
+        _name_message(exc, what)
+        raise
     except Exception as exc:
         raise SerializationError(
             f"could not decode {what} with codec {_qualified_name(type(codec))}: "
@@ -145,6 +155,13 @@ def safe_decode(codec: PayloadCodec, data: bytes, what: str) -> bytes:
             "every client and worker must use the same codec and keys as the writer"
         ) from exc
     return _ensure_bytes(result, codec, "decode")
+
+
+def _name_message(exc: PayloadError, what: str) -> None:
+    """Prefix the message of ``exc`` with ``what``, keeping the error itself (type, attributes)."""
+    message = str(exc)
+    if what not in message:
+        exc.args = (f"cannot decode {what}: {message}",)
 
 
 def _ensure_bytes(result: object, codec: PayloadCodec, method: str) -> bytes:

@@ -8,7 +8,8 @@ Every exception a user can catch derives from :class:`DFError`::
     ├── RegistrationError             a workflow/activity name is unknown or registered twice
     ├── PayloadError
     │   ├── SerializationError        a value cannot be encoded to or decoded from JSON
-    │   └── PayloadTooLargeError      an encoded message exceeds the server's max_payload
+    │   ├── PayloadTooLargeError      an encoded message exceeds the server's max_payload
+    │   └── CodecKeyError             a message was encrypted with a key this process lacks
     ├── WorkflowAlreadyStartedError   start(..., if_exists="fail") found the id in use
     ├── WorkflowNotFoundError         no history exists for a workflow id
     ├── WorkflowFailureError          handle.result(): the run failed, timed out or was cancelled
@@ -54,6 +55,63 @@ class SerializationError(PayloadError):
 
 class PayloadTooLargeError(PayloadError):
     """An encoded message is larger than the server accepts."""
+
+
+_KEY_HINT = (
+    "every client and worker must share the codec's keys; keep old keys configured during a "
+    "rotation"
+)
+
+
+class CodecKeyError(PayloadError):
+    """A message is in the codec's format but was encoded with a key this process does not have.
+
+    This is a configuration problem of the reading process, not bad data: the message is
+    intact and becomes readable once the key is configured. Data that is not in the codec's
+    format, or fails authentication with a known key, raises a plain :class:`PayloadError`.
+
+    Args:
+        key_id: the id of the key the message was encoded with.
+        known_key_ids: the ids of the keys this process has.
+        what: which message, for the message; the engine names it (``"history message 7"``).
+        hint: what to do about it.
+
+    Attributes:
+        key_id: the id of the key the message was encoded with.
+        known_key_ids: the ids of the keys this process has.
+        what: which message could not be read.
+    """
+
+    def __init__(
+        self,
+        key_id: str,
+        known_key_ids: Sequence[str],
+        *,
+        what: str = "a message",
+        hint: str = _KEY_HINT,
+    ) -> None:
+        self.key_id = key_id
+        self.known_key_ids = tuple(known_key_ids)
+        self.hint = hint
+        self.what = what
+        super().__init__(self._describe())
+
+    def about(self, what: str) -> CodecKeyError:
+        """Name the message that could not be read; returns this error, its message updated.
+
+        Args:
+            what: which message (``"history message 7"``).
+        """
+        self.what = what
+        self.args = (self._describe(),)
+        return self
+
+    def _describe(self) -> str:
+        known = ", ".join(self.known_key_ids) or "none"
+        return (
+            f"cannot decrypt {self.what}: it was encrypted with key id {self.key_id}, and this "
+            f"process only has key ids {known}; {self.hint}"
+        )
 
 
 class WorkflowAlreadyStartedError(DFError):
