@@ -27,12 +27,43 @@ workflow_concurrency        ``256``                    workflow tasks one worker
 workflow_cache_size         ``1000``                   running workflows kept in memory
 activity_ack_wait           ``30.0``                   seconds without progress before
                                                        JetStream redelivers a task
+workflow_ack_wait           ``10.0``                   seconds before JetStream hands an
+                                                       unfinished workflow task (its worker
+                                                       died) to another worker
 stream_replicas             ``1``                      JetStream replicas (1-5)
 storage                     ``file``                   JetStream storage: file or memory
 codec                       ``None``                   a PayloadCodec, or its import path
 default_activity_timeout    ``300.0``                  start-to-close seconds when an
                                                        activity sets none
+nats_token                  ``None``                   token the server expects
+                                                       (``authorization { token }``)
+nats_user                   ``None``                   user name; needs nats_password
+nats_password               ``None``                   that user's password
+nats_nkey_seed              ``None``                   a user NKey seed itself (``SU...``),
+                                                       e.g. from a secret env variable
+nats_nkey_seed_file         ``None``                   path of a file holding that seed
+nats_creds_file             ``None``                   path of a ``.creds`` file (user JWT
+                                                       and seed, for operator/JWT auth)
+nats_tls_ca_file            ``None``                   PEM CA certificates that verify the
+                                                       server; unset: the system trust store
+nats_tls_cert_file          ``None``                   PEM client certificate (mutual TLS);
+                                                       needs nats_tls_key_file
+nats_tls_key_file           ``None``                   its private key, PEM, unencrypted
+nats_tls_hostname           ``None``                   name the server's certificate must
+                                                       carry, when not the URL's host
 =========================== ========================== ========================================
+
+Authentication uses one method: a token, a user and password (in the settings or in the URL,
+``nats://user:password@host``), an NKey seed (``nats_nkey_seed`` for the seed itself, or
+``nats_nkey_seed_file``), or a credentials file; setting two is an error naming both. The NKey
+methods need the ``nkeys`` package (``pip install 'durablefuture[nkeys]'``). TLS is required
+for every connection when a URL is ``tls://`` or ``wss://`` or a CA or client certificate file
+is set: credentials are then never sent to a server that does not offer TLS. Without those,
+a server that requires TLS is still verified, against the system trust store.
+
+Secrets (``nats_token``, ``nats_password``, ``nats_nkey_seed``, a password in ``nats_url``)
+never appear in error messages, ``repr(settings)`` or logs; :attr:`Settings.display_url` is the
+URL with its secret replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -50,6 +81,8 @@ from urllib.parse import urlsplit
 
 from dfcore._codec import PayloadCodec
 from dfcore._errors import ConfigurationError
+from dfcore._security import MASK, SECRETS, check_security, mask_url
+from dfcore._security import PARSERS as SECURITY_PARSERS
 
 __all__ = [
     "ENV_PREFIX",
@@ -99,16 +132,19 @@ def _parse_urls(value: Any) -> str:
 
 def _check_url(url: str) -> None:
     if "://" not in url:
-        raise ValueError(f"{_URL_EXPECTED}; {url!r} has no scheme, did you mean 'nats://{url}'?")
+        guess = mask_url(f"nats://{url}")
+        shown = guess.removeprefix("nats://")
+        raise ValueError(f"{_URL_EXPECTED}; {shown!r} has no scheme, did you mean {guess!r}?")
+    shown = mask_url(url)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError as exc:
-        raise ValueError(f"{_URL_EXPECTED}; {url!r}: {exc}") from exc
+        raise ValueError(f"{_URL_EXPECTED}; {shown!r}: {exc}") from exc
     if parts.scheme not in _URL_SCHEMES:
-        raise ValueError(f"{_URL_EXPECTED}; {url!r} has scheme {parts.scheme!r}")
+        raise ValueError(f"{_URL_EXPECTED}; {shown!r} has scheme {parts.scheme!r}")
     if not parts.hostname:
-        raise ValueError(f"{_URL_EXPECTED}; {url!r} has no host")
+        raise ValueError(f"{_URL_EXPECTED}; {shown!r} has no host")
 
 
 def _matching(pattern: str, expected: str) -> _Parser:
@@ -198,10 +234,12 @@ _PARSERS: dict[str, _Parser] = {
     "workflow_concurrency": _integer(1),
     "workflow_cache_size": _integer(0),
     "activity_ack_wait": _seconds(1, inclusive=True),
+    "workflow_ack_wait": _seconds(1, inclusive=True),
     "stream_replicas": _integer(1, 5),
     "storage": _parse_storage,
     "codec": _parse_codec,
     "default_activity_timeout": _seconds(0, inclusive=False),
+    **SECURITY_PARSERS,
 }
 
 
@@ -209,7 +247,18 @@ def _parse(name: str, value: Any, label: str) -> Any:
     try:
         return _PARSERS[name](value)
     except ValueError as exc:
-        raise ConfigurationError(f"{label} is invalid: got {value!r}; expected {exc}") from None
+        raise ConfigurationError(f"{label} is invalid: {_got(name, value)}expected {exc}") from None
+
+
+def _got(name: str, value: Any) -> str:
+    """``got <value>; `` for an error message, never showing a secret."""
+    if name in SECRETS:
+        return "the value is a secret and not shown; "
+    if name == "nats_url" and isinstance(value, str):
+        value = mask_url(value)
+    elif name == "nats_url" and isinstance(value, list | tuple):
+        value = [mask_url(item) if isinstance(item, str) else item for item in value]
+    return f"got {value!r}; "
 
 
 # --- the settings -----------------------------------------------------------------------------
@@ -231,12 +280,30 @@ class Settings:
         workflow_concurrency: workflow tasks one worker processes at once.
         workflow_cache_size: running workflows a worker keeps in memory.
         activity_ack_wait: seconds a task may go without progress before redelivery.
+        workflow_ack_wait: seconds before an unfinished workflow task is redelivered.
         stream_replicas: JetStream stream replicas (1-5).
         storage: JetStream storage, ``"file"`` or ``"memory"``.
         codec: a PayloadCodec, a codec class, an import path, or ``None``; see
             :meth:`load_codec`.
         default_activity_timeout: start-to-close seconds when an activity sets none.
+        nats_token: token for servers with ``authorization { token: ... }`` (secret).
+        nats_user: user name for user/password authentication; needs :attr:`nats_password`.
+        nats_password: the user's password (secret).
+        nats_nkey_seed: a user NKey seed, the value itself (secret); for a seed kept in a
+            file use :attr:`nats_nkey_seed_file` instead.
+        nats_nkey_seed_file: path of a file holding a user NKey seed.
+        nats_creds_file: path of a ``.creds`` file (user JWT and NKey seed), for servers in
+            operator (JWT) mode.
+        nats_tls_ca_file: PEM CA certificates to verify the server with; ``None``: the
+            system trust store. Setting it requires TLS.
+        nats_tls_cert_file: PEM client certificate, for servers that verify clients; needs
+            :attr:`nats_tls_key_file`. Setting it requires TLS.
+        nats_tls_key_file: the client certificate's private key (PEM, unencrypted).
+        nats_tls_hostname: the name the server's certificate must carry, when it is not the
+            host in the URL (an IP address, or a name behind a load balancer).
         sources: where each non-default value was written (for error messages).
+
+    The repr shows secrets as ``***``; see :attr:`display_url` for logging the URL.
     """
 
     nats_url: str = "nats://127.0.0.1:4222"
@@ -247,21 +314,62 @@ class Settings:
     workflow_concurrency: int = 256
     workflow_cache_size: int = 1000
     activity_ack_wait: float = 30.0
+    workflow_ack_wait: float = 10.0
     stream_replicas: int = 1
     storage: str = "file"
     codec: object | None = None
     default_activity_timeout: float = 300.0
+    nats_token: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_nkey_seed: str | None = None
+    nats_nkey_seed_file: str | None = None
+    nats_creds_file: str | None = None
+    nats_tls_ca_file: str | None = None
+    nats_tls_cert_file: str | None = None
+    nats_tls_key_file: str | None = None
+    nats_tls_hostname: str | None = None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in _PARSERS:
             label = self.sources.get(name, f"Settings.{name}")
             object.__setattr__(self, name, _parse(name, getattr(self, name), label))
+        check_security(self)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={self._shown(name)!r}" for name in SETTING_NAMES)
+        return f"Settings({shown})"
+
+    def _shown(self, name: str) -> object:
+        if name == "nats_url":
+            return self.display_url
+        value = getattr(self, name)
+        return MASK if name in SECRETS and value is not None else value
 
     @property
     def servers(self) -> list[str]:
         """The server URLs of :attr:`nats_url` as a list."""
         return self.nats_url.split(",")
+
+    @property
+    def display_url(self) -> str:
+        """:attr:`nats_url` with passwords and tokens replaced by ``***``: the form to log or
+        put in a message."""
+        return mask_url(self.nats_url)
+
+    @property
+    def tls_required(self) -> bool:
+        """Whether every connection must use TLS: a URL is ``tls://`` or ``wss://``, or a CA
+        or client certificate file is set."""
+        schemes = {url.partition("://")[0].lower() for url in self.servers}
+        files = (self.nats_tls_ca_file, self.nats_tls_cert_file)
+        return bool(schemes & {"tls", "wss"}) or any(path is not None for path in files)
+
+    def label(self, name: str) -> str:
+        """Setting ``name`` as the user wrote it (``environment variable DF_NATS_USER``), for
+        messages; the bare name when it was not set."""
+        return self.sources.get(name, name)
 
     def load_codec(self) -> PayloadCodec | None:
         """Import and instantiate :attr:`codec` (see :func:`load_codec`)."""

@@ -16,6 +16,7 @@ import pytest
 
 from dfcore import App, ConfigurationError, PayloadCodec, WorkflowFailureError
 from dfcore._loopthread import SYNC_LOOP, run_sync
+from dfcore._server import free_port
 
 from .workerkit import WorkerThread
 
@@ -259,3 +260,14 @@ def test_a_server_too_old_for_the_engine_is_refused_clearly(
         DFError, match=r"is version 2\.9\.10, but DurableFuture needs nats-server 2\.12"
     ):
         app.start("anything")
+
+
+def test_a_server_list_with_a_dead_server_still_connects(nats_url: str, namespace: str) -> None:
+    # As with a cluster whose first node is down: every URL of the list is tried.
+    dead = f"nats://127.0.0.1:{free_port()}"
+    for urls in (f"{dead},{nats_url}", f"{nats_url},{dead}"):
+        app = App("list", nats_url=urls, namespace=namespace)
+        try:
+            assert app.list_workflows() == []
+        finally:
+            app.close()

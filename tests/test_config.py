@@ -358,3 +358,159 @@ def test_codec_instance_and_none() -> None:
     assert resolve().load_codec() is None
     with pytest.raises(ConfigurationError, match="argument codec is invalid"):
         resolve({"codec": 42})
+
+
+# --- NATS authentication and TLS --------------------------------------------------------------
+
+SEED = "SUAJ4A7RV2VQDVSOP5HJT74APZFVU62GN7PYZVGZV4RO2L3F37W576A5ZQ"  # a throwaway user seed
+PUBLIC = "UASXSLE67YHMDEACKA7IQHUDSSY6X6TB66JSHKXXHU72GOYMJSJTSCCD"  # ...and its public key
+ACCOUNT_SEED = "SAAJ4A7RV2VQDVSOP5HJT74APZFVU62GN7PYZVGZV4RO2L3F37W576A5ZQ"
+
+
+@pytest.fixture
+def pem(tmp_path: Path) -> Path:
+    """An existing file standing in for a PEM file (its content is read only at connect)."""
+    path = tmp_path / "file.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\n")
+    return path
+
+
+def test_auth_and_tls_settings_from_the_environment(pem: Path, tmp_path: Path) -> None:
+    environ = {
+        "DF_NATS_URL": "tls://nats.internal:4222",
+        "DF_NATS_USER": "app",
+        "DF_NATS_PASSWORD": "s3cret",
+        "DF_NATS_TLS_CA_FILE": str(pem),
+        "DF_NATS_TLS_CERT_FILE": str(pem),
+        "DF_NATS_TLS_KEY_FILE": str(pem),
+        "DF_NATS_TLS_HOSTNAME": " nats.internal ",
+    }
+    settings = resolve(environ=environ)
+    assert (settings.nats_user, settings.nats_password) == ("app", "s3cret")
+    assert settings.nats_tls_ca_file == str(pem) and settings.nats_tls_hostname == "nats.internal"
+    assert settings.tls_required
+    assert settings.label("nats_password") == "environment variable DF_NATS_PASSWORD"
+    assert resolve({"nats_nkey_seed": f" {SEED}\n"}).nats_nkey_seed == SEED
+
+
+def test_tls_is_required_by_a_tls_url_or_a_tls_file(pem: Path) -> None:
+    assert not resolve().tls_required
+    assert not resolve({"nats_tls_hostname": "x"}).tls_required
+    assert resolve({"nats_url": "nats://a:4222,tls://b:4222"}).tls_required
+    assert resolve({"nats_url": "wss://a"}).tls_required
+    assert resolve({"nats_tls_ca_file": str(pem)}).tls_required
+
+
+def test_secrets_are_masked_in_repr_and_display_url() -> None:
+    settings = resolve({"nats_url": "nats://bob:hunter2@a:4222,nats://t0ken@b", "namespace": "n"})
+    assert settings.display_url == "nats://bob:***@a:4222,nats://***@b"
+    assert "hunter2" not in repr(settings) and "t0ken" not in repr(settings)
+    assert "nats_url='nats://bob:***@a:4222,nats://***@b'" in repr(settings)
+    for kwargs in ({"nats_token": "t0ken"}, {"nats_user": "u", "nats_password": "hunter2"}):
+        shown = repr(resolve(kwargs))
+        assert "t0ken" not in shown and "hunter2" not in shown and "='***'" in shown
+    assert SEED not in repr(resolve({"nats_nkey_seed": SEED}))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"nats_password": 42}, "expected a non-empty password"),
+        ({"nats_token": b"t0ken-as-bytes"}, "expected a non-empty token"),
+        ({"nats_nkey_seed": "SUxyz-not-a-seed"}, "58 characters starting with 'SU'"),
+        ({"nats_nkey_seed": SEED[:-1] + "A"}, "not a valid NKey seed"),  # checksum
+        ({"nats_nkey_seed": PUBLIC}, "this is a user's public key"),
+        ({"nats_nkey_seed": ACCOUNT_SEED}, "this is the seed of an account"),
+        ({"nats_nkey_seed": "/run/secrets/user.nk"}, "use nats_nkey_seed_file"),
+    ],
+)
+def test_invalid_secrets_are_not_echoed(kwargs: dict[str, Any], needle: str) -> None:
+    ((name, value),) = kwargs.items()
+    with pytest.raises(ConfigurationError) as info:
+        resolve(kwargs)
+    message = str(info.value)
+    assert message.startswith(f"argument {name} is invalid") and needle in message
+    assert str(value) not in message
+
+
+def test_a_password_in_an_invalid_url_is_masked() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        resolve(environ={"DF_NATS_URL": "http://bob:hunter2@a:4222"})
+    assert "hunter2" not in str(info.value) and "http://bob:***@a:4222" in str(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        resolve({"nats_url": "bob:hunter2@a:4222"})
+    assert "hunter2" not in str(info.value) and "'nats://bob:***@a:4222'" in str(info.value)
+
+
+def test_conflicting_auth_methods_are_named_as_written(tmp_path: Path) -> None:
+    creds = tmp_path / "app.creds"
+    creds.write_text("")
+    with pytest.raises(ConfigurationError) as info:
+        resolve({"nats_token": "t"}, {"DF_NATS_USER": "u"}, {"DF_NATS_PASSWORD": "p"})
+    message = str(info.value)
+    assert message.startswith("conflicting NATS authentication settings: argument nats_token")
+    assert "DF_NATS_USER in the config mapping and environment variable DF_NATS_PASSWORD" in message
+    assert "are both set" in message and "nats_creds_file" in message and "'p'" not in message
+    with pytest.raises(ConfigurationError, match=r"the credentials in argument nats_url are all"):
+        resolve({"nats_url": "nats://u:p@h", "nats_token": "t", "nats_creds_file": str(creds)})
+    with pytest.raises(ConfigurationError, match="nats_nkey_seed and argument nats_nkey_seed_file"):
+        resolve({"nats_nkey_seed": SEED, "nats_nkey_seed_file": str(creds)})
+
+
+@pytest.mark.parametrize(
+    ("given", "needle"),
+    [
+        ({"DF_NATS_USER": "u"}, "DF_NATS_USER is set but nats_password is not"),
+        ({"DF_NATS_PASSWORD": "p"}, "DF_NATS_PASSWORD is set but nats_user is not"),
+        ({"DF_NATS_TLS_CERT_FILE": "PEM"}, "DF_NATS_TLS_CERT_FILE is set but nats_tls_key_file"),
+        ({"DF_NATS_TLS_KEY_FILE": "PEM"}, "DF_NATS_TLS_KEY_FILE is set but nats_tls_cert_file"),
+    ],
+)
+def test_half_a_pair_is_an_error(pem: Path, given: dict[str, str], needle: str) -> None:
+    environ = {key: str(pem) if value == "PEM" else value for key, value in given.items()}
+    with pytest.raises(ConfigurationError, match=needle):
+        resolve(environ=environ)
+
+
+def test_missing_files_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError) as info:
+        resolve(environ={"DF_NATS_TLS_CA_FILE": "certs/ca.pem"})
+    message = str(info.value)
+    assert message.startswith("environment variable DF_NATS_TLS_CA_FILE is invalid")
+    assert "there is no such file" in message and f"current folder {tmp_path}" in message
+    with pytest.raises(ConfigurationError, match="it is a folder"):
+        resolve({"nats_creds_file": tmp_path})
+
+
+def test_tls_files_with_a_ws_url_are_refused(pem: Path) -> None:
+    with pytest.raises(ConfigurationError, match="use wss://"):
+        resolve({"nats_url": "ws://a:8080", "nats_tls_ca_file": str(pem)})
+
+
+def test_nkey_methods_need_the_nkeys_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "nkeys", None)  # makes `import nkeys` fail
+    with pytest.raises(ConfigurationError) as info:
+        resolve(environ={"DF_NATS_NKEY_SEED": SEED})
+    message = str(info.value)
+    assert "environment variable DF_NATS_NKEY_SEED needs the nkeys package" in message
+    assert "pip install 'durablefuture[nkeys]'" in message and SEED not in message
+
+
+def test_seed_and_creds_files_are_checked(tmp_path: Path) -> None:
+    seed_file, creds = tmp_path / "user.nk", tmp_path / "user.creds"
+    seed_file.write_text(SEED + "\n")
+    assert resolve({"nats_nkey_seed_file": str(seed_file)}).nats_nkey_seed_file == str(seed_file)
+    creds.write_text(
+        "-----BEGIN NATS USER JWT-----\neyJhbGciOi.e30.sig\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{SEED}\n------END USER NKEY SEED------\n"
+    )
+    assert resolve({"nats_creds_file": str(creds)}).nats_creds_file == str(creds)
+    with pytest.raises(ConfigurationError, match="use nats_creds_file"):
+        resolve({"nats_nkey_seed_file": str(creds)})
+    with pytest.raises(ConfigurationError, match="holds a bare seed: use nats_nkey_seed_file"):
+        resolve({"nats_creds_file": str(seed_file)})
+    seed_file.write_text(SEED[:-1] + "A")
+    with pytest.raises(ConfigurationError) as info:
+        resolve({"nats_nkey_seed_file": str(seed_file)})
+    assert "not a valid NKey seed" in str(info.value) and SEED[:-1] not in str(info.value)

@@ -105,7 +105,7 @@ class Command(BaseCommand):
         app = runtime.get_app()
         if app.settings.nats_url != server.url:
             self.stderr.write(
-                f'df_dev: settings.DFCORE["NATS_URL"] is {app.settings.nats_url!r}; '
+                f'df_dev: settings.DFCORE["NATS_URL"] is {app.settings.display_url!r}; '
                 f"using the embedded server {server.url} instead"
             )
             app.configure(nats_url=server.url)
