@@ -24,10 +24,12 @@ from ._codec import IdentityCodec, JSONConverter, PayloadCodec
 from ._config import Settings
 from ._context import WorkflowContext, WorkflowInfo
 from ._definitions import RetryPolicy
+from ._dlq import DeadLetter
 from ._errors import (
     ActivityError,
     ApplicationError,
     CancelledError,
+    CodecKeyError,
     ConfigurationError,
     DFError,
     NondeterminismError,
@@ -52,9 +54,11 @@ __all__ = [
     "App",
     "ApplicationError",
     "CancelledError",
+    "CodecKeyError",
     "ConfigurationError",
     "DFConnectionError",
     "DFError",
+    "DeadLetter",
     "EmbeddedServer",
     "HistoryEvent",
     "IdentityCodec",

@@ -15,7 +15,8 @@ from ._codec import IdentityCodec, PayloadCodec
 from ._config import Settings, read_config_object, resolve_settings
 from ._convert import return_hint
 from ._definitions import ActivityDefinition, ActivityOptions, RetryPolicy, WorkflowDefinition
-from ._errors import RegistrationError
+from ._dlq import DeadLetter
+from ._errors import DFError, RegistrationError
 from ._inspect import list_workflows
 from ._loopthread import SYNC_LOOP, on_exit, run_sync
 from ._naming import check_queue
@@ -547,6 +548,41 @@ class App:
     def list_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
         """Sync twin of :meth:`alist_workflows`."""
         return run_sync(self.alist_workflows(limit))
+
+    async def adead_letters(self, limit: int = 50) -> list[DeadLetter]:
+        """The newest messages workers could not use (oldest of them first), with reasons."""
+
+        async def run(client: Client) -> list[DeadLetter]:
+            return await (await client.store()).dead_letters(limit)
+
+        return await self._on_client_loop(run)
+
+    def dead_letters(self, limit: int = 50) -> list[DeadLetter]:
+        """Sync twin of :meth:`adead_letters`."""
+        return run_sync(self.adead_letters(limit))
+
+    async def adead_letter(self, seq: int) -> DeadLetter:
+        """One dead letter by its sequence (as listed by :meth:`adead_letters`).
+
+        Raises:
+            DFError: there is no dead letter ``seq`` (it never existed or has expired).
+        """
+
+        async def run(client: Client) -> DeadLetter:
+            store = await client.store()
+            letter = await store.dead_letter_at(seq)
+            if letter is None:
+                raise DFError(
+                    f"there is no dead letter {seq} in {store.layout.dlq_stream}; "
+                    "`df dlq list` shows the ones kept"
+                )
+            return letter
+
+        return await self._on_client_loop(run)
+
+    def dead_letter(self, seq: int) -> DeadLetter:
+        """Sync twin of :meth:`adead_letter`."""
+        return run_sync(self.adead_letter(seq))
 
     # -- workers ----------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from typing import Any, TextIO
 import orjson
 
 from ._app import App
+from ._dlq import render_list as render_dead_letters
+from ._dlq import render_one as render_dead_letter
 from ._errors import DFError
 from ._inspect import render_history
 from ._server import EmbeddedServer
@@ -186,6 +188,8 @@ def run_workflow_command(app: App, args: argparse.Namespace, out: TextIO | None 
     if args.action == "show":
         status = handle.status()
         emit(f"Workflow {args.workflow_id} ({status.workflow_type}): {status.status}")
+        if status.failure:
+            emit(f"  failing: {status.failure}")
         emit(render_history(handle.history()))
     elif args.action == "cancel":
         handle.cancel()
@@ -197,6 +201,35 @@ def run_workflow_command(app: App, args: argparse.Namespace, out: TextIO | None 
     elif args.action == "result":
         result = handle.result(timeout=args.timeout)
         emit(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    return run_dlq_command(load_app(args.app), args)
+
+
+def add_dlq_arguments(parser: argparse.ArgumentParser, with_app: bool = True) -> None:
+    """The ``dlq list|show`` actions: messages workers could not use, and why."""
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lst = actions.add_parser("list", help="list the newest dead letters with their reasons")
+    lst.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    show = actions.add_parser("show", help="print one dead letter: reason, origin, headers, body")
+    show.add_argument("seq", type=int, help="its number, as `dlq list` shows it")
+    if with_app:
+        for action in (lst, show):
+            add_app_argument(action)
+
+
+def run_dlq_command(app: App, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Carry out a ``dlq`` action parsed by :func:`add_dlq_arguments`."""
+    out = out or sys.stdout
+    if args.action == "list":
+        letters = app.dead_letters(limit=args.limit)
+        out.write(render_dead_letters(letters) + "\n")
+        if not letters:
+            out.write("(no dead letters)\n")
+    else:
+        out.write(render_dead_letter(app.dead_letter(args.seq)) + "\n")
     return 0
 
 
@@ -231,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     wf = sub.add_parser("workflow", help="inspect and control workflows")
     add_workflow_arguments(wf)
     wf.set_defaults(func=cmd_workflow)
+
+    dlq = sub.add_parser("dlq", help="inspect messages workers could not use (dead letters)")
+    add_dlq_arguments(dlq)
+    dlq.set_defaults(func=cmd_dlq)
     return parser
 
 

@@ -202,8 +202,27 @@ class WorkflowStatus:
 
     workflow_id: str
     workflow_type: str | None
-    status: str  # "running", "completed", "failed", "cancelled", "timed_out"
+    status: str  # "running", "failing", "completed", "failed", "cancelled", "timed_out"
     last_event_time: datetime | None
+    failure: str | None = None
+    """While ``status`` is ``"failing"``: the error the workflow's code keeps raising."""
+
+
+def status_of(
+    workflow_id: str, kind: str | None, last: h.Record, ended: h.Record | None
+) -> WorkflowStatus:
+    """A workflow's status from the last record of its history and its outcome, if any.
+
+    A workflow whose history ends with a ``WorkflowTaskFailed`` note is ``"failing"``: its
+    code raised a bug (or no longer matches its history), and the step is being retried.
+    """
+    status = h.terminal_status(ended.commands) if ended is not None else None
+    failure = None
+    if status is None and last.type == h.WORKFLOW_TASK_FAILED:
+        error = last.body.get("error") or {}
+        status, failure = "failing", f"{error.get('type')}: {error.get('message')}"
+    when = datetime.fromtimestamp(last.ts / 1000, tz=UTC) if last.ts else None
+    return WorkflowStatus(workflow_id, kind, status or "running", when, failure)
 
 
 class WorkflowHandle(Generic[R]):
@@ -321,12 +340,8 @@ class WorkflowHandle(Generic[R]):
         )
         if last is None:
             raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
-        record = last[1]
-        status = h.terminal_status(ended.commands) if ended is not None else None
-        status = status or "running"
-        when = datetime.fromtimestamp(record.ts / 1000, tz=UTC) if record.ts else None
         kind = str(first.body.get("workflow")) if first is not None else None
-        return WorkflowStatus(self.workflow_id, kind, status, when)
+        return status_of(self.workflow_id, kind, last[1], ended)
 
     def status(self) -> WorkflowStatus:
         """Sync twin of :meth:`astatus`."""

@@ -25,6 +25,7 @@ from ._definitions import ActivityOptions, RetryPolicy, WorkflowDefinition
 from ._errors import (
     ActivityError,
     ApplicationError,
+    DFError,
     NondeterminismError,
     PayloadError,
     RegistrationError,
@@ -37,6 +38,27 @@ log = logging.getLogger("dfcore.engine")
 WorkflowResolver = Callable[[str], WorkflowDefinition | None]
 PayloadCheck = Callable[[Any, str], None]
 """Raises SerializationError or PayloadTooLargeError if a value cannot be sent."""
+
+
+class WorkflowCodeError(DFError):
+    """The workflow code raised an exception that is not a deliberate failure: a bug.
+
+    The worker writes nothing for the step, records a ``WorkflowTaskFailed`` note and retries
+    the task with backoff, so once the code is fixed (and workers restarted) the workflow
+    continues where it was. Deliberate failures end the workflow instead: any
+    :class:`DFError` (``ApplicationError``, an ``ActivityError`` left uncaught, ...),
+    ``TimeoutError`` from a durable timeout, and cancellation.
+    """
+
+    def __init__(self, info: RunInfo, exc: BaseException) -> None:
+        self.traceback = "".join(traceback.format_exception(exc)[-8:])
+        super().__init__(
+            f"workflow {info.workflow_id!r} ({info.workflow_type}): its code raised "
+            f"{type(exc).__name__}: {exc}. Treated as a bug: the step is retried with backoff "
+            "and the workflow shows as failing until the code is fixed and the workers "
+            "restarted (to fail a workflow on purpose, raise dfcore.ApplicationError).\n"
+            + self.traceback
+        )
 
 
 class _Abort(BaseException):
@@ -98,6 +120,7 @@ class WorkflowRun:
     ) -> None:
         self.info = RunInfo(workflow_id=workflow_id, namespace=namespace)
         self.last_seq = 0
+        self.started = False
         self.closed = False
         self.replaying = False
         self.evicting = False
@@ -134,6 +157,8 @@ class WorkflowRun:
             self.replaying = record.seq < replay_until
             if record.type == h.DECIDED:
                 self._apply_decided(record)
+            elif record.type == h.WORKFLOW_TASK_FAILED:
+                pass  # a note for people: not an input of the workflow
             elif not self.closed:
                 self._apply_fact(record)
             self.last_seq = record.seq
@@ -209,6 +234,7 @@ class WorkflowRun:
     def _apply_workflow_started(self, body: Mapping[str, Any]) -> None:
         if self._main is not None:
             return
+        self.started = True
         info = self.info
         info.workflow_type = str(body["workflow"])
         info.run_id = str(body.get("run_id", ""))
@@ -372,8 +398,10 @@ class WorkflowRun:
         elif (exc := main.exception()) is not None:
             if isinstance(exc, asyncio.CancelledError):
                 self._produce({"t": h.WORKFLOW_CANCELLED})
-            else:
+            elif isinstance(exc, DFError | TimeoutError):
                 self._produce({"t": h.WORKFLOW_FAILED, "error": _error_json(exc)})
+            else:
+                raise WorkflowCodeError(self.info, exc) from exc
         else:
             self._complete(main.result())
         self.closed = True

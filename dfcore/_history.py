@@ -5,7 +5,8 @@ A workflow's history is the sequence of JetStream messages on its subject. Each 
 
 * facts, appended by whoever observed them: ``WorkflowStarted`` (client), ``ActivityCompleted`` and
   ``ActivityFailed`` (activity worker), ``TimerFired`` (the server's message scheduler),
-  ``SignalReceived`` and ``CancelRequested`` (client);
+  ``SignalReceived`` and ``CancelRequested`` (client), and ``WorkflowTaskFailed`` (workflow
+  worker: the code raised a bug; a note for people that replay skips);
 * ``Decided``, appended by a workflow worker with the expected-last-subject-sequence check, holding
   the commands (``cmds``) the workflow code produced after the facts before it.
 
@@ -27,6 +28,8 @@ TIMER_FIRED: Final = "TimerFired"
 SIGNAL_RECEIVED: Final = "SignalReceived"
 CANCEL_REQUESTED: Final = "CancelRequested"
 DECIDED: Final = "Decided"
+# A note that the workflow's code failed (a bug): for people, ignored by replay.
+WORKFLOW_TASK_FAILED: Final = "WorkflowTaskFailed"
 
 # Commands (inside a Decided record)
 ACTIVITY_SCHEDULED: Final = "ActivityScheduled"
@@ -45,6 +48,7 @@ FACT_TYPES: Final = frozenset(
         TIMER_FIRED,
         SIGNAL_RECEIVED,
         CANCEL_REQUESTED,
+        WORKFLOW_TASK_FAILED,
     }
 )
 COMMAND_TYPES: Final = frozenset(
@@ -107,6 +111,7 @@ _REQUIRED: Final[Mapping[str, Mapping[str, type | tuple[type, ...]]]] = {
     TIMER_FIRED: {"timer": str},
     SIGNAL_RECEIVED: {"name": str},
     CANCEL_REQUESTED: {},
+    WORKFLOW_TASK_FAILED: {"error": dict},
     DECIDED: {"cmds": list},
     ACTIVITY_SCHEDULED: {"seq": int, "attempt": int, "activity": str, "args": list},
     ACTIVITY_CANCEL_REQUESTED: {"seq": int},
@@ -204,7 +209,7 @@ class HistoryEvent:
             return f"{a.get('name')} {_short(a.get('payload'))}"
         if self.type == WORKFLOW_COMPLETED:
             return _short(a.get("result"))
-        if self.type in (WORKFLOW_FAILED, WORKFLOW_TIMED_OUT):
+        if self.type in (WORKFLOW_FAILED, WORKFLOW_TIMED_OUT, WORKFLOW_TASK_FAILED):
             err = a.get("error") or {}
             return f"{err.get('type')}: {err.get('message')}"
         return ""

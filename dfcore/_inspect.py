@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from . import _history as h
-from ._client import WorkflowStatus
+from ._client import WorkflowStatus, status_of
 from ._store import Store
 
 
@@ -20,10 +20,7 @@ async def list_workflows(store: Store, limit: int = 50) -> list[WorkflowStatus]:
     out = []
     for subject, record in lasts:
         _, workflow_id = store.layout.parse_history_subject(subject)
-        outcome = ended.get(workflow_id)
-        status = (h.terminal_status(outcome.commands) if outcome else None) or "running"
-        when = datetime.fromtimestamp(record.ts / 1000, tz=UTC) if record.ts else None
-        out.append(WorkflowStatus(workflow_id, None, status, when))
+        out.append(status_of(workflow_id, None, record, ended.get(workflow_id)))
     return out
 
 

@@ -52,6 +52,8 @@ class Layout:
                              records; ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timers;
                              ``<ns>.status.<queue>.<wf>`` its final outcome, once it ended.
         ``DF_<ns>_TASKS``    work-queue retention; ``<ns>.task.<queue>`` holds activity tasks.
+        ``DF_<ns>_DLQ``      limits retention; ``<ns>.dlq.<source>`` holds messages a worker
+                             could not use (source: history, task or cancel), with the reason.
     Consumers:
         ``wf_<queue>``   on HISTORY, filter ``<ns>.history.<queue>.*``: workflow tasks.
         ``act_<queue>``  on TASKS, filter ``<ns>.task.<queue>``: activity tasks.
@@ -66,6 +68,18 @@ class Layout:
     @property
     def tasks_stream(self) -> str:
         return f"DF_{self.namespace}_TASKS"
+
+    @property
+    def dlq_stream(self) -> str:
+        return f"DF_{self.namespace}_DLQ"
+
+    def dlq_subject(self, source: str) -> str:
+        """Where messages that ``source`` (history, task, cancel) could not use are kept."""
+        return f"{self.namespace}.dlq.{source}"
+
+    @property
+    def dlq_all(self) -> str:
+        return f"{self.namespace}.dlq.>"
 
     def history_subject(self, queue: str, workflow_id: str) -> str:
         return f"{self.namespace}.history.{queue}.{workflow_token(workflow_id)}"

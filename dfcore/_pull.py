@@ -10,7 +10,9 @@ pull requests open continuously instead, as the Go and Java clients' ``Consume()
   only when at least a quarter of that credit is free, so requests stay few under load;
 * the server's status messages give unfulfilled credit back (``408``/``409``), idle heartbeats
   prove the requests are still alive, and a watchdog re-requests when they stop arriving (a
-  server restart forgets pull requests without telling anyone).
+  server restart forgets pull requests without telling anyone);
+* on a cluster, pull requests live only in the consumer's leader: when a new leader is elected
+  (the old one's node died), its advisory makes the driver request again at once.
 
 The consumer itself (durable, explicit ack) is created by the caller; this module only pulls.
 Handlers receive ordinary :class:`nats.aio.msg.Msg` objects and ack them themselves.
@@ -48,6 +50,7 @@ _BACK_OFF_CONFLICTS: Final = frozenset({"Consumer Deleted", "Exceeded MaxWaiting
 _MISSED_HEARTBEATS: Final = 3
 _BACKOFF_FIRST: Final = 1.0
 _BACKOFF_MAX: Final = 10.0
+_LEADER_ELECTED: Final = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED"
 
 
 def _status_of(msg: Msg) -> str | None:
@@ -98,6 +101,7 @@ class PullConsumer:
         self._nc = nc
         self._handler = handler
         self._next_subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._leader_subject = f"{_LEADER_ELECTED}.{stream}.{consumer}"
         self._name = name or f"{stream}/{consumer}"
         self._max_inflight = max_inflight
         self._min_batch = max(1, max_inflight // 4)
@@ -106,6 +110,7 @@ class PullConsumer:
         self._heartbeat_ns = int(idle_heartbeat * _NS_PER_S)
         self._inbox = ""
         self._sub: Subscription | None = None
+        self._leader_sub: Subscription | None = None
         self._inflight = 0
         self._outstanding = 0
         self._stopping = False
@@ -137,6 +142,9 @@ class PullConsumer:
         self._inbox = self._nc.new_inbox()
         try:
             self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+            self._leader_sub = await self._nc.subscribe(
+                self._leader_subject, cb=self._on_leader_elected
+            )
         except nats.errors.Error as exc:
             raise ConnectionError_(
                 f"cannot subscribe for consumer {self._name}: {exc}; is the connection open?"
@@ -165,13 +173,23 @@ class PullConsumer:
         A restarted server has forgotten every pull request, so without this the driver would
         wait for credit that never comes back until the watchdog noticed the silence.
         """
+        self._request_again()
+
+    def _request_again(self) -> None:
+        """Forget the open requests, end a pause, and request all free credit now."""
         if self._sub is None or self._stopping:
             return
         self._outstanding = 0
+        self._paused = False  # the pause's reason is gone; its resume only tops up credit
         self._alive.set()
         self._spawn(self._request())
 
     # --- receiving ----------------------------------------------------------------------------
+
+    async def _on_leader_elected(self, msg: Msg) -> None:
+        """A new consumer leader knows none of the requests its predecessor held."""
+        logger.info("%s: new consumer leader elected; requesting again", self._name)
+        self._request_again()
 
     async def _on_message(self, msg: Msg) -> None:
         """Subscription callback: dispatch a stream message, or act on a status message."""
@@ -346,6 +364,8 @@ class PullConsumer:
         assert self._sub is not None
         try:
             await self._sub.unsubscribe()
+            if self._leader_sub is not None:
+                await self._leader_sub.unsubscribe()
         except nats.errors.Error as exc:
             logger.debug("%s: unsubscribe failed: %s", self._name, exc)
 

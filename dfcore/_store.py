@@ -7,6 +7,7 @@ code never sees a ``nats`` exception: they are wrapped in ours, with the cause c
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 from collections.abc import Mapping
@@ -19,21 +20,31 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
+from . import _dlq
 from . import _history as h
 from ._codec import JSONConverter, PayloadCodec, check_size, safe_decode, safe_encode
 from ._config import Settings
-from ._errors import ConnectionError_, DFError, PayloadError
+from ._errors import CodecKeyError, ConfigurationError, ConnectionError_, DFError, PayloadError
 from ._naming import Layout
 
 log = logging.getLogger("dfcore.store")
 
 WRONG_LAST_SEQUENCE = 10071
+# A replicated stream's leader refuses with this one (no sequence in the message) when
+# another append to the same subject is still being replicated: the same conflict.
+WRONG_LAST_SEQUENCE_REPLICATED = 10164
+PUBLISH_TRIES = 3  # sends of an unanswered publish that carries a message id
 MIN_SERVER_VERSION = (2, 12)
 HEADROOM = 512  # bytes of headers and protocol framing on top of the body
+DLQ_MAX_AGE = 30 * 24 * 3600.0  # dead letters are kept 30 days
 
 
 class AppendConflict(DFError):
     """Another writer appended to the history since we last read it (or the id exists)."""
+
+
+class NoSuchWorkflow(DFError):
+    """A fact was to be appended to the history of a workflow that was never started."""
 
 
 class Store:
@@ -58,7 +69,11 @@ class Store:
     # -- set-up -----------------------------------------------------------------------------
 
     async def ensure(self) -> None:
-        """Create (or update) the namespace's streams. Idempotent; run once per connection."""
+        """Create the namespace's streams if missing. Idempotent; run once per connection.
+
+        Existing streams are not changed: they keep the replicas they were created with
+        (docs/deployment.md says how to change them).
+        """
         if self._ensured:
             return
         self._check_server_version()
@@ -78,7 +93,7 @@ class Store:
         if (version.major, version.minor) < MIN_SERVER_VERSION:
             need = ".".join(map(str, MIN_SERVER_VERSION))
             raise DFError(
-                f"the NATS server at {self.settings.nats_url} is version "
+                f"the NATS server at {self.settings.display_url} is version "
                 f"{version.major}.{version.minor}.{version.patch}, but DurableFuture "
                 f"needs nats-server {need} or newer (JetStream message schedules and batched "
                 "direct gets). Upgrade the server, or for development run `df dev -A "
@@ -97,7 +112,7 @@ class Store:
             storage=storage,
             num_replicas=self.settings.stream_replicas,
             allow_direct=True,
-            allow_msg_schedules=True,
+            allow_msg_schedules=True,  # the server refuses discard=new with schedules
             duplicate_window=120.0,
             description="DurableFuture workflow histories and timer schedules",
         )
@@ -107,17 +122,33 @@ class Store:
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=storage,
             num_replicas=self.settings.stream_replicas,
+            discard=api.DiscardPolicy.NEW,
             duplicate_window=300.0,
             description="DurableFuture activity tasks, one subject per task queue",
         )
-        return [history, tasks]
+        dead_letters = api.StreamConfig(
+            name=lay.dlq_stream,
+            subjects=[lay.dlq_all],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=storage,
+            num_replicas=self.settings.stream_replicas,
+            allow_direct=True,
+            max_age=DLQ_MAX_AGE,
+            duplicate_window=120.0,
+            description="DurableFuture dead letters: messages workers could not use, and why",
+        )
+        return [history, tasks, dead_letters]
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         try:
             try:
-                await self.js.stream_info(config.name)  # type: ignore[arg-type]
-            except NotFoundError:
+                info = await self.js.stream_info(config.name)  # type: ignore[arg-type]
+            except (NotFoundError, TimeoutError):
+                # TimeoutError: on a cluster, a stream that another process is creating at this
+                # moment has no leader to answer yet; creating it too is idempotent.
                 await self.js.add_stream(config)
+            else:
+                self._check_replicas(config, info.config.num_replicas or 1)
         except APIError as exc:
             raise DFError(
                 f"could not create JetStream stream {config.name}: {exc.description}. "
@@ -125,6 +156,21 @@ class Store:
             ) from exc
         except Exception as exc:
             raise _wrap(exc, "creating streams") from exc
+
+    def _check_replicas(self, config: api.StreamConfig, existing: int) -> None:
+        """Say so when the stream was created with other replicas than the setting asks."""
+        wanted = config.num_replicas or 1
+        if existing == wanted:
+            return
+        how = (
+            f"stream {config.name} has {existing} replica(s) but stream_replicas is {wanted}; "
+            "streams keep the replicas they were created with. Set stream_replicas to "
+            f"{existing} everywhere, or change the stream (`nats stream edit {config.name} "
+            f"--replicas {wanted}`, see docs/deployment.md)"
+        )
+        if wanted > existing:  # its consumers could not get the replicas asked for either
+            raise ConfigurationError(how)
+        log.warning("%s", how)
 
     async def ensure_consumer(
         self, stream: str, name: str, filter_subject: str, ack_wait: float
@@ -198,6 +244,11 @@ class Store:
         """
         expected = after_seq
         for _ in range(50):
+            if expected < 1:  # a fact always follows a start: this history does not exist
+                raise NoSuchWorkflow(
+                    f"no workflow has the history {subject}: it was never started, so the "
+                    f"{body['t']} cannot be recorded"
+                )
             chained = {**body, "prev": expected}
             try:
                 return await self.append(subject, chained, msg_id=msg_id, expected_seq=expected)
@@ -215,22 +266,39 @@ class Store:
     ) -> int:
         """An acked JetStream publish; returns the stream sequence (of the original, if a dup)."""
         try:
-            reply = await self._replies.request(subject, payload, headers)
+            reply = await self._request_answered(subject, payload, headers)
         except _NoResponders:
             raise DFError(
                 f"no JetStream stream takes {subject}: the namespace's streams are missing "
-                "(they are created by workers and clients at start-up; was one deleted?)"
+                "(they are created by workers and clients at start-up; was one deleted?), or "
+                "on a cluster the stream has no leader (are a majority of its replicas up?)"
             ) from None
         ack = orjson.loads(reply.data)
         error = ack.get("error")
         if error:
-            if error.get("err_code") == WRONG_LAST_SEQUENCE:
+            if error.get("err_code") in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_REPLICATED):
                 raise AppendConflict(error.get("description", "wrong last sequence"))
             raise DFError(
                 f"JetStream refused {doing}: {error.get('description')} "
                 f"(code {error.get('err_code')})"
             )
         return int(ack["seq"])
+
+    async def _request_answered(self, subject: str, payload: bytes, headers: dict[str, str]) -> Msg:
+        """Send a publish, and again while it goes unanswered (with a ``Nats-Msg-Id`` only).
+
+        On a cluster, the leader a publish reached may die before it answers; the stream's next
+        leader may or may not hold it. The message id makes a stored first copy a duplicate.
+        """
+        tries = PUBLISH_TRIES if "Nats-Msg-Id" in headers else 1
+        for _ in range(tries - 1):
+            try:
+                reply: Msg = await self._replies.request(subject, payload, headers)
+                return reply
+            except ConnectionError_ as exc:
+                log.warning("%s; sending it again with the same message id", exc)
+        reply = await self._replies.request(subject, payload, headers)
+        return reply
 
     async def load(self, subject: str, after_seq: int = 0) -> list[h.Record]:
         """Every record on ``subject`` after ``after_seq``, in order; the end is exact."""
@@ -322,13 +390,19 @@ class Store:
                     out.append((str(msg.headers["Nats-Subject"]), record))
         return out
 
-    async def _direct_get(self, request: Mapping[str, Any], *, batch: bool = True) -> Any:
+    async def _direct_get(
+        self, request: Mapping[str, Any], *, batch: bool = True, stream: str | None = None
+    ) -> Any:
         """A direct get: ``(messages, more_pending)`` for batches, else the reply message."""
-        subject = f"$JS.API.DIRECT.GET.{self.layout.history_stream}"
+        stream = stream or self.layout.history_stream
+        subject = f"$JS.API.DIRECT.GET.{stream}"
         try:
             result = await self._replies.request(subject, orjson.dumps(request), None, batch=batch)
         except _NoResponders:
-            raise DFError(f"stream {self.layout.history_stream} does not exist") from None
+            raise DFError(
+                f"stream {stream} does not exist, or on a cluster has no leader and no current "
+                "replica (are a majority of its replicas up?)"
+            ) from None
         return result
 
     async def history_subjects(self) -> list[str]:
@@ -346,14 +420,87 @@ class Store:
         try:
             body = self.decode(msg.data, f"history message {seq}")
             return h.validate_record(seq, body)
+        except CodecKeyError:
+            raise  # this process lacks a key: nothing may be skipped, retry once it is fixed
         except (PayloadError, h.MalformedRecordError) as exc:
-            log.error(
+            log.warning(  # its delivery dead-lettered it; every replay steps over it
                 "skipping unreadable history message %s on %s: %s",
                 seq,
                 headers.get("Nats-Subject"),
                 exc,
             )
             return None
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    async def dead_letter(
+        self,
+        source: str,
+        subject: str,
+        data: bytes,
+        reason: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        stream_seq: int | None = None,
+    ) -> None:
+        """Keep a message the engine cannot use in the dead-letter stream, with the reason.
+
+        The body is kept as it came (cut to fit next to the headers when it is huge). A
+        message from a stream is deduplicated by its stream sequence, so a worker that dies
+        after this and before acking does not file it twice.
+        """
+        limit = max(self.nc.max_payload - _dlq.HEADER_ROOM, 1024)
+        kept = data[:limit]
+        out = _dlq.dead_letter_headers(
+            source=source,
+            subject=subject,
+            reason=reason,
+            size=len(data),
+            truncated=len(kept) < len(data),
+            stream_seq=stream_seq,
+            headers=headers,
+        )
+        # A stream message is filed once by its sequence; a core NATS message (which every
+        # subscribed worker receives) once per content, within the dedup window.
+        origin = str(stream_seq) if stream_seq is not None else hashlib.sha256(data).hexdigest()
+        out["Nats-Msg-Id"] = f"{subject}:{origin}"
+        log.error("dead-lettered a message on %s (%s): %s", subject, source, out[_dlq.HDR_REASON])
+        await self._publish(self.layout.dlq_subject(source), kept, out, "keeping a dead letter")
+
+    async def dead_letters(self, limit: int = 50) -> list[_dlq.DeadLetter]:
+        """The newest ``limit`` dead letters, oldest first."""
+        stream = self.layout.dlq_stream
+        try:
+            info = await self.js.stream_info(stream)
+        except NotFoundError:
+            return []
+        except Exception as exc:
+            raise _wrap(exc, "reading dead letters") from exc
+        first, last = info.state.first_seq, info.state.last_seq
+        if not info.state.messages:
+            return []
+        start = max(first, last - limit + 1)
+        letters: list[_dlq.DeadLetter] = []
+        while len(letters) < limit:
+            request = {"seq": start, "next_by_subj": self.layout.dlq_all, "batch": limit}
+            msgs, more = await self._direct_get(request, stream=stream)
+            letters += [_letter(msg) for msg in msgs]
+            if not more or not msgs:
+                break
+            start = int(msgs[-1].headers["Nats-Sequence"]) + 1
+        return letters[-limit:]
+
+    async def dead_letter_at(self, seq: int) -> _dlq.DeadLetter | None:
+        """The dead letter with sequence ``seq``, or None."""
+        msg: Msg = await self._direct_get({"seq": seq}, batch=False, stream=self.layout.dlq_stream)
+        status = msg.headers.get("Status") if msg.headers else None
+        if status == "404":
+            return None
+        if status is not None:
+            raise ConnectionError_(
+                f"reading dead letter {seq} failed: {status} {_description(msg)}"
+            )
+        return _letter(msg)
 
     # -- tasks and timers -------------------------------------------------------------------
 
@@ -391,6 +538,9 @@ class _Replies:
     collected until the end.
     """
 
+    ELECTION_WAIT = 20.0
+    """Seconds to wait out "no responders": a raft election takes about 2 to 10."""
+
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
         self._prefix = ""
@@ -419,7 +569,32 @@ class _Replies:
         batch: bool = False,
         timeout: float = 10.0,
     ) -> Any:
-        """Send and wait: one reply message, or (``batch``) ``(messages, more_pending)``."""
+        """Send and wait: one reply message, or (``batch``) ``(messages, more_pending)``.
+
+        "No responders" is asked again for up to :attr:`ELECTION_WAIT` seconds: on a cluster
+        only a stream's leader subscribes to its subjects, so while its replicas elect a new
+        one (a few seconds after a node dies) nothing answers. A missing stream never will.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.ELECTION_WAIT
+        pause = 0.05
+        while True:
+            try:
+                return await self._request_once(subject, payload, headers, batch, timeout)
+            except _NoResponders:
+                if loop.time() + pause > give_up:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    async def _request_once(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        batch: bool,
+        timeout: float,
+    ) -> Any:
         token = str(next(self._ids))
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), batch)
@@ -447,11 +622,10 @@ class _Waiter:
         if self.future.done():
             return
         status = msg.headers.get("Status") if msg.headers else None
-        if not self.batch:
-            if status == "503":
-                self.future.set_exception(_NoResponders())
-            else:
-                self.future.set_result(msg)
+        if status == "503":  # no responders, for a single get or a batch alike
+            self.future.set_exception(_NoResponders())
+        elif not self.batch:
+            self.future.set_result(msg)
         elif status is None:
             self.msgs.append(msg)
         elif status == "204":  # end of batch
@@ -475,7 +649,7 @@ class _Waiter:
 
 
 class _NoResponders(DFError):
-    """Nothing listens on the subject (the stream does not exist)."""
+    """Nothing listens on the subject (no such stream, or on a cluster no leader yet)."""
 
 
 def _description(msg: Msg) -> str:
@@ -487,6 +661,11 @@ def _event_header(body: Mapping[str, Any]) -> str:
     if body["t"] == h.DECIDED:
         return ",".join(c["t"] for c in body.get("cmds", ()))
     return str(body["t"])
+
+
+def _letter(msg: Msg) -> _dlq.DeadLetter:
+    headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
+    return _dlq.from_message(int(headers.get("Nats-Sequence", 0)), headers, msg.data)
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

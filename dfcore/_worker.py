@@ -38,18 +38,19 @@ from ._connection import close_connection, connect
 from ._context import WorkflowContext
 from ._convert import decode_call_args
 from ._definitions import ActivityDefinition
-from ._engine import WorkflowRun
+from ._engine import WorkflowCodeError, WorkflowRun
 from ._errors import (
     ApplicationError,
+    CodecKeyError,
     DFError,
     NondeterminismError,
     PayloadError,
     PayloadTooLargeError,
 )
 from ._history import now_ms
-from ._naming import check_queue, workflow_id_from_token, workflow_token
+from ._naming import Layout, check_queue, workflow_id_from_token, workflow_token
 from ._pull import PullConsumer
-from ._store import AppendConflict, Store
+from ._store import AppendConflict, NoSuchWorkflow, Store
 from .activity import ActivityInfo, ActivityState, _current
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ class Worker:
             if self.serve_workflows:
                 name = lay.workflow_consumer(queue)
                 await store.ensure_consumer(
-                    lay.history_stream, name, lay.history_filter(queue), 30.0
+                    lay.history_stream, name, lay.history_filter(queue), settings.workflow_ack_wait
                 )
                 processor = WorkflowProcessor(self.app, store)
                 self._processors.append(processor)
@@ -150,7 +151,7 @@ class Worker:
             self.app.name,
             self._what(),
             ", ".join(self.queues),
-            settings.nats_url,
+            settings.display_url,
             settings.namespace,
         )
 
@@ -214,42 +215,94 @@ class WorkflowProcessor:
         self.capacity = app.settings.workflow_cache_size
 
     async def handle(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
         try:
             _, workflow_id = self.store.layout.parse_history_subject(msg.subject)
-        except ValueError:
-            log.error("ignoring message on unexpected subject %r", msg.subject)
-            await msg.ack()
+            record = h.validate_record(seq, self.store.decode(msg.data, f"history message {seq}"))
+        except CodecKeyError as exc:
+            log.error("%s; will retry", exc)  # this process lacks the key; the message is fine
+            await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
             return
-        seq = msg.metadata.sequence.stream
+        except (ValueError, PayloadError) as exc:  # MalformedRecordError is a ValueError
+            await self._reject(msg, str(exc))
+            return
+        if record.type == h.WORKFLOW_TASK_FAILED:
+            await msg.ack()  # a note for people; the failed task retries on its own message
+            return
         entry = self._entry(workflow_id, msg.subject)
         entry.users += 1
+        keep_alive = _KeepAlive(msg, self.app.settings.workflow_ack_wait / 3)
         try:
             async with entry.lock:
-                if not await self._handle_locked(workflow_id, entry, seq, msg):
+                if not await self._handle_locked(entry, record, msg):
                     return
         finally:
+            keep_alive.cancel()
             entry.users -= 1
         self._trim()
         await msg.ack()
 
-    async def _handle_locked(self, workflow_id: str, entry: _Entry, seq: int, msg: Msg) -> bool:
-        """Process one record; False when the message was handed back (nak'd)."""
+    async def _reject(self, msg: Msg, reason: str) -> None:
+        """Dead-letter a history message the engine cannot use, then ack it."""
+        await self.store.dead_letter(
+            "history",
+            msg.subject,
+            msg.data,
+            reason,
+            headers=msg.headers,
+            stream_seq=msg.metadata.sequence.stream,
+        )
+        await msg.ack()
+
+    async def _handle_locked(self, entry: _Entry, record: h.Record, msg: Msg) -> bool:
+        """Process one record; False when the message was handed back or dead-lettered."""
         try:
-            await self._process(workflow_id, entry, seq, msg)
+            await self._process(entry, record)
         except _StaleRead:
             await msg.nak(delay=0.2)
             return False
-        except NondeterminismError as exc:
+        except _NoSuchWorkflow as exc:
+            self._drop(entry)
+            await self._reject(msg, str(exc))
+            return False
+        except (NondeterminismError, WorkflowCodeError) as exc:
             self._drop(entry)
             log.error("%s", exc)
+            await self._note_task_failure(entry, exc, msg.metadata.num_delivered)
             await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
             return False
         except Exception as exc:
             self._drop(entry)
-            log.exception("workflow %s: task failed (%s); will retry", workflow_id, exc)
+            log.exception("workflow %s: task failed (%s); will retry", entry.workflow_id, exc)
             await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
             return False
         return True
+
+    async def _note_task_failure(self, entry: _Entry, exc: DFError, attempt: int) -> None:
+        """Record in the history that the workflow's task fails, once per stuck point.
+
+        The note is for people (``df workflow show``, ``handle.status()``); replay ignores it.
+        If the history already ends with a note, or anything was appended meanwhile, nothing
+        is written: the next failed attempt writes it then.
+        """
+        try:
+            last = await self.store.last(entry.subject)
+            if last is None or last[1].type == h.WORKFLOW_TASK_FAILED:
+                return
+            prev = last[1].seq
+            body = {
+                "t": h.WORKFLOW_TASK_FAILED,
+                "ts": now_ms(),
+                "error": _task_error(exc),
+                "attempt": attempt,
+                "prev": prev,
+            }
+            msg_id = f"{workflow_token(entry.workflow_id)}:tf:{prev}"
+            await self.store.append(entry.subject, body, msg_id=msg_id, expected_seq=prev)
+        except AppendConflict:
+            pass
+        except DFError as error:
+            log.warning("workflow %s: cannot note the task failure: %s", entry.workflow_id, error)
 
     def close(self) -> None:
         """Release every cached workflow (the worker is stopping)."""
@@ -303,33 +356,23 @@ class WorkflowProcessor:
         """Raise at the workflow's call site if ``value`` cannot be sent."""
         self.store.encode({"v": value}, what)
 
-    async def _process(self, workflow_id: str, entry: _Entry, seq: int, msg: Msg) -> None:
+    async def _process(self, entry: _Entry, record: h.Record) -> None:
         run = entry.run
+        seq = record.seq
         if seq <= entry.closed_seq or (run is not None and run.last_seq >= seq):
             # Already applied. A decision may still owe its work (its writer died before
             # publishing it): publish it now, idempotently.
-            if seq not in entry.dispatched and _is_decision(msg):
-                record = h.validate_record(seq, self.store.decode(msg.data, "decision"))
+            if seq not in entry.dispatched and record.type == h.DECIDED:
                 await self._dispatch(entry, run, record)
             entry.dispatched.discard(seq)
             return
         if run is None:
-            run = entry.run = self._new_run(workflow_id)
-        await self._catch_up_and_decide(entry, run, seq, self._chained(msg, seq, run.last_seq))
+            run = entry.run = self._new_run(entry.workflow_id)
+        await self._catch_up_and_decide(entry, run, seq, _chained(record, run.last_seq))
         entry.dispatched.discard(seq)
         if run.closed and not run.pending_commands():
             entry.closed_seq = run.last_seq
             self._drop(entry)
-
-    def _chained(self, msg: Msg, seq: int, last_seq: int) -> list[h.Record] | None:
-        """The delivered record alone, if it provably follows ``last_seq`` (no gap to read)."""
-        if _is_decision(msg):
-            return None
-        try:
-            record = h.validate_record(seq, self.store.decode(msg.data, "history record"))
-        except (PayloadError, h.MalformedRecordError):
-            return None  # the full read reports it
-        return [record] if record.body.get("prev") == last_seq else None
 
     async def _catch_up_and_decide(
         self, entry: _Entry, run: WorkflowRun, delivered: int, known: list[h.Record] | None
@@ -344,6 +387,11 @@ class WorkflowProcessor:
             run.skip_to(seen)
             if run.last_seq < delivered:
                 raise _StaleRead(f"read of {entry.subject} ended before {delivered}")
+            if not run.started:
+                raise _NoSuchWorkflow(
+                    f"no workflow {entry.workflow_id!r} exists: its history has no readable "
+                    "WorkflowStarted record, so nothing can use this message"
+                )
             for record in records:
                 if record.seq == delivered and record.type == h.DECIDED:
                     await self._dispatch(entry, run, record)
@@ -449,6 +497,37 @@ class WorkflowProcessor:
             await self.store.nc.publish(subject, orjson.dumps({"seq": cmd["seq"]}))
 
 
+class _KeepAlive:
+    """Tells JetStream a message is still being worked on, every ``interval`` seconds.
+
+    A workflow task usually takes milliseconds, but one may wait behind others of the same
+    workflow, or replay a long history; without this it would be redelivered to a second
+    worker after the ack wait. A loop timer, not a task, so the common case costs nothing.
+    """
+
+    def __init__(self, msg: Msg, interval: float) -> None:
+        self._msg = msg
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(interval, self._fire)
+        self._pending: asyncio.Task[None] | None = None
+
+    def _fire(self) -> None:
+        self._pending = self._loop.create_task(self._extend())
+        self._timer = self._loop.call_later(self._interval, self._fire)
+
+    async def _extend(self) -> None:
+        try:
+            await self._msg.in_progress()
+        except Exception as exc:
+            log.debug("could not extend workflow task %s: %r", self._msg.reply, exc)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 def _decision(cmds: list[dict[str, Any]], prev: int, *, more: bool) -> dict[str, Any]:
     body: dict[str, Any] = {"t": h.DECIDED, "ts": now_ms(), "cmds": cmds, "prev": prev}
     if more:
@@ -456,9 +535,24 @@ def _decision(cmds: list[dict[str, Any]], prev: int, *, more: bool) -> dict[str,
     return body
 
 
-def _is_decision(msg: Msg) -> bool:
-    event = (msg.headers or {}).get(h.HDR_EVENT, "")
-    return event.split(",")[0] in h.COMMAND_TYPES
+def _chained(record: h.Record, last_seq: int) -> list[h.Record] | None:
+    """The delivered record alone, if it provably follows ``last_seq`` (no gap to read)."""
+    if record.type == h.DECIDED:
+        return None
+    return [record] if record.body.get("prev") == last_seq else None
+
+
+class _NoSuchWorkflow(DFError):
+    """A history message for a workflow id that was never started."""
+
+
+def _task_error(exc: BaseException) -> dict[str, Any]:
+    """The error of a failed workflow task, as recorded in its WorkflowTaskFailed note."""
+    cause = exc.__cause__ if isinstance(exc, WorkflowCodeError) and exc.__cause__ else exc
+    error: dict[str, Any] = {"type": type(cause).__name__, "message": str(cause)}
+    if isinstance(exc, WorkflowCodeError):
+        error["traceback"] = exc.traceback
+    return error
 
 
 class ActivityRunner:
@@ -486,20 +580,32 @@ class ActivityRunner:
     async def _on_cancel(self, msg: Msg) -> None:
         try:
             token = msg.subject.rsplit(".", 1)[1]
-            seq = int(orjson.loads(msg.data)["seq"])
-        except Exception:
+            workflow_id = workflow_id_from_token(token)
+            seq = orjson.loads(msg.data)["seq"]
+            if not isinstance(seq, int) or isinstance(seq, bool):
+                raise TypeError(f"'seq' must be an integer, got {type(seq).__name__}")
+        except Exception as exc:
+            reason = f"not an activity cancellation ({type(exc).__name__}: {exc})"
+            try:
+                await self.store.dead_letter("cancel", msg.subject, msg.data, reason)
+            except DFError as error:
+                log.warning("could not dead-letter a cancellation message: %s", error)
             return
-        state = self.running.get((workflow_id_from_token(token), seq))
+        state = self.running.get((workflow_id, seq))
         if state is not None:
             state.cancel_requested = True
 
     async def handle(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
         try:
-            task = self.store.decode(msg.data, "activity task")
-            info = _task_info(task)
+            task = self.store.decode(msg.data, f"activity task {seq}")
+            info = _task_info(task, self.store.layout)
+        except CodecKeyError as exc:
+            log.error("%s; will retry", exc)  # this process lacks the key; the task is fine
+            await msg.nak(delay=_retry_delay(msg.metadata.num_delivered))
+            return
         except (PayloadError, KeyError, TypeError, ValueError) as exc:
-            log.error("dropping malformed activity task %s: %s", msg.metadata.sequence.stream, exc)
-            await msg.term()
+            await self._reject(msg, f"malformed activity task: {_reason(exc)}")
             return
         defn = self.app.activities.get(info.activity)
         outcome: dict[str, Any]
@@ -510,11 +616,27 @@ class ActivityRunner:
         else:
             outcome = await self._run(defn, info, task.get("args") or [], msg)
         try:
-            await self._report(task, info, outcome)
-        except PayloadError as exc:  # the result is too big or not serialisable
-            error = {"type": type(exc).__name__, "message": str(exc), "non_retryable": True}
-            await self._report(task, info, {"t": h.ACTIVITY_FAILED, "error": error})
+            try:
+                await self._report(task, info, outcome)
+            except PayloadError as exc:  # the result is too big or not serialisable
+                error = {"type": type(exc).__name__, "message": str(exc), "non_retryable": True}
+                await self._report(task, info, {"t": h.ACTIVITY_FAILED, "error": error})
+        except NoSuchWorkflow as exc:
+            await self._reject(msg, str(exc))
+            return
         await msg.ack()
+
+    async def _reject(self, msg: Msg, reason: str) -> None:
+        """Dead-letter an activity task the engine cannot use, then remove it from the queue."""
+        await self.store.dead_letter(
+            "task",
+            msg.subject,
+            msg.data,
+            reason,
+            headers=msg.headers,
+            stream_seq=msg.metadata.sequence.stream,
+        )
+        await msg.term()
 
     async def _report(
         self, task: Mapping[str, Any], info: ActivityInfo, outcome: Mapping[str, Any]
@@ -612,7 +734,19 @@ class ActivityRunner:
                 log.debug("could not extend %s: %r", info.activity, exc)
 
 
-def _task_info(task: Mapping[str, Any]) -> ActivityInfo:
+def _task_info(task: Any, layout: Layout) -> ActivityInfo:
+    """Check an activity task's shape and read it; raise ValueError/TypeError/KeyError."""
+    if not isinstance(task, Mapping):
+        raise TypeError(f"expected a JSON object, got {type(task).__name__}")
+    for name, kind in _TASK_FIELDS.items():
+        value = task[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"{name!r} must be {kind.__name__}, got {type(value).__name__}")
+    _, workflow_id = layout.parse_history_subject(task["h"])
+    if workflow_id != task["wf"]:
+        raise ValueError(f"'h' ({task['h']}) is not the history of workflow {task['wf']!r}")
+    if task["dseq"] < 1 or task["seq"] < 1 or task["attempt"] < 1:
+        raise ValueError("'dseq', 'seq' and 'attempt' must be positive")
     return ActivityInfo(
         activity=str(task["activity"]),
         workflow_id=str(task["wf"]),
@@ -623,6 +757,25 @@ def _task_info(task: Mapping[str, Any]) -> ActivityInfo:
         start_to_close=task.get("start_to_close"),
         heartbeat_timeout=task.get("heartbeat_timeout"),
     )
+
+
+# The fields of an activity task the runner relies on, with their JSON types.
+_TASK_FIELDS: Mapping[str, type] = {
+    "wf": str,
+    "h": str,
+    "seq": int,
+    "attempt": int,
+    "activity": str,
+    "args": list,
+    "dseq": int,
+}
+
+
+def _reason(exc: BaseException) -> str:
+    """A readable reason; a KeyError's message is just the key."""
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}" if exc.args else "missing field"
+    return str(exc)
 
 
 def _unregistered(info: ActivityInfo) -> dict[str, Any]:

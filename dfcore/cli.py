@@ -11,9 +11,11 @@
 """
 
 from ._cli import (
+    add_dlq_arguments,
     add_worker_arguments,
     add_workflow_arguments,
     main,
+    run_dlq_command,
     run_workflow_command,
     setup_logging,
     worker_options,
@@ -22,9 +24,11 @@ from ._worker_thread import WorkerThread
 
 __all__ = [
     "WorkerThread",
+    "add_dlq_arguments",
     "add_worker_arguments",
     "add_workflow_arguments",
     "main",
+    "run_dlq_command",
     "run_workflow_command",
     "setup_logging",
     "worker_options",

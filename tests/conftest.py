@@ -68,11 +68,20 @@ def postgres_dsn() -> str:
     return require_postgres()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses PostgreSQL, so ``-m 'not postgres'`` deselects them."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--soak`` runs the long soak tests (marked ``soak``), which are skipped otherwise."""
+    parser.addoption("--soak", action="store_true", help="run the long fault-injection soak")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses PostgreSQL, so ``-m 'not postgres'`` deselects them; skip
+    the soak unless ``--soak`` was given."""
+    soak = config.getoption("--soak")
     for item in items:
         if "postgres_dsn" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+        if "soak" in item.keywords and not soak:
+            item.add_marker(pytest.mark.skip(reason="the soak runs only with --soak"))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import nats
 import pytest
 from nats.js import api
 
-from dfcore import App
+from dfcore import App, ConfigurationError
 from dfcore._naming import Layout, workflow_id_from_token, workflow_token
 
 from .workerkit import WorkerThread
@@ -18,6 +18,8 @@ def test_names() -> None:
     lay = Layout("shop")
     assert lay.history_stream == "DF_shop_HISTORY"
     assert lay.tasks_stream == "DF_shop_TASKS"
+    assert lay.dlq_stream == "DF_shop_DLQ"
+    assert lay.dlq_subject("task") == "shop.dlq.task"
     assert lay.history_subject("default", "order-42") == "shop.history.default.order-42"
     assert lay.history_any_queue("order-42") == "shop.history.*.order-42"
     assert lay.history_filter("gpu") == "shop.history.gpu.*"
@@ -63,6 +65,18 @@ async def test_streams_and_consumers_created_by_a_worker(
     tasks = await js.stream_info(f"DF_{namespace}_TASKS")  # type: ignore[attr-defined]
     assert tasks.config.retention == api.RetentionPolicy.WORK_QUEUE
     assert tasks.config.subjects == [f"{namespace}.task.>"]
+    # Durability defaults (docs/architecture.md, "Durability"): file storage, no limits on
+    # histories; the task queue refuses new tasks at a limit rather than dropping old ones.
+    for stream in (hist, tasks):
+        assert stream.config.storage == api.StorageType.FILE
+        assert stream.config.num_replicas == 1
+    assert hist.config.max_age == 0 and hist.config.max_bytes == -1 and hist.config.max_msgs == -1
+    assert tasks.config.discard == api.DiscardPolicy.NEW
+    dlq = await js.stream_info(f"DF_{namespace}_DLQ")  # type: ignore[attr-defined]
+    assert dlq.config.subjects == [f"{namespace}.dlq.>"]
+    assert dlq.config.retention == api.RetentionPolicy.LIMITS
+    assert dlq.config.storage == api.StorageType.FILE
+    assert dlq.config.max_age == 30 * 24 * 3600
     for queue in ("default", "gpu"):
         wf = await js.consumer_info(f"DF_{namespace}_HISTORY", f"wf_{queue}")  # type: ignore[attr-defined]
         assert wf.config.filter_subject == f"{namespace}.history.{queue}.*"
@@ -107,3 +121,17 @@ async def test_task_queues_do_not_receive_each_others_tasks(nats_url: str, names
         assert await handle.aresult(timeout=30) == ["gpu", "default"]
     assert ran_on == {"gpu": "gpu", "default": "default"}
     await default_app.aclose()
+
+
+def test_replicas_other_than_the_streams_are_refused_with_what_to_do(
+    nats_url: str, namespace: str
+) -> None:
+    first = App("layout", nats_url=nats_url, namespace=namespace)
+    first.list_workflows()  # creates the streams with one replica
+    more = App("layout", nats_url=nats_url, namespace=namespace, stream_replicas=3)
+    try:
+        with pytest.raises(ConfigurationError, match="keep the replicas they were created with"):
+            more.list_workflows()
+    finally:
+        first.close()
+        more.close()

@@ -95,7 +95,15 @@ def test_nondeterminism_is_reported_and_the_fixed_code_continues(
         message = record.getMessage()
         assert "'nd-1'" in message and "step 1" in message
         assert "'charge'" in message and "'refund'" in message
-        assert len(handle.history()) == before + 1  # only the signal: no decision was written
+        # No decision was written: only the signal, and a note that the workflow is failing.
+        noted = wait_until(
+            lambda: (
+                [e.type for e in handle.history()[before:]]
+                == ["SignalReceived", "WorkflowTaskFailed"]
+            ),
+            what="the WorkflowTaskFailed note",
+        )
+        assert noted and handle.status().status == "failing"
 
     with WorkerThread(v1):  # the fixed (original) code picks it up again
         assert handle.result(timeout=30) == ["ch", "tr"]

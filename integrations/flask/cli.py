@@ -136,6 +136,23 @@ def workflow_command(argv: Sequence[str]) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@df_group.command(
+    "dlq",
+    context_settings=_PASSTHROUGH,
+    short_help="Inspect messages workers could not use (dead letters): list, show.",
+)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def dlq_command(argv: Sequence[str]) -> None:
+    """The actions of `df dlq`; `flask df dlq --help` lists them."""
+    args = _parse(
+        "flask df dlq", lambda parser: cli.add_dlq_arguments(parser, with_app=False), argv
+    )
+    try:
+        cli.run_dlq_command(_state().app, args, out=click.get_text_stream("stdout"))
+    except DFError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _add_dev_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="web server address (127.0.0.1)")
     parser.add_argument(

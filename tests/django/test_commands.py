@@ -1,4 +1,4 @@
-"""manage.py df_worker / df_relay / df_workflow: the core CLI's options, this project's App."""
+"""manage.py df_worker / df_relay / df_workflow / df_dlq: the core CLI's options, the App."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dfcore.integrations.django import start_on_commit
 from dfcore.integrations.django.models import OutboxEntry
 from tests.django.conftest import on_all_databases
 from tests.djangoapp.workflows import greeting
-from tests.workerkit import WorkerThread
+from tests.workerkit import WorkerThread, wait_until
 
 
 def option_strings(parser: object) -> set[str]:
@@ -56,6 +56,27 @@ def test_df_workflow_mirrors_the_cli(worker: WorkerThread) -> None:
 def test_df_workflow_errors_become_command_errors() -> None:
     with pytest.raises(CommandError, match="no-such-workflow"):
         run("show", "no-such-workflow")
+
+
+def test_df_dlq_lists_and_shows_dead_letters(worker: WorkerThread, project_app: App) -> None:
+    import asyncio
+
+    import nats
+
+    async def publish_garbage() -> None:
+        nc = await nats.connect(project_app.settings.nats_url)
+        await nc.jetstream().publish(f"{project_app.settings.namespace}.task.default", b"?!")
+        await nc.close()
+
+    asyncio.run(publish_garbage())
+    out = io.StringIO()
+    letter = wait_until(lambda: project_app.dead_letters(), what="the dead letter")[0]
+    call_command("df_dlq", "list", stdout=out)
+    assert "malformed activity task" in out.getvalue()
+    call_command("df_dlq", "show", str(letter.seq), stdout=out)
+    assert f"Dead letter {letter.seq}" in out.getvalue()
+    with pytest.raises(CommandError, match="no dead letter 99999"):
+        call_command("df_dlq", "show", "99999", stdout=out)
 
 
 @on_all_databases

@@ -103,6 +103,10 @@ def test_workflow_commands(
     assert missing.returncode != 0
     assert b"no-such-workflow" in out
     assert b"Traceback" not in out
+    assert "(no dead letters)" in flask_df("dlq", "list")
+    gone = flask_process("df", "dlq", "show", "99", env=env)
+    out, _ = gone.communicate(timeout=60)
+    assert gone.returncode != 0 and b"no dead letter 99" in out and b"Traceback" not in out
 
 
 def test_create_outbox_makes_the_tables(tmp_path: Path, env: dict[str, str]) -> None:
