@@ -1,0 +1,376 @@
+"""Activity tasks: run, report, then ack.
+
+A task is run, its outcome is appended to the history (with a deterministic message id), and
+only then is the task acked. While it runs, the worker tells JetStream the task is in progress,
+and enforces the start-to-close and heartbeat timeouts itself. A malformed task is
+dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import queue as threadqueue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from nats.aio.msg import Msg
+
+from . import _history as h
+from ._convert import decode_call_args
+from ._definitions import ActivityDefinition
+from ._errors import (
+    ApplicationError,
+    CodecKeyError,
+    DFError,
+    PayloadError,
+)
+from ._history import now_ms
+from ._naming import Layout, workflow_id_from_token, workflow_token
+from ._store import NoSuchWorkflow, Store
+from ._workflow_tasks import retry_delay
+from .activity import ActivityInfo, ActivityState, _current
+
+if TYPE_CHECKING:
+    from ._app import App
+
+log = logging.getLogger("dfcore.worker")
+
+
+class ActivityRunner:
+    """Runs activity tasks: sync ones on :class:`ActivityThreads`, async ones on the loop."""
+
+    def __init__(self, app: App, store: Store) -> None:
+        self.app = app
+        self.store = store
+        self.ack_wait = app.settings.activity_ack_wait
+        self.threads = ActivityThreads()
+        self.running: dict[tuple[str, int], ActivityState] = {}
+        self._cancel_sub: Any = None
+
+    async def start(self) -> None:
+        nc = self.store.nc
+        self._cancel_sub = await nc.subscribe(
+            self.store.layout.activity_cancel_all, cb=self._on_cancel
+        )
+
+    async def stop(self) -> None:
+        if self._cancel_sub is not None:
+            await self._cancel_sub.unsubscribe()
+        self.threads.shutdown()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            token = msg.subject.rsplit(".", 1)[1]
+            workflow_id = workflow_id_from_token(token)
+            seq = orjson.loads(msg.data)["seq"]
+            if not isinstance(seq, int) or isinstance(seq, bool):
+                raise TypeError(f"'seq' must be an integer, got {type(seq).__name__}")
+        except Exception as exc:
+            reason = f"not an activity cancellation ({type(exc).__name__}: {exc})"
+            try:
+                await self.store.dead_letter("cancel", msg.subject, msg.data, reason)
+            except DFError as error:
+                log.warning("could not dead-letter a cancellation message: %s", error)
+            return
+        state = self.running.get((workflow_id, seq))
+        if state is not None:
+            state.cancel_requested = True
+
+    async def handle(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        try:
+            task = self.store.decode(msg.data, f"activity task {seq}")
+            info = _task_info(task, self.store.layout)
+        except CodecKeyError as exc:
+            log.error("%s; will retry", exc)  # this process lacks the key; the task is fine
+            await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
+            return
+        except (PayloadError, KeyError, TypeError, ValueError) as exc:
+            await self._reject(msg, f"malformed activity task: {_reason(exc)}")
+            return
+        defn = self.app.activities.get(info.activity)
+        outcome: dict[str, Any]
+        if defn is None:
+            outcome = {"t": h.ACTIVITY_FAILED, "error": _unregistered(info)}
+        elif msg.metadata.num_delivered > 1:
+            outcome = {"t": h.ACTIVITY_FAILED, "error": _worker_lost(info)}
+        else:
+            outcome = await self._run(defn, info, task.get("args") or [], msg)
+        try:
+            try:
+                await self._report(task, info, outcome)
+            except PayloadError as exc:  # the result is too big or not serialisable
+                error = {"type": type(exc).__name__, "message": str(exc), "non_retryable": True}
+                await self._report(task, info, {"t": h.ACTIVITY_FAILED, "error": error})
+        except NoSuchWorkflow as exc:
+            await self._reject(msg, str(exc))
+            return
+        await msg.ack()
+
+    async def _reject(self, msg: Msg, reason: str) -> None:
+        """Dead-letter an activity task the engine cannot use, then remove it from the queue."""
+        await self.store.dead_letter(
+            "task",
+            msg.subject,
+            msg.data,
+            reason,
+            headers=msg.headers,
+            stream_seq=msg.metadata.sequence.stream,
+        )
+        await msg.term()
+
+    async def _report(
+        self, task: Mapping[str, Any], info: ActivityInfo, outcome: Mapping[str, Any]
+    ) -> None:
+        """Append an attempt's outcome to its workflow's history (deduplicated by attempt)."""
+        body = {"ts": now_ms(), "seq": info.seq, "attempt": info.attempt, **outcome}
+        kind = "c" if outcome["t"] == h.ACTIVITY_COMPLETED else "f"
+        msg_id = f"{workflow_token(info.workflow_id)}:{info.seq}:{info.attempt}:{kind}"
+        after = int(task.get("dseq") or 0)
+        await self.store.append_fact(task["h"], body, msg_id=msg_id, after_seq=after)
+
+    async def _run(
+        self, defn: ActivityDefinition, info: ActivityInfo, args: list[Any], msg: Msg
+    ) -> dict[str, Any]:
+        state = ActivityState(info)
+        key = (info.workflow_id, info.seq)
+        self.running[key] = state
+        try:
+            job = self._launch(defn, state, args)
+            timeout = await self._watch(job, state, msg)
+            if timeout is not None:
+                state.abandoned = True
+                job.cancel()
+                return {"t": h.ACTIVITY_FAILED, "error": timeout, "heartbeat": state.details}
+            try:
+                result = job.result()
+            except BaseException as exc:
+                return {
+                    "t": h.ACTIVITY_FAILED,
+                    "error": _activity_error(exc),
+                    "heartbeat": state.details,
+                }
+            return {"t": h.ACTIVITY_COMPLETED, "result": result}
+        finally:
+            self.running.pop(key, None)
+
+    def _launch(
+        self, defn: ActivityDefinition, state: ActivityState, args: list[Any]
+    ) -> asyncio.Future[Any]:
+        ctx = contextvars.copy_context()
+        ctx.run(_current.set, state)
+        loop = asyncio.get_running_loop()
+
+        contexts = self.app.activity_contexts
+
+        def call() -> Any:
+            call_args, _ = decode_call_args(defn.fn, args, {})
+            return defn.fn(*call_args)
+
+        def enter_contexts(stack: contextlib.ExitStack) -> None:
+            for factory in contexts:
+                stack.enter_context(factory(state.info))
+
+        def run_sync() -> Any:
+            with contextlib.ExitStack() as stack:
+                enter_contexts(stack)
+                return call()
+
+        if defn.is_async:
+
+            async def run_async() -> Any:
+                with contextlib.ExitStack() as stack:
+                    enter_contexts(stack)
+                    return await call()
+
+            return loop.create_task(run_async(), context=ctx)
+        return self.threads.submit(loop, lambda: ctx.run(run_sync))
+
+    async def _watch(
+        self, job: asyncio.Future[Any], state: ActivityState, msg: Msg
+    ) -> dict[str, Any] | None:
+        """Wait for the job; keep the task alive in JetStream; enforce timeouts."""
+        info = state.info
+        started = time.monotonic()
+        deadline = started + info.start_to_close if info.start_to_close else None
+        tick = max(min(self.ack_wait / 3, 10.0), 0.2)
+        while True:
+            waits = [tick]
+            now = time.monotonic()
+            if deadline is not None:
+                waits.append(deadline - now)
+            if info.heartbeat_timeout:
+                waits.append(state.last_heartbeat + info.heartbeat_timeout - now)
+            done, _ = await asyncio.wait({job}, timeout=max(min(waits), 0))
+            if done:
+                return None
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return _timeout_error("start_to_close", info.start_to_close)
+            if info.heartbeat_timeout and now - state.last_heartbeat >= info.heartbeat_timeout:
+                return _timeout_error("heartbeat", info.heartbeat_timeout)
+            try:
+                await msg.in_progress()  # keeps JetStream from redelivering a live attempt
+            except Exception as exc:
+                log.debug("could not extend %s: %r", info.activity, exc)
+
+
+def _task_info(task: Any, layout: Layout) -> ActivityInfo:
+    """Check an activity task's shape and read it; raise ValueError/TypeError/KeyError."""
+    if not isinstance(task, Mapping):
+        raise TypeError(f"expected a JSON object, got {type(task).__name__}")
+    for name, kind in _TASK_FIELDS.items():
+        value = task[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"{name!r} must be {kind.__name__}, got {type(value).__name__}")
+    _, workflow_id = layout.parse_history_subject(task["h"])
+    if workflow_id != task["wf"]:
+        raise ValueError(f"'h' ({task['h']}) is not the history of workflow {task['wf']!r}")
+    if task["dseq"] < 1 or task["seq"] < 1 or task["attempt"] < 1:
+        raise ValueError("'dseq', 'seq' and 'attempt' must be positive")
+    return ActivityInfo(
+        activity=str(task["activity"]),
+        workflow_id=str(task["wf"]),
+        seq=int(task["seq"]),
+        attempt=int(task["attempt"]),
+        task_queue=str(task.get("task_queue", "")),
+        heartbeat_details=task.get("heartbeat"),
+        start_to_close=task.get("start_to_close"),
+        heartbeat_timeout=task.get("heartbeat_timeout"),
+    )
+
+
+# The fields of an activity task the runner relies on, with their JSON types.
+_TASK_FIELDS: Mapping[str, type] = {
+    "wf": str,
+    "h": str,
+    "seq": int,
+    "attempt": int,
+    "activity": str,
+    "args": list,
+    "dseq": int,
+}
+
+
+def _reason(exc: BaseException) -> str:
+    """A readable reason; a KeyError's message is just the key."""
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}" if exc.args else "missing field"
+    return str(exc)
+
+
+def _unregistered(info: ActivityInfo) -> dict[str, Any]:
+    return {
+        "type": "RegistrationError",
+        "message": (
+            f"activity {info.activity!r} is not registered on the workers of task queue "
+            f"{info.task_queue!r}; register it with @app.activity in a module those workers "
+            "import, or route the call with task_queue= to workers that have it"
+        ),
+    }  # retryable: during a rolling deploy, a worker that has it may take the next attempt
+
+
+def _worker_lost(info: ActivityInfo) -> dict[str, Any]:
+    """The failure recorded for an attempt whose worker vanished without reporting.
+
+    Counting it as a failed attempt lets the retry policy (and its max_attempts) apply, so an
+    activity that crashes its worker cannot crash every worker of the queue in turn.
+    """
+    return {
+        "type": "WorkerLost",
+        "message": (
+            f"attempt {info.attempt} was taken by a worker that stopped before reporting "
+            "(killed, crashed or disconnected); retried according to the retry policy"
+        ),
+    }
+
+
+class ActivityThreads:
+    """Threads for sync activities: an idle one is reused, a new one added when none is idle.
+
+    Not a fixed-size pool: an attempt abandoned after its timeout keeps its thread (threads
+    cannot be killed), and must not keep later attempts from starting. Busy threads are bounded
+    by the consumer's in-flight limit plus the abandoned attempts still running.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: threadqueue.SimpleQueue[tuple[Any, ...] | None] = threadqueue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._count = 0
+
+    def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            spawn = self._idle == 0
+            if spawn:
+                self._count += 1
+            else:
+                self._idle -= 1
+        self._jobs.put((loop, future, fn))
+        if spawn:
+            name = f"df-activity-{self._count}"
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+        return future
+
+    def shutdown(self) -> None:
+        """Let idle threads exit (busy ones exit when their attempt returns)."""
+        with self._lock:
+            count, self._count = self._count, 0
+        for _ in range(count):
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, fn = job
+            try:
+                outcome: tuple[bool, Any] = (True, fn())
+            except BaseException as exc:
+                outcome = (False, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:
+                pass  # the worker's loop is gone (shutdown): nobody waits for this attempt
+            with self._lock:
+                self._idle += 1
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _timeout_error(kind: str, seconds: float | None) -> dict[str, Any]:
+    return {
+        "type": "TimeoutError",
+        "message": f"{kind} timeout of {seconds}s exceeded",
+        "timeout": kind,
+    }
+
+
+def _activity_error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, ApplicationError):
+        return {
+            "type": exc.type,
+            "message": exc.message,
+            "non_retryable": exc.non_retryable,
+            "next_retry_delay": exc.next_retry_delay,
+            "details": list(exc.details),
+        }
+    if isinstance(exc, asyncio.CancelledError):
+        return {
+            "type": "CancelledError",
+            "message": "the activity was cancelled",
+            "non_retryable": True,
+        }
+    return {"type": type(exc).__name__, "message": str(exc)}

@@ -1,0 +1,418 @@
+"""Workflow tasks: replay, decide, append, dispatch.
+
+Every record appended to a history on queue Q is delivered (through the durable consumer
+``wf_Q``) to some worker. The worker brings its cached :class:`WorkflowRun` up to date by
+loading the records after the last one it applied (an exact read, no timeouts), applies them, and
+appends the commands the code produced as one ``Decided`` record, with the expected-last-subject-
+sequence check (a concurrent writer makes it reload and re-decide). Only then does it publish
+the work the decision implies (activity tasks, timer schedules) and ack the message. A decision
+record is itself delivered later; if its work was not published yet (the worker died in between),
+whoever receives it publishes it, with the same deterministic message ids.
+
+A message that cannot be used is dead-lettered (docs/architecture.md, "Bad input"); workflow
+code that raises a bug is retried with backoff and noted as ``WorkflowTaskFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from nats.aio.msg import Msg
+
+from . import _history as h
+from ._context import WorkflowContext
+from ._engine import WorkflowCodeError, WorkflowRun
+from ._errors import (
+    CodecKeyError,
+    DFError,
+    NondeterminismError,
+    PayloadError,
+    PayloadTooLargeError,
+)
+from ._history import now_ms
+from ._naming import workflow_token
+from ._store import AppendConflict, Store
+
+if TYPE_CHECKING:
+    from ._app import App
+
+log = logging.getLogger("dfcore.worker")
+
+
+def retry_delay(num_delivered: int) -> float:
+    """Seconds before a handed-back message is delivered again: 1, 2, 4 ... 60."""
+    return float(min(2 ** max(num_delivered - 1, 0), 60))
+
+
+@dataclass
+class _Entry:
+    """A cached workflow: its run (None once closed or evicted) and a lock serialising it."""
+
+    workflow_id: str
+    subject: str
+    run: WorkflowRun | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    dispatched: set[int] = field(default_factory=set)
+    closed_seq: int = 0
+    users: int = 0  # handlers holding or waiting for the lock; the cache keeps such entries
+
+
+class _StaleRead(DFError):
+    """A read did not reach the delivered record yet (a lagging replica); try again shortly."""
+
+
+class WorkflowProcessor:
+    """Handles history messages of one task queue: replays, decides, appends, dispatches."""
+
+    def __init__(self, app: App, store: Store) -> None:
+        self.app = app
+        self.store = store
+        self.cache: OrderedDict[str, _Entry] = OrderedDict()
+        self.capacity = app.settings.workflow_cache_size
+
+    async def handle(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        try:
+            _, workflow_id = self.store.layout.parse_history_subject(msg.subject)
+            record = h.validate_record(seq, self.store.decode(msg.data, f"history message {seq}"))
+        except CodecKeyError as exc:
+            log.error("%s; will retry", exc)  # this process lacks the key; the message is fine
+            await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
+            return
+        except (ValueError, PayloadError) as exc:  # MalformedRecordError is a ValueError
+            await self._reject(msg, str(exc))
+            return
+        if record.type == h.WORKFLOW_TASK_FAILED:
+            await msg.ack()  # a note for people; the failed task retries on its own message
+            return
+        entry = self._entry(workflow_id, msg.subject)
+        entry.users += 1
+        keep_alive = _KeepAlive(msg, self.app.settings.workflow_ack_wait / 3)
+        try:
+            async with entry.lock:
+                if not await self._handle_locked(entry, record, msg):
+                    return
+        finally:
+            keep_alive.cancel()
+            entry.users -= 1
+        self._trim()
+        await msg.ack()
+
+    async def _reject(self, msg: Msg, reason: str) -> None:
+        """Dead-letter a history message the engine cannot use, then ack it."""
+        await self.store.dead_letter(
+            "history",
+            msg.subject,
+            msg.data,
+            reason,
+            headers=msg.headers,
+            stream_seq=msg.metadata.sequence.stream,
+        )
+        await msg.ack()
+
+    async def _handle_locked(self, entry: _Entry, record: h.Record, msg: Msg) -> bool:
+        """Process one record; False when the message was handed back or dead-lettered."""
+        try:
+            await self._process(entry, record)
+        except _StaleRead:
+            await msg.nak(delay=0.2)
+            return False
+        except _NoSuchWorkflow as exc:
+            self._drop(entry)
+            await self._reject(msg, str(exc))
+            return False
+        except (NondeterminismError, WorkflowCodeError) as exc:
+            self._drop(entry)
+            log.error("%s", exc)
+            await self._note_task_failure(entry, exc, msg.metadata.num_delivered)
+            await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
+            return False
+        except Exception as exc:
+            self._drop(entry)
+            log.exception("workflow %s: task failed (%s); will retry", entry.workflow_id, exc)
+            await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
+            return False
+        return True
+
+    async def _note_task_failure(self, entry: _Entry, exc: DFError, attempt: int) -> None:
+        """Record in the history that the workflow's task fails, once per stuck point.
+
+        The note is for people (``df workflow show``, ``handle.status()``); replay ignores it.
+        If the history already ends with a note, or anything was appended meanwhile, nothing
+        is written: the next failed attempt writes it then.
+        """
+        try:
+            last = await self.store.last(entry.subject)
+            if last is None or last[1].type == h.WORKFLOW_TASK_FAILED:
+                return
+            prev = last[1].seq
+            body = {
+                "t": h.WORKFLOW_TASK_FAILED,
+                "ts": now_ms(),
+                "error": _task_error(exc),
+                "attempt": attempt,
+                "prev": prev,
+            }
+            msg_id = f"{workflow_token(entry.workflow_id)}:tf:{prev}"
+            await self.store.append(entry.subject, body, msg_id=msg_id, expected_seq=prev)
+        except AppendConflict:
+            pass
+        except DFError as error:
+            log.warning("workflow %s: cannot note the task failure: %s", entry.workflow_id, error)
+
+    def close(self) -> None:
+        """Release every cached workflow (the worker is stopping)."""
+        for entry in self.cache.values():
+            self._drop(entry)
+        self.cache.clear()
+
+    def _entry(self, workflow_id: str, subject: str) -> _Entry:
+        entry = self.cache.get(workflow_id)
+        if entry is None:
+            entry = self.cache[workflow_id] = _Entry(workflow_id, subject)
+        else:
+            self.cache.move_to_end(workflow_id)
+        return entry
+
+    def _drop(self, entry: _Entry) -> None:
+        if entry.run is not None:
+            entry.run.evict()
+        entry.run = None
+        entry.dispatched.clear()
+
+    def _trim(self) -> None:
+        """Evict least recently used workflows that no handler is using."""
+        excess = len(self.cache) - self.capacity
+        if excess <= 0:
+            return
+        for workflow_id in list(itertools.islice(self.cache, excess * 2 + 8)):
+            if excess <= 0:
+                break
+            entry = self.cache[workflow_id]
+            if entry.users:
+                continue
+            self._drop(entry)
+            del self.cache[workflow_id]
+            excess -= 1
+
+    def _new_run(self, workflow_id: str) -> WorkflowRun:
+        settings = self.app.settings
+        run = WorkflowRun(
+            workflow_id,
+            self.app.workflows.get,
+            namespace=settings.namespace,
+            default_activity_timeout=settings.default_activity_timeout,
+            activity_lookup=self.app.lookup_activity,
+            check_payload=self._check_payload,
+        )
+        WorkflowContext(run)
+        return run
+
+    def _check_payload(self, value: Any, what: str) -> None:
+        """Raise at the workflow's call site if ``value`` cannot be sent."""
+        self.store.encode({"v": value}, what)
+
+    async def _process(self, entry: _Entry, record: h.Record) -> None:
+        run = entry.run
+        seq = record.seq
+        if seq <= entry.closed_seq or (run is not None and run.last_seq >= seq):
+            # Already applied. A decision may still owe its work (its writer died before
+            # publishing it): publish it now, idempotently.
+            if seq not in entry.dispatched and record.type == h.DECIDED:
+                await self._dispatch(entry, run, record)
+            entry.dispatched.discard(seq)
+            return
+        if run is None:
+            run = entry.run = self._new_run(entry.workflow_id)
+        await self._catch_up_and_decide(entry, run, seq, _chained(record, run.last_seq))
+        entry.dispatched.discard(seq)
+        if run.closed and not run.pending_commands():
+            entry.closed_seq = run.last_seq
+            self._drop(entry)
+
+    async def _catch_up_and_decide(
+        self, entry: _Entry, run: WorkflowRun, delivered: int, known: list[h.Record] | None
+    ) -> None:
+        while True:
+            if known is not None:
+                records, seen = known, delivered
+            else:
+                records, seen = await self.store.read(entry.subject, after_seq=run.last_seq)
+            known = None
+            run.apply(records)
+            run.skip_to(seen)
+            if run.last_seq < delivered:
+                raise _StaleRead(f"read of {entry.subject} ended before {delivered}")
+            if not run.started:
+                raise _NoSuchWorkflow(
+                    f"no workflow {entry.workflow_id!r} exists: its history has no readable "
+                    "WorkflowStarted record, so nothing can use this message"
+                )
+            for record in records:
+                if record.seq == delivered and record.type == h.DECIDED:
+                    await self._dispatch(entry, run, record)
+            if await self._decide(entry, run):
+                return
+
+    async def _decide(self, entry: _Entry, run: WorkflowRun) -> bool:
+        """Append the pending commands; False if someone appended first.
+
+        A decision too big for one message is appended as several records, all but the last
+        marked ``more`` (the usual decision is encoded once and sent as it is).
+        """
+        cmds = run.pending_commands()
+        if not cmds:
+            return True
+        body = _decision(cmds, run.last_seq, more=False)
+        try:
+            data: bytes | None = self.store.encode(body, "a decision")
+        except PayloadTooLargeError:
+            parts = self._split(cmds)
+        else:
+            return await self._append_decision(entry, run, body, data)
+        for i, part in enumerate(parts):
+            body = _decision(part, run.last_seq, more=i < len(parts) - 1)
+            if not await self._append_decision(entry, run, body, None):
+                return False
+        return True
+
+    async def _append_decision(
+        self, entry: _Entry, run: WorkflowRun, body: dict[str, Any], data: bytes | None
+    ) -> bool:
+        try:
+            seq = await self.store.append(
+                entry.subject,
+                body,
+                msg_id=f"{workflow_token(run.info.workflow_id)}:d:{run.last_seq}",
+                expected_seq=run.last_seq,
+                status=h.terminal_status(body["cmds"]),
+                data=data,
+            )
+        except AppendConflict:
+            return False  # read what was appended and decide again
+        record = h.Record(seq, body)
+        run.apply([record])
+        await self._dispatch(entry, run, record)
+        return True
+
+    def _split(self, cmds: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Group commands into decisions that each fit in max_payload."""
+        limit = int(self.store.nc.max_payload * 0.8)
+        parts: list[list[dict[str, Any]]] = [[]]
+        used = 0
+        for cmd in cmds:
+            size = len(self.store.encode({"c": cmd}, "a command"))
+            if parts[-1] and used + size > limit:
+                parts.append([])
+                used = 0
+            parts[-1].append(cmd)
+            used += size
+        return parts
+
+    async def _dispatch(self, entry: _Entry, run: WorkflowRun | None, record: h.Record) -> None:
+        """Publish the work a decision implies; idempotent (deterministic message ids)."""
+        cmds = record.commands
+        await asyncio.gather(*(self._dispatch_one(entry, run, record.seq, c) for c in cmds))
+        if h.terminal_status(cmds):
+            await self.store.mark_ended(entry.subject, record.body, record.seq)
+            if run is None or run.has_pending_timers():
+                await self.store.purge_timers(entry.subject)
+        entry.dispatched.add(record.seq)
+
+    async def _dispatch_one(
+        self, entry: _Entry, run: WorkflowRun | None, decision_seq: int, cmd: Mapping[str, Any]
+    ) -> None:
+        kind = cmd["t"]
+        workflow_id = entry.workflow_id
+        if kind == h.ACTIVITY_SCHEDULED:
+            call = run.activity(int(cmd["seq"])) if run is not None else None
+            if call is not None and (call.done or call.attempt != cmd["attempt"]):
+                return
+            task = {
+                "wf": workflow_id,
+                "h": entry.subject,
+                "seq": cmd["seq"],
+                "attempt": cmd["attempt"],
+                "activity": cmd["activity"],
+                "args": cmd["args"],
+                "task_queue": cmd["task_queue"],
+                "start_to_close": cmd.get("start_to_close"),
+                "heartbeat_timeout": cmd.get("heartbeat_timeout"),
+                "heartbeat": cmd.get("heartbeat"),
+                "dseq": decision_seq,
+            }
+            msg_id = f"{workflow_token(workflow_id)}:{cmd['seq']}:{cmd['attempt']}"
+            await self.store.publish_task(cmd["task_queue"], task, msg_id)
+        elif kind == h.TIMER_STARTED:
+            timer = run.timer(str(cmd["timer"])) if run is not None else None
+            if (timer is not None and timer.fired) or (run is not None and run.closed):
+                return
+            await self.store.schedule_timer(entry.subject, str(cmd["timer"]), int(cmd["fire_at"]))
+        elif kind == h.ACTIVITY_CANCEL_REQUESTED:
+            subject = self.store.layout.activity_cancel_subject(workflow_id)
+            await self.store.nc.publish(subject, orjson.dumps({"seq": cmd["seq"]}))
+
+
+class _KeepAlive:
+    """Tells JetStream a message is still being worked on, every ``interval`` seconds.
+
+    A workflow task usually takes milliseconds, but one may wait behind others of the same
+    workflow, or replay a long history; without this it would be redelivered to a second
+    worker after the ack wait. A loop timer, not a task, so the common case costs nothing.
+    """
+
+    def __init__(self, msg: Msg, interval: float) -> None:
+        self._msg = msg
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(interval, self._fire)
+        self._pending: asyncio.Task[None] | None = None
+
+    def _fire(self) -> None:
+        self._pending = self._loop.create_task(self._extend())
+        self._timer = self._loop.call_later(self._interval, self._fire)
+
+    async def _extend(self) -> None:
+        try:
+            await self._msg.in_progress()
+        except Exception as exc:
+            log.debug("could not extend workflow task %s: %r", self._msg.reply, exc)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _decision(cmds: list[dict[str, Any]], prev: int, *, more: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"t": h.DECIDED, "ts": now_ms(), "cmds": cmds, "prev": prev}
+    if more:
+        body["more"] = True
+    return body
+
+
+def _chained(record: h.Record, last_seq: int) -> list[h.Record] | None:
+    """The delivered record alone, if it provably follows ``last_seq`` (no gap to read)."""
+    if record.type == h.DECIDED:
+        return None
+    return [record] if record.body.get("prev") == last_seq else None
+
+
+class _NoSuchWorkflow(DFError):
+    """A history message for a workflow id that was never started."""
+
+
+def _task_error(exc: BaseException) -> dict[str, Any]:
+    """The error of a failed workflow task, as recorded in its WorkflowTaskFailed note."""
+    cause = exc.__cause__ if isinstance(exc, WorkflowCodeError) and exc.__cause__ else exc
+    error: dict[str, Any] = {"type": type(cause).__name__, "message": str(cause)}
+    if isinstance(exc, WorkflowCodeError):
+        error["traceback"] = exc.traceback
+    return error
