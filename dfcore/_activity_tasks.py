@@ -26,14 +26,14 @@ from ._convert import decode_call_args
 from ._definitions import ActivityDefinition
 from ._errors import (
     ApplicationError,
-    CodecKeyError,
+    CodecUnavailableError,
     DFError,
     PayloadError,
 )
 from ._history import now_ms
 from ._naming import Layout, workflow_id_from_token, workflow_token
 from ._store import NoSuchWorkflow, Store
-from ._workflow_tasks import retry_delay
+from ._workflow_tasks import KeepAlive
 from .activity import ActivityInfo, ActivityState, _current
 
 if TYPE_CHECKING:
@@ -87,9 +87,8 @@ class ActivityRunner:
         try:
             task = self.store.decode(msg.data, f"activity task {seq}")
             info = _task_info(task, self.store.layout)
-        except CodecKeyError as exc:
-            log.error("%s; will retry", exc)  # this process lacks the key; the task is fine
-            await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
+        except CodecUnavailableError as exc:  # the task is fine; this process cannot read it
+            await self._hand_back(msg, exc)
             return
         except (PayloadError, KeyError, TypeError, ValueError) as exc:
             await self._reject(msg, f"malformed activity task: {_reason(exc)}")
@@ -104,14 +103,72 @@ class ActivityRunner:
             outcome = await self._run(defn, info, task.get("args") or [], msg)
         try:
             try:
-                await self._report(task, info, outcome)
+                await self._report_patiently(task, info, outcome, msg)
             except PayloadError as exc:  # the result is too big or not serialisable
                 error = {"type": type(exc).__name__, "message": str(exc), "non_retryable": True}
-                await self._report(task, info, {"t": h.ACTIVITY_FAILED, "error": error})
+                await self._report_patiently(
+                    task, info, {"t": h.ACTIVITY_FAILED, "error": error}, msg
+                )
         except NoSuchWorkflow as exc:
             await self._reject(msg, str(exc))
             return
         await msg.ack()
+
+    async def _hand_back(self, msg: Msg, exc: DFError) -> None:
+        """Put a task this process cannot read back on the queue, after a pause.
+
+        Not a nak: the next worker would see a redelivery, which means "a worker died during
+        this attempt", and record the attempt as lost without running it. A fresh copy (stored
+        before the original is acked, with a message id) is a first delivery for whoever
+        takes it.
+        """
+        log.error("%s; handing the task back in %.0f s", exc, HAND_BACK_DELAY)
+        keep_alive = KeepAlive(msg, self.ack_wait / 3)
+        try:
+            await asyncio.sleep(HAND_BACK_DELAY)
+        finally:
+            keep_alive.cancel()
+        await self.requeue(msg)
+
+    async def requeue(self, msg: Msg) -> None:
+        """Put a fresh copy of a task back on its queue, then ack the original.
+
+        A nak would make the next delivery look like the attempt of a worker that died (and be
+        recorded as lost without running); a copy is a first delivery. It is stored (with a
+        message id derived from the original's sequence) before the original is acked.
+        """
+        seq = msg.metadata.sequence.stream
+        await self.store.requeue(msg.subject, msg.data, f"{msg.subject}:again:{seq}")
+        await msg.ack()
+
+    async def _report_patiently(
+        self, task: Mapping[str, Any], info: ActivityInfo, outcome: Mapping[str, Any], msg: Msg
+    ) -> None:
+        """:meth:`_report`, retried while the server is unreachable or electing a leader.
+
+        Giving up at once would leave the task to be redelivered after the ack wait and its
+        attempt recorded as lost: the work done would be thrown away. The task is kept alive
+        meanwhile; after REPORT_PATIENCE seconds the error propagates (and that happens).
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + REPORT_PATIENCE
+        pause = 0.2
+        while True:
+            try:
+                await self._report(task, info, outcome)
+                return
+            except (NoSuchWorkflow, PayloadError):
+                raise
+            except DFError as exc:
+                if loop.time() + pause > give_up:
+                    raise
+                log.warning(
+                    "could not record %s #%s yet (%s); retrying", info.activity, info.seq, exc
+                )
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     async def _reject(self, msg: Msg, reason: str) -> None:
         """Dead-letter an activity task the engine cannot use, then remove it from the queue."""
@@ -219,6 +276,12 @@ class ActivityRunner:
                 await msg.in_progress()  # keeps JetStream from redelivering a live attempt
             except Exception as exc:
                 log.debug("could not extend %s: %r", info.activity, exc)
+
+
+HAND_BACK_DELAY = 2.0
+"""Seconds a task this process cannot read waits before it goes back on the queue."""
+REPORT_PATIENCE = 120.0
+"""Seconds an activity worker keeps trying to record an outcome before giving up."""
 
 
 def _task_info(task: Any, layout: Layout) -> ActivityInfo:

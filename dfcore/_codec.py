@@ -28,7 +28,13 @@ from typing import Any
 
 import orjson
 
-from dfcore._errors import CodecKeyError, PayloadError, PayloadTooLargeError, SerializationError
+from dfcore._errors import (
+    CodecKeyError,
+    CodecUnavailableError,
+    PayloadError,
+    PayloadTooLargeError,
+    SerializationError,
+)
 
 __all__ = [
     "BYTES_TAG",
@@ -137,8 +143,9 @@ def safe_decode(codec: PayloadCodec, data: bytes, what: str) -> bytes:
             configuration problem of this process, not bad data); raised as is, naming ``what``.
         PayloadError: any other PayloadError the codec raised (corrupt or forged data), as is,
             its message prefixed with ``what``.
-        SerializationError: the codec raised another error (data written by another codec...)
-            or did not return bytes.
+        CodecUnavailableError: the codec raised another error (a passing failure, or data
+            written by another codec); the engine retries such a message.
+        SerializationError: the codec did not return bytes.
     """
     try:
         result = codec.decode(data)
@@ -148,11 +155,12 @@ def safe_decode(codec: PayloadCodec, data: bytes, what: str) -> bytes:
     except PayloadError as exc:
         _name_message(exc, what)
         raise
-    except Exception as exc:
-        raise SerializationError(
+    except Exception as exc:  # not the codec's verdict on the data: perhaps a passing failure
+        raise CodecUnavailableError(
             f"could not decode {what} with codec {_qualified_name(type(codec))}: "
             f"{type(exc).__name__}: {exc}; check the key/codec configuration (DF_CODEC): "
-            "every client and worker must use the same codec and keys as the writer"
+            "every client and worker must use the same codec and keys as the writer "
+            "(a codec raises PayloadError for data it can never decode)"
         ) from exc
     return _ensure_bytes(result, codec, "decode")
 

@@ -140,6 +140,11 @@ def _check_url(url: str) -> None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError as exc:
+        if "@" in url:  # the parser's words may quote part of the password
+            raise ValueError(
+                f"{_URL_EXPECTED}; {shown!r} is not a valid URL (check the host and port; "
+                "percent-encode special characters in a user name or password)"
+            ) from None
         raise ValueError(f"{_URL_EXPECTED}; {shown!r}: {exc}") from exc
     if parts.scheme not in _URL_SCHEMES:
         raise ValueError(f"{_URL_EXPECTED}; {shown!r} has scheme {parts.scheme!r}")

@@ -15,6 +15,7 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
@@ -59,6 +60,10 @@ async def connect(
             the message says which and what to check.
     """
     servers = list(settings.servers)
+    if settings.tls_required:
+        # Credentials in a URL would be sent by nats-py itself, even over a connection the
+        # server left unencrypted: take them out, and hand them over through the TLS guard.
+        servers = [_without_userinfo(url) for url in servers]
     random.shuffle(servers)  # spread clients over a cluster, as nats-py does by default
     attempts = 2 * len(servers)
     for attempt in range(attempts):
@@ -196,7 +201,30 @@ def _auth_options(settings: Settings, nc: NATS) -> dict[str, Any]:
         return {"nkeys_seed": settings.nats_nkey_seed_file}
     if settings.nats_creds_file is not None:
         return {"user_credentials": settings.nats_creds_file}
+    if settings.tls_required:
+        return _url_credentials(settings, guarded)
     return {}
+
+
+def _url_credentials(
+    settings: Settings, guarded: Callable[[str], Callable[[], str]]
+) -> dict[str, Any]:
+    """The ``user:password@`` or ``token@`` of the first URL that has one, guarded."""
+    for url in settings.servers:
+        parts = urlsplit(url)
+        if parts.username is None:
+            continue
+        if parts.password is not None:
+            return {"user": parts.username, "password": guarded(parts.password)}
+        return {"token": guarded(parts.username)}
+    return {}
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _tls_options(settings: Settings) -> dict[str, Any]:

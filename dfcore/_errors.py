@@ -9,7 +9,8 @@ Every exception a user can catch derives from :class:`DFError`::
     ├── PayloadError
     │   ├── SerializationError        a value cannot be encoded to or decoded from JSON
     │   ├── PayloadTooLargeError      an encoded message exceeds the server's max_payload
-    │   └── CodecKeyError             a message was encrypted with a key this process lacks
+    │   └── CodecUnavailableError     this process cannot decode a message now (retried)
+    │       └── CodecKeyError         a message was encrypted with a key this process lacks
     ├── WorkflowAlreadyStartedError   start(..., if_exists="fail") found the id in use
     ├── WorkflowNotFoundError         no history exists for a workflow id
     ├── WorkflowFailureError          handle.result(): the run failed, timed out or was cancelled
@@ -63,7 +64,17 @@ _KEY_HINT = (
 )
 
 
-class CodecKeyError(PayloadError):
+class CodecUnavailableError(PayloadError):
+    """This process cannot decode a message now, though the message itself may be fine.
+
+    The codec lacks the key, reads an older format than the writer's, or failed for a reason of
+    its own (a key service that timed out). The engine hands such a message back with backoff,
+    so a process that can read it (or this one, once fixed) does; it never dead-letters it. A
+    codec should raise a plain :class:`PayloadError` for data it can never decode.
+    """
+
+
+class CodecKeyError(CodecUnavailableError):
     """A message is in the codec's format but was encoded with a key this process does not have.
 
     This is a configuration problem of the reading process, not bad data: the message is

@@ -76,6 +76,8 @@ class PullConsumer:
         idle_heartbeat: how often the server reports an idle open request, in seconds; at most
             half of ``expires``. Three missed heartbeats make the driver request again.
         name: label for log lines; ``"<stream>/<consumer>"`` when empty.
+        give_back: how to return a message that arrives while the driver stops; a nak (an
+            immediate redelivery) when None.
 
     Raises:
         ConfigurationError: a limit or interval is out of range.
@@ -96,9 +98,11 @@ class PullConsumer:
         expires: float = 30.0,
         idle_heartbeat: float = 5.0,
         name: str = "",
+        give_back: Handler | None = None,
     ) -> None:
         _check_settings(max_inflight, expires, idle_heartbeat)
         self._nc = nc
+        self._give_back_with = give_back
         self._handler = handler
         self._next_subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._leader_subject = f"{_LEADER_ELECTED}.{stream}.{consumer}"
@@ -232,7 +236,15 @@ class PullConsumer:
         await self._request()
 
     async def _give_back(self, msg: Msg) -> None:
-        """Nak a message that arrived during :meth:`stop`, so it is redelivered at once."""
+        """Return a message that arrived during :meth:`stop`, so another worker gets it now."""
+        if self._give_back_with is not None:
+            try:
+                await self._give_back_with(msg)
+                return
+            except Exception as exc:
+                logger.warning(
+                    "%s: cannot give %s back (%s); naking it", self._name, msg.reply, exc
+                )
         try:
             await msg.nak()
         except nats.errors.Error as exc:

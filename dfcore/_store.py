@@ -24,7 +24,13 @@ from . import _dlq
 from . import _history as h
 from ._codec import JSONConverter, PayloadCodec, check_size, safe_decode, safe_encode
 from ._config import Settings
-from ._errors import CodecKeyError, ConfigurationError, ConnectionError_, DFError, PayloadError
+from ._errors import (
+    CodecUnavailableError,
+    ConfigurationError,
+    ConnectionError_,
+    DFError,
+    PayloadError,
+)
 from ._naming import Layout
 
 log = logging.getLogger("dfcore.store")
@@ -243,18 +249,33 @@ class Store:
         a guess; on a concurrent append the real last sequence is read and the append retried.
         """
         expected = after_seq
-        for _ in range(50):
-            if expected < 1:  # a fact always follows a start: this history does not exist
+        for attempt in range(50):
+            if expected < 1 and not await self._has_messages(subject):
+                # A fact always follows a start: this history does not exist. (Asked of the
+                # stream's leader: a lagging replica's "nothing there" is not proof.)
                 raise NoSuchWorkflow(
                     f"no workflow has the history {subject}: it was never started, so the "
                     f"{body['t']} cannot be recorded"
                 )
-            chained = {**body, "prev": expected}
-            try:
-                return await self.append(subject, chained, msg_id=msg_id, expected_seq=expected)
-            except AppendConflict:
-                expected = await self.last_seq(subject)
+            if expected >= 1:
+                chained = {**body, "prev": expected}
+                try:
+                    return await self.append(subject, chained, msg_id=msg_id, expected_seq=expected)
+                except AppendConflict:
+                    pass
+            last = await self.last_seq(subject)
+            if last == expected:  # the read lags behind the append that conflicted: wait
+                await asyncio.sleep(min(0.01 * 2**attempt, 0.5))
+            expected = last
         raise DFError(f"could not append to {subject}: it kept changing through 50 retries")
+
+    async def _has_messages(self, subject: str) -> bool:
+        """Whether ``subject`` holds any message, as the history stream's leader sees it."""
+        try:
+            info = await self.js.stream_info(self.layout.history_stream, subjects_filter=subject)
+        except Exception as exc:
+            raise _wrap(exc, f"looking up {subject}") from exc
+        return bool((info.state.subjects or {}).get(subject))
 
     async def last_seq(self, subject: str) -> int:
         """The stream sequence of the last record on ``subject`` (0 when there is none)."""
@@ -420,7 +441,7 @@ class Store:
         try:
             body = self.decode(msg.data, f"history message {seq}")
             return h.validate_record(seq, body)
-        except CodecKeyError:
+        except CodecUnavailableError:
             raise  # this process lacks a key: nothing may be skipped, retry once it is fixed
         except (PayloadError, h.MalformedRecordError) as exc:
             log.warning(  # its delivery dead-lettered it; every replay steps over it
@@ -466,6 +487,10 @@ class Store:
         out["Nats-Msg-Id"] = f"{subject}:{origin}"
         log.error("dead-lettered a message on %s (%s): %s", subject, source, out[_dlq.HDR_REASON])
         await self._publish(self.layout.dlq_subject(source), kept, out, "keeping a dead letter")
+
+    async def requeue(self, subject: str, data: bytes, msg_id: str) -> None:
+        """Publish a stream message's body again, as a new message (deduplicated by id)."""
+        await self._publish(subject, data, {"Nats-Msg-Id": msg_id}, f"requeueing on {subject}")
 
     async def dead_letters(self, limit: int = 50) -> list[_dlq.DeadLetter]:
         """The newest ``limit`` dead letters, oldest first."""
@@ -555,6 +580,11 @@ class _Replies:
         await asyncio.sleep(0)  # let the SUB reach the write buffer before flushing
         await self._nc.flush()
 
+    def _clustered(self) -> bool:
+        """Whether the server we are connected to is part of a cluster (from its INFO)."""
+        info = getattr(self._nc, "_server_info", None) or {}
+        return bool(info.get("cluster"))
+
     async def _on_msg(self, msg: Msg) -> None:
         waiter = self._waiters.get(msg.subject[len(self._prefix) + 1 :])
         if waiter is not None:
@@ -576,7 +606,9 @@ class _Replies:
         one (a few seconds after a node dies) nothing answers. A missing stream never will.
         """
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.ELECTION_WAIT
+        # A single server has no election to wait for: "no responders" there is final.
+        wait = self.ELECTION_WAIT if self._clustered() else 0.0
+        give_up = loop.time() + wait
         pause = 0.05
         while True:
             try:

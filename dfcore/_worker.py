@@ -101,6 +101,7 @@ class Worker:
                         name,
                         runner.handle,
                         max_inflight=self.activity_concurrency,
+                        give_back=runner.requeue,
                     )
                 )
         if self._activity_runner is not None:

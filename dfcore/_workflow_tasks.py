@@ -30,7 +30,7 @@ from . import _history as h
 from ._context import WorkflowContext
 from ._engine import WorkflowCodeError, WorkflowRun
 from ._errors import (
-    CodecKeyError,
+    CodecUnavailableError,
     DFError,
     NondeterminismError,
     PayloadError,
@@ -82,7 +82,7 @@ class WorkflowProcessor:
         try:
             _, workflow_id = self.store.layout.parse_history_subject(msg.subject)
             record = h.validate_record(seq, self.store.decode(msg.data, f"history message {seq}"))
-        except CodecKeyError as exc:
+        except CodecUnavailableError as exc:
             log.error("%s; will retry", exc)  # this process lacks the key; the message is fine
             await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
             return
@@ -94,7 +94,7 @@ class WorkflowProcessor:
             return
         entry = self._entry(workflow_id, msg.subject)
         entry.users += 1
-        keep_alive = _KeepAlive(msg, self.app.settings.workflow_ack_wait / 3)
+        keep_alive = KeepAlive(msg, self.app.settings.workflow_ack_wait / 3)
         try:
             async with entry.lock:
                 if not await self._handle_locked(entry, record, msg):
@@ -240,11 +240,16 @@ class WorkflowProcessor:
     async def _catch_up_and_decide(
         self, entry: _Entry, run: WorkflowRun, delivered: int, known: list[h.Record] | None
     ) -> None:
+        conflicted = False
         while True:
             if known is not None:
                 records, seen = known, delivered
             else:
                 records, seen = await self.store.read(entry.subject, after_seq=run.last_seq)
+                if conflicted and seen == run.last_seq:
+                    # Our append conflicted, yet the read shows nothing new: it came from a
+                    # replica that lags behind. Try again shortly rather than spin.
+                    raise _StaleRead(f"read of {entry.subject} lags behind an append")
             known = None
             run.apply(records)
             run.skip_to(seen)
@@ -260,6 +265,7 @@ class WorkflowProcessor:
                     await self._dispatch(entry, run, record)
             if await self._decide(entry, run):
                 return
+            conflicted = True
 
     async def _decide(self, entry: _Entry, run: WorkflowRun) -> bool:
         """Append the pending commands; False if someone appended first.
@@ -360,7 +366,7 @@ class WorkflowProcessor:
             await self.store.nc.publish(subject, orjson.dumps({"seq": cmd["seq"]}))
 
 
-class _KeepAlive:
+class KeepAlive:
     """Tells JetStream a message is still being worked on, every ``interval`` seconds.
 
     A workflow task usually takes milliseconds, but one may wait behind others of the same
@@ -386,9 +392,13 @@ class _KeepAlive:
             log.debug("could not extend workflow task %s: %r", self._msg.reply, exc)
 
     def cancel(self) -> None:
+        """Stop; a progress mark already on its way is cancelled too (it must not follow a
+        nak with a delay, which it would reset to the full ack wait)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
 
 
 def _decision(cmds: list[dict[str, Any]], prev: int, *, more: bool) -> dict[str, Any]:

@@ -184,7 +184,7 @@ def test_a_workflow_whose_code_keeps_failing_is_retried_and_shown_as_failing(
         others = [fine.start(n) for n in range(20)]
         assert [hd.result(timeout=30) for hd in others] == list(range(20))  # not blocked
         wait_until(
-            lambda: sum("its code raised KeyError" in r.getMessage() for r in caplog.records) >= 2,
+            lambda: sum("its code raised KeyError" in r.getMessage() for r in caplog.records) >= 3,
             what="the failing task to be retried",
         )
         status = stuck.status()
@@ -199,6 +199,7 @@ def test_a_workflow_whose_code_keeps_failing_is_retried_and_shown_as_failing(
         fixed = True  # deploy the fix: the next retry replays and carries on
         assert stuck.result(timeout=60) == 1
     assert stuck.status().status == "completed"
+    assert [e.type for e in stuck.history()].count(h.WORKFLOW_TASK_FAILED) == 1
 
 
 def test_a_payload_over_the_servers_max_payload_is_refused_at_the_call_site(

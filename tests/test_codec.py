@@ -25,7 +25,7 @@ from dfcore._codec import (
     safe_encode,
 )
 from dfcore._convert import convert, decode_call_args, return_hint
-from dfcore._errors import PayloadTooLargeError, SerializationError
+from dfcore._errors import CodecUnavailableError, PayloadTooLargeError, SerializationError
 
 
 class Color(enum.Enum):
@@ -454,7 +454,9 @@ def test_codec_roundtrip_through_safe_helpers() -> None:
 
 
 def test_decode_failure_names_the_codec_and_the_configuration() -> None:
-    with pytest.raises(SerializationError) as info:
+    # Not the codec's verdict on the data (it would raise PayloadError): perhaps passing, so
+    # the engine retries the message instead of dead-lettering it.
+    with pytest.raises(CodecUnavailableError) as info:
         safe_decode(XorCodec(7), b'{"a":1}', "history event 3 of 'order-42'")
     message = str(info.value)
     assert "history event 3 of 'order-42'" in message

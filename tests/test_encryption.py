@@ -11,7 +11,7 @@ import orjson
 import pytest
 from nats.js.errors import NotFoundError
 
-from dfcore import App, CodecKeyError, ConfigurationError, PayloadError
+from dfcore import App, CodecKeyError, CodecUnavailableError, ConfigurationError, PayloadError
 from dfcore._codec import safe_decode
 from dfcore._config import load_codec
 from dfcore._naming import Layout
@@ -85,7 +85,7 @@ def test_data_not_in_the_format_says_what_it_is() -> None:
         codec.decode(b"\x00garbage")
     with pytest.raises(DecryptionError, match="truncated"):
         codec.decode(codec.encode(JSON)[:30])
-    with pytest.raises(DecryptionError, match=r"version 2 .* reads version 1"):
+    with pytest.raises(CodecUnavailableError, match=r"version 2 .* reads version 1"):
         codec.decode(b"DFE\x02" + codec.encode(JSON)[4:])
 
 
@@ -327,3 +327,24 @@ def test_a_worker_with_another_key_retries_and_dead_letters_nothing(
     assert good.dead_letters() == []
     with WorkerThread(good):  # a worker with the key finishes the workflow
         assert handle.result(timeout=60)["name"] == "Carol"
+
+
+def test_an_activity_worker_with_another_key_hands_tasks_back_unharmed(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = make_app(codec=AESGCMCodec(KEY))
+    define_signup(good)
+    wrong = make_app(codec=AESGCMCodec(OTHER_KEY))
+    define_signup(wrong)
+    with WorkerThread(good, activities=False), WorkerThread(wrong, workflows=False):
+        handle = good.start("signup", "Dan", workflow_id="signup-4")
+        wait_until(
+            lambda: any("handing the task back" in r.getMessage() for r in caplog.records),
+            what="the activity worker to hand the task back",
+        )
+        with WorkerThread(good, workflows=False):  # the copy reaches a worker with the key
+            assert handle.result(timeout=60)["name"] == "Dan"
+    # The attempt was not recorded as lost: the task came back as a first delivery.
+    failures = [e.attributes for e in handle.history() if e.type == "ActivityFailed"]
+    assert failures == []
+    assert good.dead_letters() == []

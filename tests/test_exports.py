@@ -12,6 +12,7 @@ def test_exported_members() -> None:
             "ApplicationError",
             "CancelledError",
             "CodecKeyError",
+            "CodecUnavailableError",
             "ConfigurationError",
             "DFConnectionError",
             "DFError",

@@ -261,8 +261,10 @@ def test_tls_required_but_not_offered_closes_the_connection(
     assert "does not offer TLS" in message and "argument nats_tls_ca_file requires it" in message
 
 
-async def test_secrets_are_not_sent_when_tls_is_required_but_not_offered() -> None:
-    """A server (or a man in the middle) that does not offer TLS never receives the token."""
+@pytest.mark.parametrize("where", ["setting", "url"])
+async def test_secrets_are_not_sent_when_tls_is_required_but_not_offered(where: str) -> None:
+    """A server (or a man in the middle) that does not offer TLS never receives the secret,
+    whether it is a setting or the ``user:password@`` of a ``tls://`` URL."""
     received = bytearray()
 
     async def fake_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -278,7 +280,10 @@ async def test_secrets_are_not_sent_when_tls_is_required_but_not_offered() -> No
 
     server = await asyncio.start_server(fake_server, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    settings = Settings(nats_url=f"tls://127.0.0.1:{port}", nats_token=TOKEN, connect_timeout=2)
+    if where == "setting":
+        settings = Settings(nats_url=f"tls://127.0.0.1:{port}", nats_token=TOKEN, connect_timeout=2)
+    else:
+        settings = Settings(nats_url=f"tls://alice:{TOKEN}@127.0.0.1:{port}", connect_timeout=2)
     try:
         with pytest.raises(DFConnectionError) as info:
             await connect(settings, "test")
@@ -286,7 +291,7 @@ async def test_secrets_are_not_sent_when_tls_is_required_but_not_offered() -> No
         server.close()
         await server.wait_closed()
     assert "does not offer TLS" in str(info.value) and "no credentials were sent" in str(info.value)
-    assert TOKEN.encode() not in received
+    assert TOKEN.encode() not in received and TOKEN not in str(info.value)
 
 
 def test_unusable_tls_files_are_configuration_errors(

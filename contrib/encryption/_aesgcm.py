@@ -6,7 +6,13 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from dfcore import CodecKeyError, ConfigurationError, PayloadCodec, PayloadError
+from dfcore import (
+    CodecKeyError,
+    CodecUnavailableError,
+    ConfigurationError,
+    PayloadCodec,
+    PayloadError,
+)
 
 from ._keys import (
     KEY_ENV,
@@ -174,10 +180,14 @@ def _check_header(data: bytes) -> bytes:
     """The header of an encrypted body; raises DecryptionError if ``data`` is not one."""
     if not data.startswith(MAGIC):
         raise DecryptionError(_not_encrypted(data))
-    if len(data) > len(MAGIC) and data[len(MAGIC)] != VERSION:
-        raise DecryptionError(
+    if len(data) > len(MAGIC) and data[len(MAGIC)] > VERSION:
+        raise CodecUnavailableError(  # a newer writer: upgrade this process, then it reads it
             f"it is in version {data[len(MAGIC)]} of the AES-GCM codec's format, and this "
             f"version of durablefuture reads version {VERSION}; upgrade durablefuture here"
+        )
+    if len(data) > len(MAGIC) and data[len(MAGIC)] != VERSION:
+        raise DecryptionError(
+            f"it names version {data[len(MAGIC)]} of the format, which never existed"
         )
     if len(data) < OVERHEAD:
         raise DecryptionError(
