@@ -172,14 +172,7 @@ class ActivityRunner:
 
     async def _reject(self, msg: Msg, reason: str) -> None:
         """Dead-letter an activity task the engine cannot use, then remove it from the queue."""
-        await self.store.dead_letter(
-            "task",
-            msg.subject,
-            msg.data,
-            reason,
-            headers=msg.headers,
-            stream_seq=msg.metadata.sequence.stream,
-        )
+        await self.store.dead_letter_message("task", msg, reason)
         await msg.term()
 
     async def _report(

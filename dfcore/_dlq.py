@@ -147,12 +147,10 @@ def render_one(letter: DeadLetter) -> str:
 def _body_text(data: bytes, limit: int = 4096) -> str:
     shown = data[:limit]
     try:
-        text = shown.decode("utf-8")
-        if text.isprintable() or all(c.isprintable() or c in "\n\t" for c in text):
-            body = text
-        else:
-            body = shown.hex(" ", 16)
+        body = shown.decode("utf-8")
     except UnicodeDecodeError:
+        body = ""
+    if not body or not all(c.isprintable() or c in "\n\t" for c in body):
         body = shown.hex(" ", 16)
     more = f"\n    ... ({len(data) - limit} more bytes)" if len(data) > limit else ""
     return "\n".join("    " + line for line in body.splitlines() or [""]) + more

@@ -492,6 +492,17 @@ class Store:
         """Publish a stream message's body again, as a new message (deduplicated by id)."""
         await self._publish(subject, data, {"Nats-Msg-Id": msg_id}, f"requeueing on {subject}")
 
+    async def dead_letter_message(self, source: str, msg: Msg, reason: str) -> None:
+        """:meth:`dead_letter` for a message delivered by one of the engine's consumers."""
+        await self.dead_letter(
+            source,
+            msg.subject,
+            msg.data,
+            reason,
+            headers=msg.headers,
+            stream_seq=msg.metadata.sequence.stream,
+        )
+
     async def dead_letters(self, limit: int = 50) -> list[_dlq.DeadLetter]:
         """The newest ``limit`` dead letters, oldest first."""
         stream = self.layout.dlq_stream

@@ -107,14 +107,7 @@ class WorkflowProcessor:
 
     async def _reject(self, msg: Msg, reason: str) -> None:
         """Dead-letter a history message the engine cannot use, then ack it."""
-        await self.store.dead_letter(
-            "history",
-            msg.subject,
-            msg.data,
-            reason,
-            headers=msg.headers,
-            stream_seq=msg.metadata.sequence.stream,
-        )
+        await self.store.dead_letter_message("history", msg, reason)
         await msg.ack()
 
     async def _handle_locked(self, entry: _Entry, record: h.Record, msg: Msg) -> bool:

@@ -125,7 +125,7 @@ def test_malformed_messages_are_dead_lettered_and_harm_nothing(
         live.signal("go")
         assert [hd.result(timeout=30) for hd in before + after] == [n + 1 for n in range(20)]
         assert live.result(timeout=30) == 5
-        assert worker.worker is not None and worker.worker.store is not None
+        assert worker._thread.is_alive()  # the worker that took the corpus is still serving
     assert len(letters) == len(messages)
     for (subject, body, phrase), letter in zip(
         sorted(messages, key=lambda m: (m[0], m[1])), sorted(letters, key=_origin)

@@ -310,13 +310,19 @@ async def test_configured_from_the_environment(
     assert any(MARKER.encode() in body for body in plain)
 
 
-def test_a_worker_with_another_key_retries_and_dead_letters_nothing(
-    make_app: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+def keyed_apps(make_app: Any) -> tuple[App, App]:
+    """Two apps with the signup workflow: one with the writers' key, one with another key."""
     good = make_app(codec=AESGCMCodec(KEY))
     define_signup(good)
     wrong = make_app(codec=AESGCMCodec(OTHER_KEY))
     define_signup(wrong)
+    return good, wrong
+
+
+def test_a_worker_with_another_key_retries_and_dead_letters_nothing(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    good, wrong = keyed_apps(make_app)
     handle = good.start("signup", "Carol", workflow_id="signup-3")
     with WorkerThread(wrong):
         # The misconfigured worker says why, and hands the message back instead of eating it.
@@ -332,10 +338,7 @@ def test_a_worker_with_another_key_retries_and_dead_letters_nothing(
 def test_an_activity_worker_with_another_key_hands_tasks_back_unharmed(
     make_app: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    good = make_app(codec=AESGCMCodec(KEY))
-    define_signup(good)
-    wrong = make_app(codec=AESGCMCodec(OTHER_KEY))
-    define_signup(wrong)
+    good, wrong = keyed_apps(make_app)
     with WorkerThread(good, activities=False), WorkerThread(wrong, workflows=False):
         handle = good.start("signup", "Dan", workflow_id="signup-4")
         wait_until(
