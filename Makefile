@@ -35,7 +35,7 @@ lint: venv
 	$(BIN)/mypy dfcore
 
 bench: venv
-	$(BIN)/python bench/order_throughput.py
+	$(BIN)/python bench/burst.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .df

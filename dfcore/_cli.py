@@ -23,6 +23,7 @@ from ._dlq import render_one as render_dead_letter
 from ._errors import DFError
 from ._inspect import render_history
 from ._server import EmbeddedServer
+from ._supervisor import is_child, processes_option, supervise
 
 
 def load_app(spec: str | None) -> App:
@@ -59,8 +60,11 @@ def add_app_argument(parser: argparse.ArgumentParser, required: bool = False) ->
     )
 
 
-def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    """The worker options, shared by ``df worker`` and the framework commands."""
+def add_worker_arguments(parser: argparse.ArgumentParser, *, processes: bool = True) -> None:
+    """The worker options, shared by ``df worker`` and the framework commands.
+
+    ``processes=False`` leaves out ``--processes`` (the dev commands run one worker in-process).
+    """
     parser.add_argument(
         "-Q",
         "--queues",
@@ -83,6 +87,16 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="max workflow tasks processed at once (default: the workflow_concurrency setting)",
     )
+    if processes:
+        parser.add_argument(
+            "-P",
+            "--processes",
+            type=_processes,
+            default=1,
+            metavar="N",
+            help="run and supervise N worker processes ('auto': one per CPU core; default 1). "
+            "A process that dies is restarted; SIGTERM drains them all",
+        )
     parser.add_argument(
         "--shutdown-timeout",
         type=float,
@@ -93,6 +107,27 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-l", "--loglevel", default="INFO", help="logging level (DEBUG, INFO, WARNING...)"
     )
+
+
+def _processes(value: str) -> int:
+    try:
+        return processes_option(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def supervise_if_asked(args: argparse.Namespace) -> bool:
+    """With ``--processes N`` (N > 1), run N supervised copies of this command, then True.
+
+    Call it after the app is loaded (so a bad ``-A`` fails here, once) and before starting a
+    worker or relay: those run in the children.
+    """
+    if args.processes <= 1 or is_child():
+        return False
+    status = supervise(args.processes, args.shutdown_timeout)
+    if status:
+        raise SystemExit(status)
+    return True
 
 
 def worker_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,7 +153,8 @@ def setup_logging(level: str) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     setup_logging(args.loglevel)
     app = load_app(args.app)
-    app.run_worker(**worker_options(args))
+    if not supervise_if_asked(args):
+        app.run_worker(**worker_options(args))
     return 0
 
 
@@ -250,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="start an embedded NATS JetStream server and a worker")
     add_app_argument(dev, required=True)
-    add_worker_arguments(dev)
+    add_worker_arguments(dev, processes=False)
     dev.add_argument("--data-dir", default=".df", help="where the server keeps its data (.df)")
     dev.add_argument(
         "--port", type=int, default=0, help="port for the server (default: a free one)"

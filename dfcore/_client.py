@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast
 
-import nats.errors
 from nats.aio.client import Client as NATS
 
 from . import _history as h
@@ -29,13 +28,13 @@ from ._errors import (
 from ._history import now_ms
 from ._loopthread import SYNC_LOOP, run_sync
 from ._naming import workflow_token
+from ._outcomes import OutcomeWatcher
 from ._store import HEADROOM, AppendConflict, Store
 
 if TYPE_CHECKING:
     from ._app import App
 
 R = TypeVar("R")
-_RECHECK_SECONDS = 5.0
 IfExists = Literal["use_existing", "fail"]
 
 
@@ -45,6 +44,7 @@ class Client:
     def __init__(self, app: App) -> None:
         self.app = app
         self._store: Store | None = None
+        self._outcomes: OutcomeWatcher | None = None
         self._lock = asyncio.Lock()
         self._guard: asyncio.Task[None] | None = None
 
@@ -53,9 +53,12 @@ class Client:
             async with self._lock:
                 if self._store is None:
                     settings = self.app.settings
-                    nc = await connect(settings, f"dfcore-client:{self.app.name}")
+                    nc = await connect(
+                        settings, f"dfcore-client:{self.app.name}", self._reconnected
+                    )
                     store = Store(nc, settings, self.app.codec)
                     await store.ensure()
+                    self._outcomes = OutcomeWatcher(store)
                     self._store = store
                     self._watch_loop()
         return self._store
@@ -82,6 +85,16 @@ class Client:
 
         self._guard = loop.create_task(guard(), name="dfcore-connection-guard")
 
+    async def _reconnected(self) -> None:
+        if self._outcomes is not None:
+            self._outcomes.recheck_all()  # outcomes published meanwhile were not delivered
+
+    async def outcome(self, history_subject: str) -> h.Record:
+        """Wait for the record that ended the workflow of ``history_subject``."""
+        store = await self.store()
+        assert self._outcomes is not None
+        return await self._outcomes.wait(store.layout.status_for(history_subject))
+
     @property
     def nc(self) -> NATS | None:
         return self._store.nc if self._store else None
@@ -90,6 +103,9 @@ class Client:
         guard, self._guard = self._guard, None
         if guard is not None and guard is not asyncio.current_task():
             guard.cancel()
+        outcomes, self._outcomes = self._outcomes, None
+        if outcomes is not None:
+            await outcomes.close()
         if self._store is not None:
             nc, self._store = self._store.nc, None
             await close_connection(nc)
@@ -272,41 +288,21 @@ class WorkflowHandle(Generic[R]):
             WorkflowFailureError: it failed, timed out or was cancelled.
             TimeoutError: it did not finish within ``timeout`` seconds.
         """
-        store, subject = await self._locate()
-        sub = await store.nc.subscribe(store.layout.status_for(subject))
+        _, subject = await self._locate()
+        client = self.app._client()
         try:
-            await asyncio.sleep(0)  # let the SUB reach the buffer before the flush
-            await store.nc.flush()
-            return await asyncio.wait_for(self._await_end(store, sub, subject), timeout)
+            async with asyncio.timeout(timeout):
+                ended = await client.outcome(subject)  # always a terminal decision
         except TimeoutError:
             raise TimeoutError(
                 f"workflow {self.workflow_id!r} did not finish within {timeout}s "
                 "(it keeps running; call result() again to keep waiting)"
             ) from None
-        finally:
-            await sub.unsubscribe()
+        return cast(R, self._outcome(ended)())
 
     def result(self, timeout: float | None = None) -> R:
         """Sync twin of :meth:`aresult`."""
         return run_sync(self.aresult(timeout))
-
-    async def _await_end(self, store: Store, sub: Any, subject: str) -> R:
-        """Read the outcome; if there is none yet, wait for it to be published.
-
-        The outcome is read again every few seconds: a publish made while this connection
-        was reconnecting is not delivered to the subscription, but it is stored.
-        """
-        while True:
-            ended = await store.outcome(subject)
-            if ended is not None and (outcome := self._outcome(ended)) is not None:
-                return cast(R, outcome())
-            try:
-                msg = await sub.next_msg(timeout=_RECHECK_SECONDS)
-            except nats.errors.TimeoutError:
-                continue
-            record = h.validate_record(0, store.decode(msg.data, "workflow outcome"))
-            if (outcome := self._outcome(record)) is not None:
-                return cast(R, outcome())
 
     def _outcome(self, record: h.Record) -> Any:
         """A thunk returning the result (or raising the failure) if ``record`` ends the run."""

@@ -51,12 +51,14 @@ class Layout:
         ``DF_<ns>_HISTORY``  limits retention; ``<ns>.history.<queue>.<wf>`` holds each workflow's
                              records; ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timers;
                              ``<ns>.status.<queue>.<wf>`` its final outcome, once it ended.
-        ``DF_<ns>_TASKS``    work-queue retention; ``<ns>.task.<queue>`` holds activity tasks.
+        ``DF_<ns>_TASKS``    work-queue retention; ``<ns>.task.<queue>`` holds activity tasks;
+                             ``<ns>.admit.<queue>`` starts waiting for room in a worker's cache.
         ``DF_<ns>_DLQ``      limits retention; ``<ns>.dlq.<source>`` holds messages a worker
                              could not use (source: history, task or cancel), with the reason.
     Consumers:
         ``wf_<queue>``   on HISTORY, filter ``<ns>.history.<queue>.*``: workflow tasks.
         ``act_<queue>``  on TASKS, filter ``<ns>.task.<queue>``: activity tasks.
+        ``adm_<queue>``  on TASKS, filter ``<ns>.admit.<queue>``: deferred workflow starts.
     """
 
     namespace: str
@@ -126,6 +128,14 @@ class Layout:
     def tasks_all(self) -> str:
         return f"{self.namespace}.task.>"
 
+    def admit_subject(self, queue: str) -> str:
+        """Where a worker with a full cache leaves a start for the next one with room."""
+        return f"{self.namespace}.admit.{queue}"
+
+    @property
+    def admit_all(self) -> str:
+        return f"{self.namespace}.admit.>"
+
     def activity_cancel_subject(self, workflow_id: str) -> str:
         return f"{self.namespace}.cancel.{workflow_token(workflow_id)}"
 
@@ -140,6 +150,10 @@ class Layout:
     @staticmethod
     def activity_consumer(queue: str) -> str:
         return f"act_{queue}"
+
+    @staticmethod
+    def admit_consumer(queue: str) -> str:
+        return f"adm_{queue}"
 
     def parse_status_subject(self, subject: str) -> str:
         """The workflow id of a status subject."""

@@ -78,6 +78,9 @@ class PullConsumer:
         name: label for log lines; ``"<stream>/<consumer>"`` when empty.
         give_back: how to return a message that arrives while the driver stops; a nak (an
             immediate redelivery) when None.
+        room: when given, how many more messages the owner can take now; credit never exceeds
+            it (minus what is requested already). The owner calls :meth:`poke` when it grows.
+        min_batch: the smallest request worth sending; a quarter of ``max_inflight`` when 0.
 
     Raises:
         ConfigurationError: a limit or interval is out of range.
@@ -99,6 +102,8 @@ class PullConsumer:
         idle_heartbeat: float = 5.0,
         name: str = "",
         give_back: Handler | None = None,
+        room: Callable[[], int] | None = None,
+        min_batch: int = 0,
     ) -> None:
         _check_settings(max_inflight, expires, idle_heartbeat)
         self._nc = nc
@@ -108,7 +113,8 @@ class PullConsumer:
         self._leader_subject = f"{_LEADER_ELECTED}.{stream}.{consumer}"
         self._name = name or f"{stream}/{consumer}"
         self._max_inflight = max_inflight
-        self._min_batch = max(1, max_inflight // 4)
+        self._min_batch = max(1, min(min_batch or max_inflight // 4, max_inflight))
+        self._room = room
         self._expires_ns = int(expires * _NS_PER_S)
         self._heartbeat = idle_heartbeat
         self._heartbeat_ns = int(idle_heartbeat * _NS_PER_S)
@@ -281,7 +287,14 @@ class PullConsumer:
         if self._stopping or self._paused or self._sub is None or not self._nc.is_connected:
             return 0
         free = self._max_inflight - self._inflight - self._outstanding
+        if self._room is not None:
+            free = min(free, self._room() - self._outstanding)
         return free if free >= self._min_batch else 0
+
+    def poke(self) -> None:
+        """Request now if the owner's room (see ``room``) makes a batch worthwhile."""
+        if self._credit():
+            self._spawn(self._request())
 
     async def _request(self) -> None:
         """Publish one pull request for all free credit, if enough is free."""

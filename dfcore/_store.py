@@ -124,13 +124,13 @@ class Store:
         )
         tasks = api.StreamConfig(
             name=lay.tasks_stream,
-            subjects=[lay.tasks_all],
+            subjects=[lay.tasks_all, lay.admit_all],
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=storage,
             num_replicas=self.settings.stream_replicas,
             discard=api.DiscardPolicy.NEW,
             duplicate_window=300.0,
-            description="DurableFuture activity tasks, one subject per task queue",
+            description="DurableFuture activity tasks and deferred starts, by task queue",
         )
         dead_letters = api.StreamConfig(
             name=lay.dlq_stream,
@@ -155,6 +155,7 @@ class Store:
                 await self.js.add_stream(config)
             else:
                 self._check_replicas(config, info.config.num_replicas or 1)
+                await self._add_missing_subjects(config, info.config)
         except APIError as exc:
             raise DFError(
                 f"could not create JetStream stream {config.name}: {exc.description}. "
@@ -162,6 +163,16 @@ class Store:
             ) from exc
         except Exception as exc:
             raise _wrap(exc, "creating streams") from exc
+
+    async def _add_missing_subjects(
+        self, config: api.StreamConfig, existing: api.StreamConfig
+    ) -> None:
+        """Give a stream made by an older version the subjects this one adds."""
+        missing = [s for s in config.subjects or [] if s not in (existing.subjects or [])]
+        if missing:
+            log.info("adding subjects %s to stream %s", ", ".join(missing), config.name)
+            existing.subjects = [*(existing.subjects or []), *missing]
+            await self.js.update_stream(existing)
 
     def _check_replicas(self, config: api.StreamConfig, existing: int) -> None:
         """Say so when the stream was created with other replicas than the setting asks."""
@@ -487,6 +498,15 @@ class Store:
         out["Nats-Msg-Id"] = f"{subject}:{origin}"
         log.error("dead-lettered a message on %s (%s): %s", subject, source, out[_dlq.HDR_REASON])
         await self._publish(self.layout.dlq_subject(source), kept, out, "keeping a dead letter")
+
+    async def defer_start(self, history_subject: str, seq: int) -> None:
+        """Leave the start at ``seq`` for a worker with room (see ``_workflow_tasks``)."""
+        queue, _ = self.layout.parse_history_subject(history_subject)
+        await self.requeue(
+            self.layout.admit_subject(queue),
+            orjson.dumps({"h": history_subject, "seq": seq}),
+            f"{history_subject}:admit:{seq}",
+        )
 
     async def requeue(self, subject: str, data: bytes, msg_id: str) -> None:
         """Publish a stream message's body again, as a new message (deduplicated by id)."""

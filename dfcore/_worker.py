@@ -87,6 +87,7 @@ class Worker:
                         max_inflight=self.workflow_concurrency,
                     )
                 )
+                self._pullers.append(await self._admission_puller(processor, queue))
             if self.serve_activities:
                 name = lay.activity_consumer(queue)
                 await store.ensure_consumer(
@@ -116,6 +117,26 @@ class Worker:
             settings.display_url,
             settings.namespace,
         )
+
+    async def _admission_puller(self, processor: WorkflowProcessor, queue: str) -> PullConsumer:
+        """Pulls deferred starts of ``queue`` only while the processor has room to cache them."""
+        assert self.store is not None
+        store, lay = self.store, self.store.layout
+        name = lay.admit_consumer(queue)
+        await store.ensure_consumer(
+            lay.tasks_stream, name, lay.admit_subject(queue), self.app.settings.workflow_ack_wait
+        )
+        puller = PullConsumer(
+            store.nc,
+            lay.tasks_stream,
+            name,
+            processor.admit,
+            max_inflight=self.workflow_concurrency,
+            room=processor.room,
+            min_batch=max(1, processor.capacity // 16),
+        )
+        processor.attach_admission(puller)
+        return puller
 
     def _what(self) -> str:
         parts = ["workflows"] if self.serve_workflows else []

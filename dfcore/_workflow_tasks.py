@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,12 +39,14 @@ from ._errors import (
 )
 from ._history import now_ms
 from ._naming import workflow_token
+from ._pull import PullConsumer
 from ._store import AppendConflict, Store
 
 if TYPE_CHECKING:
     from ._app import App
 
 log = logging.getLogger("dfcore.worker")
+_NO_LIMIT = 1 << 30
 
 
 def retry_delay(num_delivered: int) -> float:
@@ -62,6 +65,7 @@ class _Entry:
     dispatched: set[int] = field(default_factory=set)
     closed_seq: int = 0
     users: int = 0  # handlers holding or waiting for the lock; the cache keeps such entries
+    touched: float = 0.0  # when a message for it last arrived (monotonic seconds)
 
 
 class _StaleRead(DFError):
@@ -76,8 +80,87 @@ class WorkflowProcessor:
         self.store = store
         self.cache: OrderedDict[str, _Entry] = OrderedDict()
         self.capacity = app.settings.workflow_cache_size
+        self.idle_after = app.settings.workflow_ack_wait
+        self.live = 0  # cached entries holding a run: the running workflows taken on
+        self._admitting = 0  # starts delivered on the history, being taken on
+        self._admission: PullConsumer | None = None
+
+    def attach_admission(self, puller: PullConsumer) -> None:
+        """Pull deferred starts with ``puller`` (``adm_<queue>``), as room allows."""
+        self._admission = puller
+
+    # -- admission (docs/architecture.md, "Bursts") -----------------------------------------
+
+    def room(self) -> int:
+        """How many more workflows this worker can take on and keep cached."""
+        if not self.capacity:
+            return _NO_LIMIT  # no cache at all, so nothing to protect
+        taking = self._admitting + (self._admission.inflight if self._admission else 0)
+        return max(self.capacity - self.live - taking, 0)
+
+    def _no_room_for(self, msg: Msg) -> bool:
+        """Whether ``msg`` starts a workflow this worker has no room to cache.
+
+        Read from the ``Df-Event`` header, before decoding, so a deferred start costs little;
+        a forged header only delays the message it is on. A run idle for ``idle_after``
+        seconds is evicted to make room (it replays if it wakes up). Room that the admission
+        puller has asked the server for is kept for the deferred starts it will bring: they
+        came first.
+        """
+        headers = msg.headers
+        if headers is None or headers.get(h.HDR_EVENT) != h.WORKFLOW_STARTED:
+            return False
+        requested = self._admission.outstanding if self._admission else 0
+        if self.room() - requested > 0:
+            return False  # room, beyond what deferred starts already requested hold
+        try:
+            _, workflow_id = self.store.layout.parse_history_subject(msg.subject)
+        except ValueError:
+            return False  # dead-lettered by the normal path
+        entry = self.cache.get(workflow_id)
+        if entry is not None and (entry.run is not None or entry.closed_seq):
+            return False  # known here: a redelivery, not a new workflow
+        return not self._evict_idle()
+
+    def _evict_idle(self) -> bool:
+        """Drop the least recently used run idle for ``idle_after`` seconds; False if none."""
+        now = time.monotonic()
+        for entry in itertools.islice(self.cache.values(), 64):
+            if now - entry.touched < self.idle_after:
+                return False  # LRU order: every later entry was touched more recently
+            if entry.run is not None and not entry.users:
+                self._drop(entry)
+                return True
+        return False
+
+    async def _defer(self, msg: Msg) -> None:
+        """Leave a start on the admission queue for whoever has room first, then ack it."""
+        try:
+            await self.store.defer_start(msg.subject, msg.metadata.sequence.stream)
+        except DFError as exc:
+            log.warning("cannot defer a start (%s); handing it back", exc)
+            await msg.nak(delay=1.0)
+            return
+        await msg.ack()
+
+    async def admit(self, msg: Msg) -> None:
+        """Take on a start deferred by a worker whose cache was full (``adm_<queue>``)."""
+        try:
+            pointer = orjson.loads(msg.data)
+            subject, seq = str(pointer["h"]), int(pointer["seq"])
+            _, workflow_id = self.store.layout.parse_history_subject(subject)
+        except (ValueError, KeyError, TypeError) as exc:
+            await self._reject(msg, f"not a deferred start: {exc}", source="admit")
+            return
+        start = h.Record(seq, {"t": h.WORKFLOW_STARTED})  # read back from the history
+        await self._serve(workflow_id, subject, start, msg)
+
+    # -- history messages -------------------------------------------------------------------
 
     async def handle(self, msg: Msg) -> None:
+        if self._no_room_for(msg):
+            await self._defer(msg)
+            return
         seq = msg.metadata.sequence.stream
         try:
             _, workflow_id = self.store.layout.parse_history_subject(msg.subject)
@@ -92,7 +175,18 @@ class WorkflowProcessor:
         if record.type == h.WORKFLOW_TASK_FAILED:
             await msg.ack()  # a note for people; the failed task retries on its own message
             return
-        entry = self._entry(workflow_id, msg.subject)
+        if record.type != h.WORKFLOW_STARTED:
+            await self._serve(workflow_id, msg.subject, record, msg)
+            return
+        self._admitting += 1  # hold its place while it waits for the lock and the read
+        try:
+            await self._serve(workflow_id, msg.subject, record, msg)
+        finally:
+            self._admitting -= 1
+
+    async def _serve(self, workflow_id: str, subject: str, record: h.Record, msg: Msg) -> None:
+        """Bring the workflow past ``record`` under its lock, then ack ``msg``."""
+        entry = self._entry(workflow_id, subject)
         entry.users += 1
         keep_alive = KeepAlive(msg, self.app.settings.workflow_ack_wait / 3)
         try:
@@ -105,9 +199,12 @@ class WorkflowProcessor:
         self._trim()
         await msg.ack()
 
-    async def _reject(self, msg: Msg, reason: str) -> None:
-        """Dead-letter a history message the engine cannot use, then ack it."""
-        await self.store.dead_letter_message("history", msg, reason)
+    async def _reject(self, msg: Msg, reason: str, source: str = "") -> None:
+        """Dead-letter a message the engine cannot use, then ack it."""
+        admitted = msg.subject.startswith(self.store.layout.admit_all[:-1])
+        await self.store.dead_letter_message(
+            source or ("admit" if admitted else "history"), msg, reason
+        )
         await msg.ack()
 
     async def _handle_locked(self, entry: _Entry, record: h.Record, msg: Msg) -> bool:
@@ -172,28 +269,37 @@ class WorkflowProcessor:
             entry = self.cache[workflow_id] = _Entry(workflow_id, subject)
         else:
             self.cache.move_to_end(workflow_id)
+        entry.touched = time.monotonic()
         return entry
 
     def _drop(self, entry: _Entry) -> None:
         if entry.run is not None:
             entry.run.evict()
+            self.live -= 1
+            if self._admission is not None:
+                self._admission.poke()
         entry.run = None
         entry.dispatched.clear()
 
     def _trim(self) -> None:
-        """Evict least recently used workflows that no handler is using."""
-        excess = len(self.cache) - self.capacity
-        if excess <= 0:
+        """Evict least recently used entries that no handler is using.
+
+        Runs are kept up to ``capacity``; entries without a run (the marks of workflows that
+        ended here, which absorb late redeliveries) up to twice that in all.
+        """
+        runs_over = self.live - self.capacity
+        entries_over = len(self.cache) - 2 * self.capacity
+        if runs_over <= 0 and entries_over <= 0:
             return
-        for workflow_id in list(itertools.islice(self.cache, excess * 2 + 8)):
-            if excess <= 0:
+        window = 2 * max(runs_over, entries_over) + 64
+        for workflow_id in list(itertools.islice(self.cache, window)):
+            if self.live <= self.capacity and len(self.cache) <= 2 * self.capacity:
                 break
             entry = self.cache[workflow_id]
-            if entry.users:
+            if entry.users or (entry.run is None and len(self.cache) <= 2 * self.capacity):
                 continue
             self._drop(entry)
             del self.cache[workflow_id]
-            excess -= 1
 
     def _new_run(self, workflow_id: str) -> WorkflowRun:
         settings = self.app.settings
@@ -224,6 +330,7 @@ class WorkflowProcessor:
             return
         if run is None:
             run = entry.run = self._new_run(entry.workflow_id)
+            self.live += 1
         await self._catch_up_and_decide(entry, run, seq, _chained(record, run.last_seq))
         entry.dispatched.discard(seq)
         if run.closed and not run.pending_commands():

@@ -7,7 +7,9 @@
         cli.add_worker_arguments(parser)
 
     def handle(self, **options):
-        get_app().run_worker(**cli.worker_options(argparse.Namespace(**options)))
+        args = argparse.Namespace(**options)
+        if not cli.supervise_if_asked(args):  # --processes N: N copies of this command
+            get_app().run_worker(**cli.worker_options(args))
 """
 
 from ._cli import (
@@ -18,6 +20,7 @@ from ._cli import (
     run_dlq_command,
     run_workflow_command,
     setup_logging,
+    supervise_if_asked,
     worker_options,
 )
 from ._worker_thread import WorkerThread
@@ -31,5 +34,6 @@ __all__ = [
     "run_dlq_command",
     "run_workflow_command",
     "setup_logging",
+    "supervise_if_asked",
     "worker_options",
 ]

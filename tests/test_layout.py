@@ -30,6 +30,8 @@ def test_names() -> None:
     assert lay.timers_of("default", "order-42") == "shop.timer.default.order-42.>"
     assert lay.workflow_consumer("gpu") == "wf_gpu"
     assert lay.activity_consumer("gpu") == "act_gpu"
+    assert lay.admit_subject("gpu") == "shop.admit.gpu"
+    assert lay.admit_consumer("gpu") == "adm_gpu"
 
 
 @pytest.mark.parametrize("wid", ["order-42", "a.b c", "ünï/cødé*>", "~tilde"])
@@ -64,7 +66,7 @@ async def test_streams_and_consumers_created_by_a_worker(
     assert hist.config.allow_direct and hist.config.allow_msg_schedules
     tasks = await js.stream_info(f"DF_{namespace}_TASKS")  # type: ignore[attr-defined]
     assert tasks.config.retention == api.RetentionPolicy.WORK_QUEUE
-    assert tasks.config.subjects == [f"{namespace}.task.>"]
+    assert tasks.config.subjects == [f"{namespace}.task.>", f"{namespace}.admit.>"]
     # Durability defaults (docs/architecture.md, "Durability"): file storage, no limits on
     # histories; the task queue refuses new tasks at a limit rather than dropping old ones.
     for stream in (hist, tasks):
@@ -84,6 +86,27 @@ async def test_streams_and_consumers_created_by_a_worker(
         act = await js.consumer_info(f"DF_{namespace}_TASKS", f"act_{queue}")  # type: ignore[attr-defined]
         assert act.config.filter_subject == f"{namespace}.task.{queue}"
         assert act.config.max_deliver == -1
+        adm = await js.consumer_info(f"DF_{namespace}_TASKS", f"adm_{queue}")  # type: ignore[attr-defined]
+        assert adm.config.filter_subject == f"{namespace}.admit.{queue}"
+        assert adm.config.ack_policy == api.AckPolicy.EXPLICIT
+
+
+async def test_a_task_stream_of_an_older_version_gains_the_admission_subject(
+    nats_url: str, namespace: str, js: object
+) -> None:
+    await js.add_stream(  # type: ignore[attr-defined]
+        api.StreamConfig(
+            name=f"DF_{namespace}_TASKS",
+            subjects=[f"{namespace}.task.>"],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            discard=api.DiscardPolicy.NEW,
+        )
+    )
+    app = App("layout", nats_url=nats_url, namespace=namespace)
+    with WorkerThread(app):
+        pass
+    tasks = await js.stream_info(f"DF_{namespace}_TASKS")  # type: ignore[attr-defined]
+    assert tasks.config.subjects == [f"{namespace}.task.>", f"{namespace}.admit.>"]
 
 
 async def test_task_queues_do_not_receive_each_others_tasks(nats_url: str, namespace: str) -> None:

@@ -58,8 +58,8 @@ def _parse(
     return parser.parse_args(list(argv))
 
 
-def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    cli.add_worker_arguments(parser)
+def _add_worker_arguments(parser: argparse.ArgumentParser, *, processes: bool = True) -> None:
+    cli.add_worker_arguments(parser, processes=processes)
     parser.add_argument(
         "--no-relay",
         action="store_true",
@@ -79,6 +79,8 @@ def worker_command(argv: Sequence[str]) -> None:
     args = _parse("flask df worker", _add_worker_arguments, argv)
     cli.setup_logging(args.loglevel)
     state = _state()
+    if cli.supervise_if_asked(args):
+        return
     stop = threading.Event()
     if state.settings.outbox.worker_relay and not args.no_relay:
         state.start_relay(stop)
@@ -165,7 +167,7 @@ def _add_dev_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nats-port", type=int, default=0, help="client port of the NATS server (a free one)"
     )
-    _add_worker_arguments(parser)
+    _add_worker_arguments(parser, processes=False)
 
 
 @df_group.command(

@@ -52,7 +52,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-relay", action="store_true", help="do not relay the transactional outbox"
         )
-        cli.add_worker_arguments(parser)
+        cli.add_worker_arguments(parser, processes=False)
 
     def handle(self, *args: Any, **options: Any) -> None:
         cli.setup_logging(options["loglevel"])

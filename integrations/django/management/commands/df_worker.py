@@ -32,6 +32,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         cli.setup_logging(options["loglevel"])
         app = get_app()
+        if cli.supervise_if_asked(argparse.Namespace(**options)):
+            return
         stop = threading.Event()
         if get_settings().worker_relay and not options["no_relay"]:
             make_relay().start_thread(stop)

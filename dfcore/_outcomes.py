@@ -1,0 +1,159 @@
+"""Waiting for many workflow outcomes over one subscription.
+
+A client that awaits thousands of handles (a view fanning out work, a script firing a burst)
+must not pay a subscription, a flush and a read per handle. :class:`OutcomeWatcher` keeps one
+subscription on the namespace's status subjects while anyone waits, routes each outcome to the
+handles waiting for that workflow, and reads the outcomes that may already be stored in
+batches of up to 200 subjects per request. Every few seconds, and after a reconnect, it reads
+the outcomes of everything still waited for: a status published while the connection was down
+was stored but never delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from nats.aio.msg import Msg
+
+from . import _history as h
+from ._errors import DFError
+
+if TYPE_CHECKING:
+    from nats.aio.subscription import Subscription
+
+    from ._store import Store
+
+log = logging.getLogger("dfcore.client")
+
+RECHECK_SECONDS = 5.0
+IDLE_SECONDS = 30.0
+"""The subscription is dropped after this long with nobody waiting."""
+
+
+class OutcomeWatcher:
+    """Delivers the record that ended each awaited workflow (one per client connection)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._waiters: dict[str, list[asyncio.Future[h.Record]]] = {}
+        self._sub: Subscription | None = None
+        self._subscribing: asyncio.Future[None] | None = None
+        self._unchecked: set[str] = set()
+        self._checker: asyncio.Task[None] | None = None
+        self._recheck: asyncio.TimerHandle | None = None
+        self._idle: asyncio.TimerHandle | None = None
+
+    async def wait(self, status_subject: str) -> h.Record:
+        """The record that ended the workflow whose status subject is ``status_subject``."""
+        await self._subscribe()
+        future: asyncio.Future[h.Record] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(status_subject, []).append(future)
+        self._check(status_subject)
+        try:
+            return await future
+        finally:
+            self._forget(status_subject, future)
+
+    def recheck_all(self) -> None:
+        """Read every awaited outcome again (call after a reconnect)."""
+        for subject in self._waiters:
+            self._check(subject)
+
+    async def close(self) -> None:
+        for handle in (self._recheck, self._idle):
+            if handle is not None:
+                handle.cancel()
+        if self._checker is not None:
+            self._checker.cancel()
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.debug("could not unsubscribe from outcomes: %s", exc)
+
+    # -- subscription -----------------------------------------------------------------------
+
+    async def _subscribe(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._sub is not None:
+            return
+        if self._subscribing is None:
+            self._subscribing = asyncio.get_running_loop().create_future()
+            try:
+                nc = self._store.nc
+                self._sub = await nc.subscribe(self._store.layout.status_all, cb=self._on_msg)
+                await asyncio.sleep(0)  # let the SUB reach the write buffer before the flush
+                await nc.flush()
+            except BaseException as exc:
+                self._subscribing.set_exception(exc)
+                self._sub = None
+                raise
+            finally:
+                subscribing, self._subscribing = self._subscribing, None
+                if not subscribing.done():
+                    subscribing.set_result(None)
+            self._schedule_recheck()
+            return
+        await asyncio.shield(self._subscribing)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if msg.subject not in self._waiters:
+            return
+        try:
+            record = h.validate_record(0, self._store.decode(msg.data, "workflow outcome"))
+        except (DFError, ValueError) as exc:
+            log.warning("ignoring an unreadable outcome on %s: %s", msg.subject, exc)
+            return
+        self._deliver(msg.subject, record)
+
+    def _deliver(self, subject: str, record: h.Record) -> None:
+        if not h.terminal_status(record.commands):
+            return
+        for future in self._waiters.get(subject, ()):
+            if not future.done():
+                future.set_result(record)
+
+    def _forget(self, subject: str, future: asyncio.Future[h.Record]) -> None:
+        waiters = self._waiters.get(subject)
+        if waiters is not None:
+            waiters.remove(future)
+            if not waiters:
+                del self._waiters[subject]
+        if not self._waiters and self._sub is not None and self._idle is None:
+            loop = asyncio.get_running_loop()
+            self._idle = loop.call_later(IDLE_SECONDS, lambda: loop.create_task(self.close()))
+
+    # -- reading stored outcomes ------------------------------------------------------------
+
+    def _check(self, subject: str) -> None:
+        """Read ``subject``'s stored outcome soon, batched with the others asked for now."""
+        self._unchecked.add(subject)
+        if self._checker is None or self._checker.done():
+            self._checker = asyncio.get_running_loop().create_task(self._read_unchecked())
+
+    async def _read_unchecked(self) -> None:
+        await asyncio.sleep(0)  # let the other callers of this moment add their subjects
+        while self._unchecked:
+            batch = [s for s in self._unchecked if s in self._waiters]
+            self._unchecked.clear()
+            try:
+                for subject, record in await self._store.last_many(batch):
+                    self._deliver(subject, record)
+            except DFError as exc:
+                log.warning("could not read workflow outcomes (will retry): %s", exc)
+
+    def _schedule_recheck(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            if self._sub is None:
+                return
+            self.recheck_all()
+            self._schedule_recheck()
+
+        self._recheck = loop.call_later(RECHECK_SECONDS, fire)

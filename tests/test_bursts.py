@@ -1,0 +1,106 @@
+"""Bursts larger than the workflow cache (docs/architecture.md, "Bursts")."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from typing import Any
+
+import nats
+
+from dfcore import App
+from dfcore import _history as h
+
+from .workerkit import WorkerThread, wait_until
+
+
+def define(app: App) -> Any:
+    @app.activity
+    async def charge(n: int) -> int:
+        await asyncio.sleep(0.02)  # work that keeps the workflow running (and cached) a while
+        return n
+
+    @app.activity
+    def ship(n: int) -> int:
+        return n + 1
+
+    @app.workflow
+    async def order(ctx: Any, n: int) -> int:
+        return await ctx.activity(ship, await ctx.activity(charge, n))
+
+    return order
+
+
+def test_a_burst_larger_than_the_cache_completes_without_overfilling_it(make_app: Any) -> None:
+    app = make_app(workflow_cache_size=5)
+    order = define(app)
+    peak = 0
+    done = threading.Event()
+    with WorkerThread(app) as worker:
+        processor = worker.worker._processors[0]
+
+        def watch() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, processor.live)
+                done.wait(0.001)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        handles = [order.start(n) for n in range(60)]
+        try:
+            assert [hd.result(timeout=90) for hd in handles] == [n + 1 for n in range(60)]
+        finally:
+            done.set()
+            watcher.join()
+    assert 0 < peak <= 5
+    for handle in handles:
+        events = handle.history()
+        kinds = collections.Counter(e.type for e in events)
+        assert kinds[h.WORKFLOW_STARTED] == 1 and kinds[h.WORKFLOW_COMPLETED] == 1
+        scheduled = [
+            (e.attributes["seq"], e.attributes["attempt"])
+            for e in events
+            if e.type == h.ACTIVITY_SCHEDULED
+        ]
+        assert len(scheduled) == len(set(scheduled)) == 2  # no decision made twice
+
+
+async def test_starts_wait_on_the_admission_queue_and_are_taken_on_with_room(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    app = make_app(workflow_cache_size=2)
+    order = define(app)
+    with WorkerThread(app):
+        handles = [await order.astart(n) for n in range(20)]
+        assert [await hd.aresult(timeout=60) for hd in handles] == [n + 1 for n in range(20)]
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().consumer_info(f"DF_{namespace}_TASKS", "adm_default")
+    finally:
+        await nc.close()
+    assert info.delivered.stream_seq > 0  # some starts were deferred and taken on from there
+    assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_a_malformed_admission_message_is_dead_lettered(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    app = make_app(workflow_cache_size=2)
+    order = define(app)
+    with WorkerThread(app):
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await js.publish(f"{namespace}.admit.default", b"{not json")
+            await js.publish(f"{namespace}.admit.default", b'{"h": "elsewhere", "seq": 1}')
+        finally:
+            await nc.close()
+
+        def letters() -> list[Any]:
+            return [d for d in app.dead_letters() if d.source == "admit"]
+
+        wait_until(lambda: len(letters()) == 2, what="two dead letters from the admission queue")
+        handle = await order.astart(1)
+        assert await handle.aresult(timeout=30) == 2
