@@ -31,6 +31,8 @@ workflow_ack_wait           ``10.0``                   seconds before JetStream 
                                                        unfinished workflow task (its worker
                                                        died) to another worker
 stream_replicas             ``1``                      JetStream replicas (1-5)
+worker_event_loop           ``auto``                   the worker command's event loop:
+                                                       uvloop where installed, or asyncio
 storage                     ``file``                   JetStream storage: file or memory
 codec                       ``None``                   a PayloadCodec, or its import path
 default_activity_timeout    ``300.0``                  start-to-close seconds when an
@@ -216,6 +218,12 @@ def _parse_storage(value: Any) -> str:
     raise ValueError("'file' or 'memory'")
 
 
+def _parse_event_loop(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in ("auto", "asyncio", "uvloop"):
+        return value.strip().lower()
+    raise ValueError("'auto', 'asyncio' or 'uvloop'")
+
+
 def _parse_codec(value: object) -> object | None:
     if value is None or (not isinstance(value, str) and _has_codec_methods(value)):
         return value
@@ -241,6 +249,7 @@ _PARSERS: dict[str, _Parser] = {
     "activity_ack_wait": _seconds(1, inclusive=True),
     "workflow_ack_wait": _seconds(1, inclusive=True),
     "stream_replicas": _integer(1, 5),
+    "worker_event_loop": _parse_event_loop,
     "storage": _parse_storage,
     "codec": _parse_codec,
     "default_activity_timeout": _seconds(0, inclusive=False),
@@ -287,6 +296,9 @@ class Settings:
         activity_ack_wait: seconds a task may go without progress before redelivery.
         workflow_ack_wait: seconds before an unfinished workflow task is redelivered.
         stream_replicas: JetStream stream replicas (1-5).
+        worker_event_loop: the event loop of :meth:`App.run_worker` (the worker commands):
+            ``"auto"`` (uvloop where it is installed, as it is on Linux and macOS, else
+            asyncio's), ``"asyncio"`` or ``"uvloop"``.
         storage: JetStream storage, ``"file"`` or ``"memory"``.
         codec: a PayloadCodec, a codec class, an import path, or ``None``; see
             :meth:`load_codec`.
@@ -321,6 +333,7 @@ class Settings:
     activity_ack_wait: float = 30.0
     workflow_ack_wait: float = 10.0
     stream_replicas: int = 1
+    worker_event_loop: str = "auto"
     storage: str = "file"
     codec: object | None = None
     default_activity_timeout: float = 300.0

@@ -499,6 +499,34 @@ class Store:
         log.error("dead-lettered a message on %s (%s): %s", subject, source, out[_dlq.HDR_REASON])
         await self._publish(self.layout.dlq_subject(source), kept, out, "keeping a dead letter")
 
+    def is_first_record(self, headers: Mapping[str, str] | None, history_subject: str) -> bool:
+        """Whether a stored message's headers prove it is the first record of its history.
+
+        A start is appended with ``Nats-Expected-Last-Subject-Sequence: 0``, checked against
+        its own subject or against ``<ns>.history.*.<wf>``; the server stored it only if that
+        held, and keeps the headers. Checked against any other subject it proves nothing.
+        """
+        if not headers or headers.get("Nats-Expected-Last-Subject-Sequence") != "0":
+            return False
+        against = headers.get("Nats-Expected-Last-Subject-Sequence-Subject")
+        if against is None:
+            return True
+        _, workflow_id = self.layout.parse_history_subject(history_subject)
+        return against == self.layout.history_any_queue(workflow_id)
+
+    async def start_at(self, history_subject: str, seq: int) -> h.Record | None:
+        """The start at ``seq`` of ``history_subject`` if it provably opens it, else None.
+
+        One exact get: its cost does not depend on how many other histories interleave.
+        """
+        msg = await self._get_one({"seq": seq}, history_subject)
+        if msg is None or (msg.headers or {}).get("Nats-Subject") != history_subject:
+            return None
+        record = self._record_from(msg)
+        if record is None or record.type != h.WORKFLOW_STARTED:
+            return None
+        return record if self.is_first_record(msg.headers, history_subject) else None
+
     async def defer_start(self, history_subject: str, seq: int) -> None:
         """Leave the start at ``seq`` for a worker with room (see ``_workflow_tasks``)."""
         queue, _ = self.layout.parse_history_subject(history_subject)

@@ -75,7 +75,7 @@ class Supervisor:
         try:
             for slot in range(self.processes):
                 self._start(slot)
-            log.warning(
+            log.info(
                 "supervising %d worker processes (pids %s)",
                 self.processes,
                 ", ".join(str(pid) for pid in self.children),
@@ -96,7 +96,7 @@ class Supervisor:
         while True:
             info = signal.sigtimedwait(_SIGNALS, 1.0)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
-                log.warning("stopping %d worker processes", len(self.children))
+                log.info("stopping %d worker processes", len(self.children))
                 return 0
             status = self._reap()
             if status is not None:

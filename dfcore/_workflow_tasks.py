@@ -152,8 +152,16 @@ class WorkflowProcessor:
         except (ValueError, KeyError, TypeError) as exc:
             await self._reject(msg, f"not a deferred start: {exc}", source="admit")
             return
-        start = h.Record(seq, {"t": h.WORKFLOW_STARTED})  # read back from the history
-        await self._serve(workflow_id, subject, start, msg)
+        try:
+            start = await self.store.start_at(subject, seq)
+        except DFError as exc:
+            log.warning("cannot read deferred start %s (%s); will retry", seq, exc)
+            await msg.nak(delay=1.0)
+            return
+        if start is not None:
+            await self._serve(workflow_id, subject, start, msg, opens_history=True)
+        else:  # not provably the start: read the whole history instead
+            await self._serve(workflow_id, subject, h.Record(seq, {"t": h.WORKFLOW_STARTED}), msg)
 
     # -- history messages -------------------------------------------------------------------
 
@@ -180,18 +188,32 @@ class WorkflowProcessor:
             return
         self._admitting += 1  # hold its place while it waits for the lock and the read
         try:
-            await self._serve(workflow_id, msg.subject, record, msg)
+            first = self.store.is_first_record(msg.headers, msg.subject)
+            await self._serve(workflow_id, msg.subject, record, msg, opens_history=first)
         finally:
             self._admitting -= 1
 
-    async def _serve(self, workflow_id: str, subject: str, record: h.Record, msg: Msg) -> None:
-        """Bring the workflow past ``record`` under its lock, then ack ``msg``."""
+    async def _serve(
+        self,
+        workflow_id: str,
+        subject: str,
+        record: h.Record,
+        msg: Msg,
+        *,
+        opens_history: bool = False,
+    ) -> None:
+        """Bring the workflow past ``record`` under its lock, then ack ``msg``.
+
+        ``opens_history``: ``record`` is provably its history's first record, so a new run
+        needs no read: if anything followed it, the decision's append conflicts and the rest
+        is read then.
+        """
         entry = self._entry(workflow_id, subject)
         entry.users += 1
         keep_alive = KeepAlive(msg, self.app.settings.workflow_ack_wait / 3)
         try:
             async with entry.lock:
-                if not await self._handle_locked(entry, record, msg):
+                if not await self._handle_locked(entry, record, msg, opens_history):
                     return
         finally:
             keep_alive.cancel()
@@ -207,10 +229,12 @@ class WorkflowProcessor:
         )
         await msg.ack()
 
-    async def _handle_locked(self, entry: _Entry, record: h.Record, msg: Msg) -> bool:
+    async def _handle_locked(
+        self, entry: _Entry, record: h.Record, msg: Msg, opens_history: bool = False
+    ) -> bool:
         """Process one record; False when the message was handed back or dead-lettered."""
         try:
-            await self._process(entry, record)
+            await self._process(entry, record, opens_history)
         except _StaleRead:
             await msg.nak(delay=0.2)
             return False
@@ -318,7 +342,7 @@ class WorkflowProcessor:
         """Raise at the workflow's call site if ``value`` cannot be sent."""
         self.store.encode({"v": value}, what)
 
-    async def _process(self, entry: _Entry, record: h.Record) -> None:
+    async def _process(self, entry: _Entry, record: h.Record, opens_history: bool) -> None:
         run = entry.run
         seq = record.seq
         if seq <= entry.closed_seq or (run is not None and run.last_seq >= seq):
@@ -331,7 +355,8 @@ class WorkflowProcessor:
         if run is None:
             run = entry.run = self._new_run(entry.workflow_id)
             self.live += 1
-        await self._catch_up_and_decide(entry, run, seq, _chained(record, run.last_seq))
+        known = [record] if opens_history and run.last_seq == 0 else None
+        await self._catch_up_and_decide(entry, run, seq, known or _chained(record, run.last_seq))
         entry.dispatched.discard(seq)
         if run.closed and not run.pending_commands():
             entry.closed_seq = run.last_seq

@@ -104,3 +104,23 @@ async def test_a_malformed_admission_message_is_dead_lettered(
         wait_until(lambda: len(letters()) == 2, what="two dead letters from the admission queue")
         handle = await order.astart(1)
         assert await handle.aresult(timeout=30) == 2
+
+
+def test_only_a_start_the_server_checked_as_first_counts_as_opening_its_history() -> None:
+    from dfcore._naming import Layout
+    from dfcore._store import Store
+
+    store = Store.__new__(Store)  # is_first_record reads the layout only
+    store.layout = Layout("ns")
+    subject = "ns.history.default.order-1"
+    expected = "Nats-Expected-Last-Subject-Sequence"
+    assert store.is_first_record({expected: "0"}, subject)
+    assert store.is_first_record(
+        {expected: "0", f"{expected}-Subject": "ns.history.*.order-1"}, subject
+    )
+    # Checked against another, empty subject: the server's check proves nothing about this one.
+    assert not store.is_first_record(
+        {expected: "0", f"{expected}-Subject": "ns.history.default.other"}, subject
+    )
+    assert not store.is_first_record({expected: "7"}, subject)
+    assert not store.is_first_record(None, subject)

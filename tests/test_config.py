@@ -514,3 +514,16 @@ def test_seed_and_creds_files_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as info:
         resolve({"nats_nkey_seed_file": str(seed_file)})
     assert "not a valid NKey seed" in str(info.value) and SEED[:-1] not in str(info.value)
+
+
+def test_worker_event_loop_is_uvloop_where_installed_unless_asked_otherwise() -> None:
+    import uvloop
+
+    from dfcore._app import _worker_loop_factory
+
+    assert Settings().worker_event_loop == "auto"
+    assert _worker_loop_factory(Settings()) is uvloop.new_event_loop
+    assert _worker_loop_factory(Settings(worker_event_loop="asyncio")) is None
+    assert resolve({"worker_event_loop": " UVLOOP "}).worker_event_loop == "uvloop"
+    with pytest.raises(ConfigurationError, match="'auto', 'asyncio' or 'uvloop'"):
+        resolve({"worker_event_loop": "trio"})

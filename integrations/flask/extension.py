@@ -92,7 +92,8 @@ class DurableFuture:
         The queue starts go to and workers poll. Default ``default``.
     ``DF_CONNECT_TIMEOUT``, ``DF_ACTIVITY_CONCURRENCY``, ``DF_WORKFLOW_CONCURRENCY``,
     ``DF_WORKFLOW_CACHE_SIZE``, ``DF_ACTIVITY_ACK_WAIT``, ``DF_WORKFLOW_ACK_WAIT``,
-    ``DF_STREAM_REPLICAS``, ``DF_STORAGE``, ``DF_CODEC``, ``DF_DEFAULT_ACTIVITY_TIMEOUT``
+    ``DF_STREAM_REPLICAS``, ``DF_WORKER_EVENT_LOOP``, ``DF_STORAGE``, ``DF_CODEC``,
+    ``DF_DEFAULT_ACTIVITY_TIMEOUT``
         The other core settings; see :class:`dfcore.Settings`.
     ``DF_NATS_TOKEN``, ``DF_NATS_USER``, ``DF_NATS_PASSWORD``, ``DF_NATS_NKEY_SEED``,
     ``DF_NATS_NKEY_SEED_FILE``, ``DF_NATS_CREDS_FILE``, ``DF_NATS_TLS_CA_FILE``,
