@@ -370,7 +370,7 @@ class WorkflowProcessor:
             if known is not None:
                 records, seen = known, delivered
             else:
-                records, seen = await self.store.read(entry.subject, after_seq=run.last_seq)
+                records, seen = await self.store.read_recent(entry.subject, run.last_seq)
                 if conflicted and seen == run.last_seq:
                     # Our append conflicted, yet the read shows nothing new: it came from a
                     # replica that lags behind. Try again shortly rather than spin.
