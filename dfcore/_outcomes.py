@@ -39,7 +39,7 @@ class OutcomeWatcher:
         self._store = store
         self._waiters: dict[str, list[asyncio.Future[h.Record]]] = {}
         self._sub: Subscription | None = None
-        self._subscribing: asyncio.Future[None] | None = None
+        self._subscribing: asyncio.Task[None] | None = None
         self._unchecked: set[str] = set()
         self._checker: asyncio.Task[None] | None = None
         self._recheck: asyncio.TimerHandle | None = None
@@ -62,17 +62,24 @@ class OutcomeWatcher:
             self._check(subject)
 
     async def close(self) -> None:
+        """Drop the subscription; whoever still waits gets a ``DFError`` (call it again)."""
         for handle in (self._recheck, self._idle):
             if handle is not None:
                 handle.cancel()
         if self._checker is not None:
             self._checker.cancel()
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(
+                        DFError("the client was closed while waiting; call result() again")
+                    )
+        await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:
-                log.debug("could not unsubscribe from outcomes: %s", exc)
+            await _unsubscribe(sub)
 
     # -- subscription -----------------------------------------------------------------------
 
@@ -82,24 +89,22 @@ class OutcomeWatcher:
             self._idle = None
         if self._sub is not None:
             return
-        if self._subscribing is None:
-            self._subscribing = asyncio.get_running_loop().create_future()
-            try:
-                nc = self._store.nc
-                self._sub = await nc.subscribe(self._store.layout.status_all, cb=self._on_msg)
-                await asyncio.sleep(0)  # let the SUB reach the write buffer before the flush
-                await nc.flush()
-            except BaseException as exc:
-                self._subscribing.set_exception(exc)
-                self._sub = None
-                raise
-            finally:
-                subscribing, self._subscribing = self._subscribing, None
-                if not subscribing.done():
-                    subscribing.set_result(None)
-            self._schedule_recheck()
-            return
+        if self._subscribing is None or self._subscribing.done():
+            # Its own task: a caller cancelled meanwhile (a timeout) cancels nobody else's wait.
+            self._subscribing = asyncio.get_running_loop().create_task(self._open())
         await asyncio.shield(self._subscribing)
+
+    async def _open(self) -> None:
+        nc = self._store.nc
+        sub = await nc.subscribe(self._store.layout.status_all, cb=self._on_msg)
+        try:
+            await asyncio.sleep(0)  # let the SUB reach the write buffer before the flush
+            await nc.flush()
+        except BaseException:
+            await sub.unsubscribe()
+            raise
+        self._sub = sub
+        self._schedule_recheck()
 
     async def _on_msg(self, msg: Msg) -> None:
         if msg.subject not in self._waiters:
@@ -125,8 +130,17 @@ class OutcomeWatcher:
             if not waiters:
                 del self._waiters[subject]
         if not self._waiters and self._sub is not None and self._idle is None:
-            loop = asyncio.get_running_loop()
-            self._idle = loop.call_later(IDLE_SECONDS, lambda: loop.create_task(self.close()))
+            self._idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._on_idle)
+
+    def _on_idle(self) -> None:
+        """Nobody waited for a while: drop the subscription (unless someone came meanwhile)."""
+        self._idle = None
+        if self._waiters or self._sub is None:
+            return
+        if self._recheck is not None:
+            self._recheck.cancel()
+        sub, self._sub = self._sub, None  # at once: a waiter arriving next subscribes anew
+        asyncio.get_running_loop().create_task(_unsubscribe(sub))
 
     # -- reading stored outcomes ------------------------------------------------------------
 
@@ -157,3 +171,10 @@ class OutcomeWatcher:
             self._schedule_recheck()
 
         self._recheck = loop.call_later(RECHECK_SECONDS, fire)
+
+
+async def _unsubscribe(sub: Subscription) -> None:
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:
+        log.debug("could not unsubscribe from outcomes: %s", exc)

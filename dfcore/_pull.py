@@ -289,7 +289,11 @@ class PullConsumer:
         free = self._max_inflight - self._inflight - self._outstanding
         if self._room is not None:
             free = min(free, self._room() - self._outstanding)
-        return free if free >= self._min_batch else 0
+        if free >= self._min_batch:
+            return free
+        if self._room is not None and free >= 1 and not self._outstanding:
+            return free  # a small batch too when nothing is asked for: never wait for room
+        return 0
 
     def poke(self) -> None:
         """Request now if the owner's room (see ``room``) makes a batch worthwhile."""

@@ -383,10 +383,12 @@ class Store:
             if record is None:
                 break
             records.append(record)
-            prev = record.body.get("prev")
-            if record.type == h.WORKFLOW_STARTED and after_seq == 0:
-                return records[::-1], newest
-            if not isinstance(prev, int) or prev < after_seq:
+            if record.type == h.WORKFLOW_STARTED:
+                if after_seq == 0 and self.is_first_record(msg.headers, subject):
+                    return records[::-1], newest
+                break
+            prev = _verified_prev(msg, record)
+            if prev is None or prev < after_seq:
                 break
             if prev == after_seq:
                 return records[::-1], newest
@@ -784,6 +786,20 @@ class _NoResponders(DFError):
 def _description(msg: Msg) -> str:
     """A status message's description (nats-py files it under an enum key)."""
     return str((msg.headers or {}).get(api.Header.DESCRIPTION, ""))
+
+
+def _verified_prev(msg: Msg, record: h.Record) -> int | None:
+    """The record's ``prev`` if the server checked it on append, else None.
+
+    ``prev`` is in the body, which the server never reads; what it checked is the
+    ``Nats-Expected-Last-Subject-Sequence`` header against the message's own subject. Only when
+    both agree does ``prev`` name the record just before this one.
+    """
+    prev = record.body.get("prev")
+    headers = msg.headers or {}
+    if not isinstance(prev, int) or "Nats-Expected-Last-Subject-Sequence-Subject" in headers:
+        return None
+    return prev if headers.get("Nats-Expected-Last-Subject-Sequence") == str(prev) else None
 
 
 def _event_header(body: Mapping[str, Any]) -> str:

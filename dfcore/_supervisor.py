@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from ._errors import DFError
 from ._server import _parent_death_signal
 
 log = logging.getLogger("dfcore.supervisor")
@@ -71,6 +72,11 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until told to stop; the exit status for the command."""
+        if not hasattr(signal, "sigtimedwait"):
+            raise DFError(
+                "--processes needs Linux (or another system with sigtimedwait); here, start "
+                "one worker command per process under your process manager instead"
+            )
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
             for slot in range(self.processes):
@@ -80,10 +86,9 @@ class Supervisor:
                 self.processes,
                 ", ".join(str(pid) for pid in self.children),
             )
-            status = self._watch()
-            self._stop_all()
-            return status
+            return self._watch()
         finally:
+            self._stop_all()  # also when starting or watching failed: never orphan children
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     def _start(self, slot: int) -> None:

@@ -62,6 +62,7 @@ class Worker:
         self._pullers: list[PullConsumer] = []
         self._activity_runner: ActivityRunner | None = None
         self._processors: list[WorkflowProcessor] = []
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect, create streams and consumers, and start consuming."""
@@ -109,6 +110,8 @@ class Worker:
             await self._activity_runner.start()
         for puller in self._pullers:
             await puller.start()
+        if self._processors:
+            self._sweeper = asyncio.create_task(self._sweep_idle(settings.workflow_ack_wait / 2))
         log.info(
             "worker for app %r serving %s on queues %s (NATS %s, namespace %r)",
             self.app.name,
@@ -146,8 +149,17 @@ class Worker:
         for puller in self._pullers:
             puller.on_reconnected()
 
+    async def _sweep_idle(self, every: float) -> None:
+        """Evict idle runs now and then, so room for deferred starts is never held by them."""
+        while True:
+            await asyncio.sleep(every)
+            for processor in self._processors:
+                processor.sweep_idle()
+
     async def stop(self) -> None:
         """Stop taking work, let in-flight work finish (up to shutdown_timeout), disconnect."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await asyncio.gather(*(p.stop(self.shutdown_timeout) for p in self._pullers))
         if self._activity_runner is not None:
             await self._activity_runner.stop()

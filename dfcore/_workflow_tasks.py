@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dfcore.worker")
 _NO_LIMIT = 1 << 30
+_POINTER_TRIES = 5  # reads of a deferred start that is not there before it is dead-lettered
 
 
 def retry_delay(num_delivered: int) -> float:
@@ -123,15 +124,35 @@ class WorkflowProcessor:
         return not self._evict_idle()
 
     def _evict_idle(self) -> bool:
-        """Drop the least recently used run idle for ``idle_after`` seconds; False if none."""
+        """Drop the least recently used run idle for ``idle_after`` seconds; False if none.
+
+        Marks of ended workflows met on the way that are as old are deleted too: nothing is
+        likely to be redelivered for them any more, and they would hide the runs behind them.
+        """
         now = time.monotonic()
-        for entry in itertools.islice(self.cache.values(), 64):
+        for workflow_id, entry in list(self.cache.items()):
             if now - entry.touched < self.idle_after:
                 return False  # LRU order: every later entry was touched more recently
-            if entry.run is not None and not entry.users:
-                self._drop(entry)
-                return True
+            if entry.users:
+                continue
+            if entry.run is None:
+                del self.cache[workflow_id]
+                continue
+            self._drop(entry)
+            return True
         return False
+
+    def sweep_idle(self) -> None:
+        """Evict every run idle for ``idle_after`` seconds, then let deferred starts in.
+
+        The worker calls it periodically. Without it a worker could keep runs it no longer
+        serves (another worker took their later steps) and never have room again.
+        """
+        evicted = False
+        while self._evict_idle():
+            evicted = True
+        if evicted and self._admission is not None:
+            self._admission.poke()
 
     async def _defer(self, msg: Msg) -> None:
         """Leave a start on the admission queue for whoever has room first, then ack it."""
@@ -148,20 +169,26 @@ class WorkflowProcessor:
         try:
             pointer = orjson.loads(msg.data)
             subject, seq = str(pointer["h"]), int(pointer["seq"])
-            _, workflow_id = self.store.layout.parse_history_subject(subject)
+            queue, workflow_id = self.store.layout.parse_history_subject(subject)
+            if seq < 1 or msg.subject != self.store.layout.admit_subject(queue):
+                raise ValueError(f"it names sequence {seq} of {subject} on {msg.subject}")
         except (ValueError, KeyError, TypeError) as exc:
             await self._reject(msg, f"not a deferred start: {exc}", source="admit")
             return
+        attempt = msg.metadata.num_delivered
         try:
             start = await self.store.start_at(subject, seq)
         except DFError as exc:
             log.warning("cannot read deferred start %s (%s); will retry", seq, exc)
-            await msg.nak(delay=1.0)
+            await msg.nak(delay=retry_delay(attempt))
             return
         if start is not None:
             await self._serve(workflow_id, subject, start, msg, opens_history=True)
-        else:  # not provably the start: read the whole history instead
-            await self._serve(workflow_id, subject, h.Record(seq, {"t": h.WORKFLOW_STARTED}), msg)
+        elif attempt < _POINTER_TRIES:  # a replica may lag behind the start's append
+            await msg.nak(delay=retry_delay(attempt))
+        else:
+            reason = f"message {seq} is not the start of {subject} (purged, or never was)"
+            await self._reject(msg, f"not a deferred start: {reason}", source="admit")
 
     # -- history messages -------------------------------------------------------------------
 

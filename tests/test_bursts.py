@@ -124,3 +124,20 @@ def test_only_a_start_the_server_checked_as_first_counts_as_opening_its_history(
     )
     assert not store.is_first_record({expected: "7"}, subject)
     assert not store.is_first_record(None, subject)
+
+
+def test_two_small_caches_take_a_burst_of_sleeping_workflows(make_app: Any) -> None:
+    # Each timer may fire on either worker, so each leaves cached copies the other serves on:
+    # room must come back as those go idle, or deferred starts would wait for ever.
+    apps = [make_app(workflow_cache_size=5, workflow_ack_wait=2) for _ in range(2)]
+    for app in apps:
+
+        @app.workflow(name="nap")
+        async def nap(ctx: Any, n: int) -> int:
+            await ctx.sleep(0.3)
+            await ctx.sleep(0.3)
+            return n
+
+    with WorkerThread(apps[0]), WorkerThread(apps[1]):
+        handles = [apps[0].start("nap", n) for n in range(40)]
+        assert [hd.result(timeout=90) for hd in handles] == list(range(40))
