@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
 import signal
 import statistics
@@ -31,15 +30,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
-from nats.js import api
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.order_app import app, long_steps, order  # noqa: E402
+from bench.order_app import app, order  # noqa: E402
+from bench.order_throughput import ceiling, latency, step_cost  # noqa: E402
 from dfcore import EmbeddedServer  # noqa: E402
-from dfcore._history import DECIDED  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -157,26 +153,6 @@ async def burst(n: int, tag: str) -> tuple[float, list[float]]:
     return n / (loop.time() - begin), latencies
 
 
-async def ceiling(url: str, n: int = 20000, window: int = 256) -> float:
-    """Pipelined acked JetStream publishes per second from one Python process."""
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    await js.add_stream(api.StreamConfig(name="CEILING", subjects=["ceiling.>"]))
-    payload = b"x" * 200
-    start = time.perf_counter()
-    pending: list[asyncio.Future[object]] = []
-    for i in range(n):
-        pending.append(await js.publish_async(f"ceiling.{i % 100}", payload))
-        if len(pending) >= window:
-            await asyncio.gather(*pending)
-            pending.clear()
-    await asyncio.gather(*pending)
-    rate = n / (time.perf_counter() - start)
-    await js.delete_stream("CEILING")
-    await nc.close()
-    return rate
-
-
 async def run_cell(k: int, n: int, supervised: bool) -> Cell:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(tmp) as server:
         app.configure(nats_url=server.url, namespace="bench")
@@ -203,28 +179,6 @@ async def run_cell(k: int, n: int, supervised: bool) -> Cell:
         client_ms=(c1 - c0) / n,
         ceiling=ceil,
     )
-
-
-async def latency(samples: int) -> tuple[float, float]:
-    times = []
-    for i in range(samples):
-        start = time.perf_counter()
-        handle = await order.astart(f"l{i}", "widget", 10.0, 1)
-        await handle.aresult(timeout=60)
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return statistics.median(times), times[int(len(times) * 0.99) - 1]
-
-
-async def step_cost(steps: int) -> tuple[float, float]:
-    handle = await long_steps.astart(steps)
-    await handle.aresult(timeout=600)
-    store = await app._client().store()
-    _, subject = await handle._locate()
-    decisions = [r.ts for r in await store.load(subject) if r.type == DECIDED]
-    gaps = [b - a for a, b in itertools.pairwise(decisions)]
-    window = min(50, len(gaps) // 2)
-    return statistics.mean(gaps[:window]), statistics.mean(gaps[-window:])
 
 
 async def single(samples: int, steps: int, supervised: bool) -> tuple[float, float, float, float]:
@@ -264,7 +218,8 @@ async def main(args: argparse.Namespace) -> None:
         for n in args.bursts:
             cell = await run_cell(k, n, not args.separate)
             cells.append(cell)
-            print_cells([cell]) if args.verbose else None
+            if args.verbose:
+                print_cells([cell])
     print_cells(cells)
     if args.latency_samples:
         p50, p99, first, last = await single(args.latency_samples, args.steps, not args.separate)

@@ -113,3 +113,13 @@ def nats_connects(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     monkeypatch.setattr(dfcore._client, "connect", counting_connect)
     return connects
+
+
+@pytest.fixture
+def orders_client(nats_url: str, namespace: str) -> Iterator[App]:
+    """A client-only App of the order workflows (``tests/apps/orders.py``) on this namespace."""
+    from .apps.orders import build_app
+
+    app = build_app(nats_url=nats_url, namespace=namespace)
+    yield app
+    run_sync(app.aclose())

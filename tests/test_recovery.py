@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +11,7 @@ import pytest
 from dfcore import App
 from dfcore._loopthread import run_sync
 
-from .apps.orders import build_app
 from .workerkit import WorkerThread, sigkill, spawn_worker, wait_until
-
-
-@pytest.fixture
-def client(nats_url: str, namespace: str) -> Iterator[App]:
-    """A client-only App on this test's namespace."""
-    app = build_app(nats_url=nats_url, namespace=namespace)
-    yield app
-    run_sync(app.aclose())
 
 
 def lines(path: Path) -> list[str]:
@@ -29,13 +19,13 @@ def lines(path: Path) -> list[str]:
 
 
 def test_killed_worker_is_replaced_and_completed_steps_do_not_rerun(
-    client: App, nats_url: str, namespace: str, tmp_path: Path
+    orders_client: App, nats_url: str, namespace: str, tmp_path: Path
 ) -> None:
     effects = tmp_path / "effects.txt"
     env = {"DF_TEST_SIDE_EFFECTS": str(effects)}
     first = spawn_worker(nats_url, namespace, env=env, log=tmp_path / "w1.log")
     try:
-        handle = client.start("order_with_approval", "kill-me", 9.0, workflow_id="restart-1")
+        handle = orders_client.start("order_with_approval", "kill-me", 9.0, workflow_id="restart-1")
         wait_until(lambda: "charge kill-me" in lines(effects), what="the charge to run")
         # The charge completed and the workflow waits for its signal: kill the worker outright.
         wait_until(
@@ -149,13 +139,13 @@ def _changed_app(nats_url: str, namespace: str) -> App:
 
 
 def test_an_attempt_whose_worker_died_is_retried_by_policy(
-    client: App, nats_url: str, namespace: str, tmp_path: Path
+    orders_client: App, nats_url: str, namespace: str, tmp_path: Path
 ) -> None:
     effects = tmp_path / "effects.txt"
     env = {"DF_TEST_SIDE_EFFECTS": str(effects), "DF_ACTIVITY_ACK_WAIT": "1"}
     first = spawn_worker(nats_url, namespace, env=env, log=tmp_path / "w1.log")
     try:
-        handle = client.start("slow_flow", "k1")
+        handle = orders_client.start("slow_flow", "k1")
         wait_until(lambda: "slow k1 attempt 1" in lines(effects), what="attempt 1 to start")
     finally:
         sigkill(first)

@@ -6,24 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dfcore import App
-from dfcore._loopthread import run_sync
 
-from .apps.orders import build_app
 from .workerkit import ROOT, sigkill, spawn_worker, wait_until
-
-
-@pytest.fixture
-def client(nats_url: str, namespace: str) -> Iterator[App]:
-    """A client-only App on this test's namespace."""
-    app = build_app(nats_url=nats_url, namespace=namespace)
-    yield app
-    run_sync(app.aclose())
 
 
 def children(pid: int) -> list[int]:
@@ -50,7 +39,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_processes_are_supervised_restarted_and_drained(
-    client: App, nats_url: str, namespace: str, tmp_path: Path
+    orders_client: App, nats_url: str, namespace: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "worker.log"
     proc = spawn_worker(nats_url, namespace, "--processes", "2", log=log)
@@ -58,7 +47,7 @@ def test_processes_are_supervised_restarted_and_drained(
         first = wait_until(
             lambda: len(children(proc.pid)) == 2 and children(proc.pid), what="two worker processes"
         )
-        handles = [client.start("order", f"c{i}", 5.0, 1) for i in range(10)]
+        handles = [orders_client.start("order", f"c{i}", 5.0, 1) for i in range(10)]
         assert all(hd.result(timeout=60)["tracking_id"] for hd in handles)
         victim = first[0]
         os.kill(victim, signal.SIGKILL)
@@ -66,7 +55,7 @@ def test_processes_are_supervised_restarted_and_drained(
             lambda: (pids := children(proc.pid)) and len(pids) == 2 and victim not in pids and pids,
             what="the killed worker process to be replaced",
         )
-        handles = [client.start("order", f"d{i}", 5.0, 1) for i in range(10)]
+        handles = [orders_client.start("order", f"d{i}", 5.0, 1) for i in range(10)]
         assert all(hd.result(timeout=60)["tracking_id"] for hd in handles)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
