@@ -7,12 +7,23 @@ from __future__ import annotations
 
 import base64
 import re
+import zlib
 from dataclasses import dataclass
 
 from ._errors import ConfigurationError
 
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
 MAX_WORKFLOW_ID = 200
+# Workflow tasks of a queue are split into this many partitions, each a consumer that one
+# worker process holds at a time (docs/architecture.md, "Affinity"). Fixed, because every
+# client and worker must put a workflow's records on the same subject; 12 divides evenly among
+# 1, 2, 3, 4 and 6 worker processes.
+PARTITIONS = 12
+
+
+def partition_of(workflow_id: str) -> int:
+    """The partition of a workflow: a stable hash of its id (the same in every process)."""
+    return zlib.crc32(workflow_id.encode()) % PARTITIONS
 
 
 def workflow_token(workflow_id: str) -> str:
@@ -48,17 +59,22 @@ class Layout:
     """Names for one namespace.
 
     Streams:
-        ``DF_<ns>_HISTORY``  limits retention; ``<ns>.history.<queue>.<wf>`` holds each workflow's
-                             records; ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timers;
+        ``DF_<ns>_HISTORY``  limits retention; ``<ns>.history.<queue>.<p>.<wf>`` holds each
+                             workflow's records (``p``: its partition, see :func:`partition_of`);
+                             ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timers;
                              ``<ns>.status.<queue>.<wf>`` its final outcome, once it ended.
         ``DF_<ns>_TASKS``    work-queue retention; ``<ns>.task.<queue>`` holds activity tasks;
-                             ``<ns>.admit.<queue>`` starts waiting for room in a worker's cache.
+                             ``<ns>.admit.<queue>.<p>`` starts waiting for room in the cache of
+                             the worker that serves partition ``p``.
         ``DF_<ns>_DLQ``      limits retention; ``<ns>.dlq.<source>`` holds messages a worker
                              could not use (source: history, task or cancel), with the reason.
     Consumers:
-        ``wf_<queue>``   on HISTORY, filter ``<ns>.history.<queue>.*``: workflow tasks.
-        ``act_<queue>``  on TASKS, filter ``<ns>.task.<queue>``: activity tasks.
-        ``adm_<queue>``  on TASKS, filter ``<ns>.admit.<queue>``: deferred workflow starts.
+        ``wf_<queue>_<p>``   on HISTORY, filter ``<ns>.history.<queue>.<p>.*``: workflow tasks,
+                             pinned to one worker (priority group ``df``).
+        ``adm_<queue>_<p>``  on TASKS, filter ``<ns>.admit.<queue>.<p>``: deferred starts.
+        ``act_<queue>``      on TASKS, filter ``<ns>.task.<queue>``: activity tasks.
+    Core NATS subjects (no stream): ``<ns>.workers.<queue>``, the heartbeats of the worker
+    processes serving a queue's workflows; ``<ns>.cancel.<wf>``, activity cancellations.
     """
 
     namespace: str
@@ -84,13 +100,16 @@ class Layout:
         return f"{self.namespace}.dlq.>"
 
     def history_subject(self, queue: str, workflow_id: str) -> str:
-        return f"{self.namespace}.history.{queue}.{workflow_token(workflow_id)}"
+        token = workflow_token(workflow_id)
+        return f"{self.namespace}.history.{queue}.{partition_of(workflow_id)}.{token}"
 
     def history_any_queue(self, workflow_id: str) -> str:
-        return f"{self.namespace}.history.*.{workflow_token(workflow_id)}"
+        token = workflow_token(workflow_id)
+        return f"{self.namespace}.history.*.{partition_of(workflow_id)}.{token}"
 
-    def history_filter(self, queue: str) -> str:
-        return f"{self.namespace}.history.{queue}.*"
+    def history_filter(self, queue: str, partition: int) -> str:
+        """The history subjects of one partition of ``queue``."""
+        return f"{self.namespace}.history.{queue}.{partition}.*"
 
     @property
     def history_all(self) -> str:
@@ -128,9 +147,9 @@ class Layout:
     def tasks_all(self) -> str:
         return f"{self.namespace}.task.>"
 
-    def admit_subject(self, queue: str) -> str:
-        """Where a worker with a full cache leaves a start for the next one with room."""
-        return f"{self.namespace}.admit.{queue}"
+    def admit_subject(self, queue: str, partition: int) -> str:
+        """Where a worker with a full cache leaves a start of ``partition`` until it has room."""
+        return f"{self.namespace}.admit.{queue}.{partition}"
 
     @property
     def admit_all(self) -> str:
@@ -143,27 +162,45 @@ class Layout:
     def activity_cancel_all(self) -> str:
         return f"{self.namespace}.cancel.>"
 
+    def workers_subject(self, queue: str) -> str:
+        """Heartbeats of the worker processes that serve ``queue``'s workflows."""
+        return f"{self.namespace}.workers.{queue}"
+
     @staticmethod
-    def workflow_consumer(queue: str) -> str:
-        return f"wf_{queue}"
+    def workflow_consumer(queue: str, partition: int) -> str:
+        return f"wf_{queue}_{partition}"
 
     @staticmethod
     def activity_consumer(queue: str) -> str:
         return f"act_{queue}"
 
     @staticmethod
-    def admit_consumer(queue: str) -> str:
-        return f"adm_{queue}"
+    def admit_consumer(queue: str, partition: int) -> str:
+        return f"adm_{queue}_{partition}"
 
     def parse_status_subject(self, subject: str) -> str:
         """The workflow id of a status subject."""
         return workflow_id_from_token(subject.rsplit(".", 1)[1])
 
     def parse_history_subject(self, subject: str) -> tuple[str, str]:
-        """``(queue, workflow_id)`` of a history subject."""
+        """``(queue, workflow_id)`` of a history subject.
+
+        Raises:
+            ValueError: ``subject`` is not one, or its partition is not the id's.
+        """
         parts = subject.split(".")
-        if len(parts) != 4 or parts[0] != self.namespace or parts[1] != "history":
+        if len(parts) != 5 or parts[0] != self.namespace or parts[1] != "history":
             raise ValueError(
                 f"{subject!r} is not a history subject of namespace {self.namespace!r}"
             )
-        return parts[2], workflow_id_from_token(parts[3])
+        try:
+            workflow_id = workflow_id_from_token(parts[4])
+        except ValueError as exc:
+            raise ValueError(f"{subject!r} has an unreadable workflow id: {exc}") from None
+        if parts[3] != str(partition_of(workflow_id)):
+            raise ValueError(f"{subject!r} is not in its workflow id's partition")
+        return parts[2], workflow_id
+
+    def partition_of_subject(self, history_subject: str) -> int:
+        """The partition of a history subject that :meth:`parse_history_subject` accepted."""
+        return int(history_subject.split(".")[3])

@@ -12,7 +12,11 @@ pull requests open continuously instead, as the Go and Java clients' ``Consume()
   prove the requests are still alive, and a watchdog re-requests when they stop arriving (a
   server restart forgets pull requests without telling anyone);
 * on a cluster, pull requests live only in the consumer's leader: when a new leader is elected
-  (the old one's node died), its advisory makes the driver request again at once.
+  (the old one's node died), its advisory makes the driver request again at once;
+* with ``group``, the consumer is a pinned-client priority group: the server delivers to one
+  client at a time, whose requests carry the pin id it was given (``Nats-Pin-Id``). A request
+  without the id waits as a standby; a ``423`` says the pin moved on, and the driver becomes a
+  standby again.
 
 The consumer itself (durable, explicit ack) is created by the caller; this module only pulls.
 Handlers receive ordinary :class:`nats.aio.msg.Msg` objects and ack them themselves.
@@ -51,6 +55,8 @@ _MISSED_HEARTBEATS: Final = 3
 _BACKOFF_FIRST: Final = 1.0
 _BACKOFF_MAX: Final = 10.0
 _LEADER_ELECTED: Final = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED"
+_PIN_ID: Final = "Nats-Pin-Id"
+_PIN_LOST: Final = "423"  # "Nats-Pin-Id mismatch" (a new request), "Nats-Wrong-Pin-Id" (open)
 
 
 def _status_of(msg: Msg) -> str | None:
@@ -81,6 +87,10 @@ class PullConsumer:
         room: when given, how many more messages the owner can take now; credit never exceeds
             it (minus what is requested already). The owner calls :meth:`poke` when it grows.
         min_batch: the smallest request worth sending; a quarter of ``max_inflight`` when 0.
+        group: the priority group to pull in, for a consumer with the ``pinned_client`` policy;
+            ``expires`` must then be shorter than its ``priority_timeout``, since only requests
+            carrying the pin id keep the pin.
+        on_empty: called when a request expires unfilled: the consumer had nothing more.
 
     Raises:
         ConfigurationError: a limit or interval is out of range.
@@ -104,6 +114,8 @@ class PullConsumer:
         give_back: Handler | None = None,
         room: Callable[[], int] | None = None,
         min_batch: int = 0,
+        group: str | None = None,
+        on_empty: Callable[[], None] | None = None,
     ) -> None:
         _check_settings(max_inflight, expires, idle_heartbeat)
         self._nc = nc
@@ -115,6 +127,9 @@ class PullConsumer:
         self._max_inflight = max_inflight
         self._min_batch = max(1, min(min_batch or max_inflight // 4, max_inflight))
         self._room = room
+        self._group = group
+        self._on_empty = on_empty
+        self._pin: str | None = None
         self._expires_ns = int(expires * _NS_PER_S)
         self._heartbeat = idle_heartbeat
         self._heartbeat_ns = int(idle_heartbeat * _NS_PER_S)
@@ -139,6 +154,11 @@ class PullConsumer:
     def outstanding(self) -> int:
         """Messages requested from the server and neither delivered nor expired yet."""
         return self._outstanding
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the server pinned this driver's requests (``group`` only)."""
+        return self._pin is not None
 
     async def start(self) -> None:
         """Subscribe to a fresh inbox and open the first pull request.
@@ -214,6 +234,8 @@ class PullConsumer:
             return  # idle heartbeat: liveness is all it says
         if status in (api.StatusCode.REQUEST_TIMEOUT, api.StatusCode.CONFLICT):
             await self._on_request_ended(status, msg)
+        elif status == _PIN_LOST:
+            await self._on_pin_lost(msg)
         elif status is not None:
             self._on_request_failed(status, msg)
         else:
@@ -222,6 +244,10 @@ class PullConsumer:
     async def _dispatch(self, msg: Msg) -> None:
         """Spend one unit of credit and run the handler for ``msg`` in its own task."""
         self._outstanding = max(0, self._outstanding - 1)
+        if self._group is not None and msg.headers:
+            pin = msg.headers.get(_PIN_ID)
+            if pin and pin != self._pin:
+                self._on_pinned(pin)
         if self._stopping:
             await self._give_back(msg)
             return
@@ -259,12 +285,37 @@ class PullConsumer:
     async def _on_request_ended(self, status: str, msg: Msg) -> None:
         """A request expired (408) or was ended by the server (409): take back its credit."""
         self._release_credit(msg)
+        if status == api.StatusCode.REQUEST_TIMEOUT and self._on_empty is not None:
+            self._on_empty()
         description = _description(msg)
         if status == api.StatusCode.CONFLICT and description in _BACK_OFF_CONFLICTS:
             self._pause(f"pull request refused ({status} {description})")
             return
         if status == api.StatusCode.CONFLICT:
             logger.info("%s: pull request ended: %s %s", self._name, status, description)
+        await self._request()
+
+    def _on_pinned(self, pin: str) -> None:
+        """The server pinned us: pull with the id from now on.
+
+        The standby requests still open are void for a pinned client (the server serves only
+        requests with the id), so their credit is taken back and asked for again at once;
+        otherwise the driver would idle until they expired.
+        """
+        logger.debug("%s: pinned (%s)", self._name, pin)
+        self._pin = pin
+        self._outstanding = 0
+        self._spawn(self._request())
+
+    async def _on_pin_lost(self, msg: Msg) -> None:
+        """The pin moved to another client (ours lapsed or was released): stand by again.
+
+        Every open request carried the old id, so all of them are void.
+        """
+        if self._pin is not None:
+            logger.info("%s: pin lost (%s); standing by", self._name, _description(msg))
+        self._pin = None
+        self._outstanding = 0
         await self._request()
 
     def _on_request_failed(self, status: str, msg: Msg) -> None:
@@ -306,9 +357,16 @@ class PullConsumer:
         if batch == 0:
             return
         self._outstanding += batch
-        body = json.dumps(
-            {"batch": batch, "expires": self._expires_ns, "idle_heartbeat": self._heartbeat_ns}
-        ).encode()
+        request: dict[str, object] = {
+            "batch": batch,
+            "expires": self._expires_ns,
+            "idle_heartbeat": self._heartbeat_ns,
+        }
+        if self._group is not None:
+            request["group"] = self._group
+            if self._pin is not None:
+                request["id"] = self._pin
+        body = json.dumps(request).encode()
         try:
             await self._nc.publish(self._next_subject, body, reply=self._inbox)
         except nats.errors.Error as exc:

@@ -43,6 +43,7 @@ PUBLISH_TRIES = 3  # sends of an unanswered publish that carries a message id
 MIN_SERVER_VERSION = (2, 12)
 HEADROOM = 512  # bytes of headers and protocol framing on top of the body
 DLQ_MAX_AGE = 30 * 24 * 3600.0  # dead letters are kept 30 days
+PIN_GROUP = "df"  # the priority group of the pinned workflow consumers
 
 
 class AppendConflict(DFError):
@@ -190,24 +191,61 @@ class Store:
         log.warning("%s", how)
 
     async def ensure_consumer(
-        self, stream: str, name: str, filter_subject: str, ack_wait: float
+        self,
+        stream: str,
+        name: str,
+        filter_subject: str,
+        ack_wait: float,
+        *,
+        pinned_for: float | None = None,
     ) -> None:
-        """Create the durable pull consumer ``name`` if it does not exist."""
-        config = api.ConsumerConfig(
-            durable_name=name,
-            filter_subject=filter_subject,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_wait=ack_wait,
-            max_deliver=-1,
-            max_ack_pending=20_000,
-            max_waiting=512,
-            num_replicas=self.settings.stream_replicas,
-        )
+        """Create the durable pull consumer ``name``, or bring its settings up to date.
+
+        ``pinned_for``: make it a priority group (``PIN_GROUP``) with the ``pinned_client``
+        policy, whose pin lapses when its holder has not pulled for that many seconds. nats-py's
+        ``ConsumerConfig`` has no priority fields, so the API is called directly.
+        """
+        config: dict[str, Any] = {
+            "durable_name": name,
+            "filter_subject": filter_subject,
+            "ack_policy": "explicit",
+            "deliver_policy": "all",
+            "ack_wait": _ns(ack_wait),
+            "max_deliver": -1,
+            "max_ack_pending": 20_000,
+            "max_waiting": 512,
+            "num_replicas": self.settings.stream_replicas,
+        }
+        if pinned_for is not None:
+            config["priority_groups"] = [PIN_GROUP]
+            config["priority_policy"] = "pinned_client"
+            config["priority_timeout"] = _ns(pinned_for)
+        body = orjson.dumps({"stream_name": stream, "config": config})
+        await self._consumer_api(f"CREATE.{stream}.{name}", body, f"creating consumer {name}")
+
+    async def unpin(self, stream: str, consumer: str) -> None:
+        """Release the pin of ``consumer``'s group, so a waiting standby gets it at once."""
+        body = orjson.dumps({"group": PIN_GROUP})
+        await self._consumer_api(f"UNPIN.{stream}.{consumer}", body, f"unpinning {consumer}")
+
+    async def pending(self, stream: str, consumer: str) -> int:
+        """Messages of ``consumer`` not delivered yet."""
+        info = await self._consumer_api(f"INFO.{stream}.{consumer}", b"", f"reading {consumer}")
+        return int(info.get("num_pending") or 0)
+
+    async def _consumer_api(self, action: str, body: bytes, doing: str) -> dict[str, Any]:
         try:
-            await self.js.add_consumer(stream, config)
+            reply = await self._replies.request(f"$JS.API.CONSUMER.{action}", body, None)
         except Exception as exc:
-            raise _wrap(exc, f"creating consumer {name}") from exc
+            raise _wrap(exc, doing) from exc
+        answer: dict[str, Any] = orjson.loads(reply.data or b"{}")
+        error = answer.get("error")
+        if error:
+            raise DFError(
+                f"JetStream refused {doing}: {error.get('description')} "
+                f"(code {error.get('err_code')})"
+            )
+        return answer
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -543,7 +581,7 @@ class Store:
         """Whether a stored message's headers prove it is the first record of its history.
 
         A start is appended with ``Nats-Expected-Last-Subject-Sequence: 0``, checked against
-        its own subject or against ``<ns>.history.*.<wf>``; the server stored it only if that
+        its own subject or against ``<ns>.history.*.<p>.<wf>``; the server stored it only if that
         held, and keeps the headers. Checked against any other subject it proves nothing.
         """
         if not headers or headers.get("Nats-Expected-Last-Subject-Sequence") != "0":
@@ -568,10 +606,11 @@ class Store:
         return record if self.is_first_record(msg.headers, history_subject) else None
 
     async def defer_start(self, history_subject: str, seq: int) -> None:
-        """Leave the start at ``seq`` for a worker with room (see ``_workflow_tasks``)."""
-        queue, _ = self.layout.parse_history_subject(history_subject)
+        """Leave the start at ``seq`` until its partition's worker has room."""
+        lay = self.layout
+        queue, _ = lay.parse_history_subject(history_subject)
         await self.requeue(
-            self.layout.admit_subject(queue),
+            lay.admit_subject(queue, lay.partition_of_subject(history_subject)),
             orjson.dumps({"h": history_subject, "seq": seq}),
             f"{history_subject}:admit:{seq}",
         )
@@ -811,6 +850,10 @@ def _event_header(body: Mapping[str, Any]) -> str:
 def _letter(msg: Msg) -> _dlq.DeadLetter:
     headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
     return _dlq.from_message(int(headers.get("Nats-Sequence", 0)), headers, msg.data)
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

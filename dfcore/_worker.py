@@ -14,6 +14,7 @@ from ._activity_tasks import ActivityRunner
 from ._connection import close_connection, connect
 from ._errors import DFError
 from ._naming import check_queue
+from ._partitions import Partitions
 from ._pull import PullConsumer
 from ._store import Store
 from ._workflow_tasks import WorkflowProcessor
@@ -62,6 +63,7 @@ class Worker:
         self._pullers: list[PullConsumer] = []
         self._activity_runner: ActivityRunner | None = None
         self._processors: list[WorkflowProcessor] = []
+        self._partitions: list[Partitions] = []
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -73,22 +75,11 @@ class Worker:
         lay = store.layout
         for queue in self.queues:
             if self.serve_workflows:
-                name = lay.workflow_consumer(queue)
-                await store.ensure_consumer(
-                    lay.history_stream, name, lay.history_filter(queue), settings.workflow_ack_wait
-                )
                 processor = WorkflowProcessor(self.app, store)
+                partitions = Partitions(store, processor, queue, self.workflow_concurrency)
+                await partitions.ensure_consumers()
                 self._processors.append(processor)
-                self._pullers.append(
-                    PullConsumer(
-                        nc,
-                        lay.history_stream,
-                        name,
-                        processor.handle,
-                        max_inflight=self.workflow_concurrency,
-                    )
-                )
-                self._pullers.append(await self._admission_puller(processor, queue))
+                self._partitions.append(partitions)
             if self.serve_activities:
                 name = lay.activity_consumer(queue)
                 await store.ensure_consumer(
@@ -110,6 +101,8 @@ class Worker:
             await self._activity_runner.start()
         for puller in self._pullers:
             await puller.start()
+        for partitions in self._partitions:
+            await partitions.start()
         if self._processors:
             self._sweeper = asyncio.create_task(self._sweep_idle(settings.workflow_ack_wait / 2))
         log.info(
@@ -121,26 +114,6 @@ class Worker:
             settings.namespace,
         )
 
-    async def _admission_puller(self, processor: WorkflowProcessor, queue: str) -> PullConsumer:
-        """Pulls deferred starts of ``queue`` only while the processor has room to cache them."""
-        assert self.store is not None
-        store, lay = self.store, self.store.layout
-        name = lay.admit_consumer(queue)
-        await store.ensure_consumer(
-            lay.tasks_stream, name, lay.admit_subject(queue), self.app.settings.workflow_ack_wait
-        )
-        puller = PullConsumer(
-            store.nc,
-            lay.tasks_stream,
-            name,
-            processor.admit,
-            max_inflight=self.workflow_concurrency,
-            room=processor.room,
-            min_batch=max(1, processor.capacity // 16),
-        )
-        processor.attach_admission(puller)
-        return puller
-
     def _what(self) -> str:
         parts = ["workflows"] if self.serve_workflows else []
         return " and ".join(parts + (["activities"] if self.serve_activities else []))
@@ -148,25 +121,35 @@ class Worker:
     async def _reconnected(self) -> None:
         for puller in self._pullers:
             puller.on_reconnected()
+        for partitions in self._partitions:
+            partitions.on_reconnected()
 
     async def _sweep_idle(self, every: float) -> None:
-        """Evict idle runs now and then, so room for deferred starts is never held by them."""
+        """Now and then evict idle runs (their room goes to deferred starts) and count the
+        deferred starts other workers left."""
         while True:
             await asyncio.sleep(every)
             for processor in self._processors:
                 processor.sweep_idle()
+            for partitions in self._partitions:
+                await partitions.count_deferred()
 
     async def stop(self) -> None:
         """Stop taking work, let in-flight work finish (up to shutdown_timeout), disconnect."""
         if self._sweeper is not None:
             self._sweeper.cancel()
-        await asyncio.gather(*(p.stop(self.shutdown_timeout) for p in self._pullers))
-        if self._activity_runner is not None:
-            await self._activity_runner.stop()
-        for processor in self._processors:
-            processor.close()
-        if self.store is not None:
-            await close_connection(self.store.nc)
+        try:
+            await asyncio.gather(
+                *(p.stop(self.shutdown_timeout) for p in self._pullers),
+                *(p.stop(self.shutdown_timeout) for p in self._partitions),
+            )
+            if self._activity_runner is not None:
+                await self._activity_runner.stop()
+        finally:
+            for processor in self._processors:
+                processor.close()
+            if self.store is not None:
+                await close_connection(self.store.nc)
 
     async def run(self, *, handle_signals: bool = False, stop: asyncio.Event | None = None) -> None:
         """Start, run until ``stop`` is set (or SIGTERM/SIGINT if ``handle_signals``), stop."""
@@ -175,8 +158,8 @@ class Worker:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-        await self.start()
         try:
+            await self.start()  # inside: a worker cancelled while starting still disconnects
             await stop.wait()
             log.info("stopping: finishing in-flight work (up to %ss)", self.shutdown_timeout)
         finally:

@@ -1,13 +1,14 @@
 """Workflow tasks: replay, decide, append, dispatch.
 
 Every record appended to a history on queue Q is delivered (through the durable consumer
-``wf_Q``) to some worker. The worker brings its cached :class:`WorkflowRun` up to date by
-loading the records after the last one it applied (an exact read, no timeouts), applies them, and
-appends the commands the code produced as one ``Decided`` record, with the expected-last-subject-
-sequence check (a concurrent writer makes it reload and re-decide). Only then does it publish
-the work the decision implies (activity tasks, timer schedules) and ack the message. A decision
-record is itself delivered later; if its work was not published yet (the worker died in between),
-whoever receives it publishes it, with the same deterministic message ids.
+``wf_Q_<p>`` of its partition, see ``_partitions``) to the worker serving that partition. The
+worker brings its cached :class:`WorkflowRun` up to date by loading the records after the last
+one it applied (an exact read, no timeouts), applies them, and appends the commands the code
+produced as one ``Decided`` record, with the expected-last-subject-sequence check (a concurrent
+writer makes it reload and re-decide). Only then does it publish the work the decision implies
+(activity tasks, timer schedules) and ack the message. A decision record is itself delivered
+later; if its work was not published yet (the worker died in between), whoever receives it
+publishes it, with the same deterministic message ids.
 
 A message that cannot be used is dead-lettered (docs/architecture.md, "Bad input"); workflow
 code that raises a bug is retried with backoff and noted as ``WorkflowTaskFailed``.
@@ -84,11 +85,49 @@ class WorkflowProcessor:
         self.idle_after = app.settings.workflow_ack_wait
         self.live = 0  # cached entries holding a run: the running workflows taken on
         self._admitting = 0  # starts delivered on the history, being taken on
-        self._admission: PullConsumer | None = None
+        self._admissions: dict[int, PullConsumer] = {}  # by partition: the ones served here
+        # Deferred starts waiting in each served partition's admission queue, as far as this
+        # worker knows: it defers them itself, each one delivered says how many remain, and
+        # the worker reads the consumers' counts now and then (another worker may have left
+        # some). Pullers never ask for more, so no room is held for starts that are not there.
+        self._pending: dict[int, int] = {}
 
-    def attach_admission(self, puller: PullConsumer) -> None:
-        """Pull deferred starts with ``puller`` (``adm_<queue>``), as room allows."""
-        self._admission = puller
+    @property
+    def admission_reserve(self) -> int:
+        """Places in the cache the admission pullers may ask the server to fill, in all.
+
+        Room they ask for is held for the deferred starts it will bring, so it is kept small
+        beside the cache: otherwise new starts would be deferred while nothing was waiting.
+        """
+        return max(1, min(self.app.settings.workflow_concurrency, self.capacity // 8))
+
+    def attach_admission(self, partition: int, puller: PullConsumer) -> None:
+        """Pull deferred starts of ``partition`` with ``puller`` (``adm_<queue>_<p>``)."""
+        self._admissions[partition] = puller
+        self._pending.setdefault(partition, 0)
+
+    def detach_admission(self, partition: int) -> None:
+        self._admissions.pop(partition, None)
+        self._pending.pop(partition, None)
+
+    def admissions_pending(self, partition: int, count: int) -> None:
+        """``count`` deferred starts wait in ``partition``'s admission queue (read or seen)."""
+        if partition not in self._admissions:
+            return
+        before = self._pending.get(partition, 0)
+        self._pending[partition] = max(count, 0)
+        if count > before:
+            self._admissions[partition].poke()
+        elif count < before:
+            self._poke_admissions()  # room asked for it may now go to another partition
+
+    def release_partition(self, partition: int) -> None:
+        """Forget the workflows of a partition another worker serves from now on."""
+        lay = self.store.layout
+        for workflow_id, entry in list(self.cache.items()):
+            if not entry.users and lay.partition_of_subject(entry.subject) == partition:
+                self._drop(entry)
+                del self.cache[workflow_id]
 
     # -- admission (docs/architecture.md, "Bursts") -----------------------------------------
 
@@ -96,8 +135,25 @@ class WorkflowProcessor:
         """How many more workflows this worker can take on and keep cached."""
         if not self.capacity:
             return _NO_LIMIT  # no cache at all, so nothing to protect
-        taking = self._admitting + (self._admission.inflight if self._admission else 0)
+        taking = self._admitting + sum(a.inflight for a in self._admissions.values())
         return max(self.capacity - self.live - taking, 0)
+
+    def room_for(self, partition: int) -> int:
+        """How many deferred starts of ``partition`` to ask for: what waits there, as far as
+        room goes once the other partitions' requests are met."""
+        pending = self._pending.get(partition, 0)
+        if pending <= 0:
+            return 0
+        asked = sum(a.outstanding for p, a in self._admissions.items() if p != partition)
+        return min(pending, self.room() - asked)
+
+    def _requested(self) -> int:
+        """Room the admission pullers asked for: deferred starts on their way."""
+        return sum(a.outstanding for a in self._admissions.values())
+
+    def _poke_admissions(self) -> None:
+        for puller in self._admissions.values():
+            puller.poke()
 
     def _no_room_for(self, msg: Msg) -> bool:
         """Whether ``msg`` starts a workflow this worker has no room to cache.
@@ -111,7 +167,7 @@ class WorkflowProcessor:
         headers = msg.headers
         if headers is None or headers.get(h.HDR_EVENT) != h.WORKFLOW_STARTED:
             return False
-        requested = self._admission.outstanding if self._admission else 0
+        requested = self._requested()
         if self.room() - requested > 0:
             return False  # room, beyond what deferred starts already requested hold
         try:
@@ -143,34 +199,40 @@ class WorkflowProcessor:
         return False
 
     def sweep_idle(self) -> None:
-        """Evict every run idle for ``idle_after`` seconds, then let deferred starts in.
+        """Evict every run idle for ``idle_after`` seconds, then probe for deferred starts.
 
-        The worker calls it periodically. Without it a worker could keep runs it no longer
-        serves (another worker took their later steps) and never have room again.
+        The worker calls it periodically. Without it a worker could keep runs that will not
+        wake up and never have room again, or miss a start deferred just as a probe of its
+        partition's queue came back empty.
         """
-        evicted = False
         while self._evict_idle():
-            evicted = True
-        if evicted and self._admission is not None:
-            self._admission.poke()
+            pass
+        self._poke_admissions()
 
     async def _defer(self, msg: Msg) -> None:
-        """Leave a start on the admission queue for whoever has room first, then ack it."""
+        """Leave a start on its partition's admission queue until there is room, then ack it."""
         try:
             await self.store.defer_start(msg.subject, msg.metadata.sequence.stream)
         except DFError as exc:
             log.warning("cannot defer a start (%s); handing it back", exc)
             await msg.nak(delay=1.0)
             return
+        partition = self.store.layout.partition_of_subject(msg.subject)
+        self.admissions_pending(partition, self._pending.get(partition, 0) + 1)
         await msg.ack()
 
     async def admit(self, msg: Msg) -> None:
-        """Take on a start deferred by a worker whose cache was full (``adm_<queue>``)."""
+        """Take on a start deferred by a worker whose cache was full (``adm_<queue>_<p>``)."""
+        partition_token = msg.subject.rsplit(".", 1)[-1]
+        if partition_token.isdigit():  # the server says how many are left behind this one
+            self.admissions_pending(int(partition_token), msg.metadata.num_pending)
         try:
             pointer = orjson.loads(msg.data)
             subject, seq = str(pointer["h"]), int(pointer["seq"])
-            queue, workflow_id = self.store.layout.parse_history_subject(subject)
-            if seq < 1 or msg.subject != self.store.layout.admit_subject(queue):
+            lay = self.store.layout
+            queue, workflow_id = lay.parse_history_subject(subject)
+            partition = lay.partition_of_subject(subject)
+            if seq < 1 or msg.subject != lay.admit_subject(queue, partition):
                 raise ValueError(f"it names sequence {seq} of {subject} on {msg.subject}")
         except (ValueError, KeyError, TypeError) as exc:
             await self._reject(msg, f"not a deferred start: {exc}", source="admit")
@@ -327,8 +389,7 @@ class WorkflowProcessor:
         if entry.run is not None:
             entry.run.evict()
             self.live -= 1
-            if self._admission is not None:
-                self._admission.poke()
+            self._poke_admissions()
         entry.run = None
         entry.dispatched.clear()
 

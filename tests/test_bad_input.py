@@ -23,6 +23,7 @@ import pytest
 
 from dfcore import App, EmbeddedServer, PayloadTooLargeError
 from dfcore import _history as h
+from dfcore._naming import PARTITIONS, Layout, partition_of
 
 from .workerkit import ROOT, WorkerThread, wait_until
 
@@ -44,12 +45,22 @@ def define(app: App) -> None:
 
 def corpus(namespace: str, live_workflow: str) -> list[tuple[str, bytes, str]]:
     """(subject, body, a phrase the dead letter's reason must contain) for every bad message."""
-    history = f"{namespace}.history.default"
+    lay = Layout(namespace)
+
+    def history(workflow_id: str) -> str:
+        return lay.history_subject("default", workflow_id)
+
+    live = history(live_workflow)
+    # A subject in another partition than its id's: the consumer that receives it must not
+    # take it for that workflow's history.
+    misplaced = live.replace(
+        f".{partition_of(live_workflow)}.", f".{(partition_of(live_workflow) + 1) % PARTITIONS}."
+    )
     task = f"{namespace}.task.default"
     unknown_fact = orjson.dumps({"t": "ActivityCompleted", "ts": 1, "seq": 1, "attempt": 1})
     ghost_task = {
         "wf": "ghost",
-        "h": f"{history}.ghost",
+        "h": history("ghost"),
         "seq": 1,
         "attempt": 1,
         "activity": "step",
@@ -57,19 +68,21 @@ def corpus(namespace: str, live_workflow: str) -> list[tuple[str, bytes, str]]:
         "dseq": 1,
     }
     return [
-        (f"{history}.{live_workflow}", b"\xff\xfe\x00garbage", "not valid JSON"),
-        (f"{history}.{live_workflow}", b'{"t": "ActivityCompleted", "seq": 1', "not valid JSON"),
-        (f"{history}.{live_workflow}", b'{"t": "Exploded", "ts": 1}', "unknown record type"),
-        (f"{history}.{live_workflow}", b'{"t": "ActivityCompleted"}', "needs 'seq'"),
-        (f"{history}.bad-types", b'{"t": "SignalReceived", "name": 7}', "needs 'name'"),
-        (f"{history}.bad-schema", b"[1, 2, 3]", "not a history record"),
-        (f"{history}.huge", b"\x00" * 900_000, "not valid JSON"),
-        (f"{history}.unknown-id", unknown_fact, "no workflow 'unknown-id' exists"),
+        (live, b"\xff\xfe\x00garbage", "not valid JSON"),
+        (live, b'{"t": "ActivityCompleted", "seq": 1', "not valid JSON"),
+        (live, b'{"t": "Exploded", "ts": 1}', "unknown record type"),
+        (live, b'{"t": "ActivityCompleted"}', "needs 'seq'"),
+        (misplaced, unknown_fact, "not in its workflow id's partition"),
+        (history("bad-types"), b'{"t": "SignalReceived", "name": 7}', "needs 'name'"),
+        (history("bad-schema"), b"[1, 2, 3]", "not a history record"),
+        (history("huge"), b"\x00" * 900_000, "not valid JSON"),
+        (history("unknown-id"), unknown_fact, "no workflow 'unknown-id' exists"),
         (task, b"", "malformed activity task"),
         (task, b'{"wf": "x"', "malformed activity task"),
         (task, b'{"wf": "x", "h": "nope", "seq": 1}', "missing field"),
         (task, orjson.dumps({**ghost_task, "seq": "one"}), "'seq' must be int"),
         (task, orjson.dumps(ghost_task), "was never started"),
+        (task, orjson.dumps({**ghost_task, "h": f"{namespace}.history.default.ghost"}), "not a"),
         (f"{namespace}.cancel.{live_workflow}", b"not json", "not an activity cancellation"),
     ]
 
@@ -147,11 +160,11 @@ def test_df_dlq_list_and_show(make_app: Any, nats_url: str, namespace: str) -> N
     app = make_app()
     define(app)
     with WorkerThread(app):
-        bad = [(f"{namespace}.history.default.who", b'{"t": "Nope"}', "")]
-        asyncio.run(publish_corpus(nats_url, bad))
+        who = Layout(namespace).history_subject("default", "who")
+        asyncio.run(publish_corpus(nats_url, [(who, b'{"t": "Nope"}', "")]))
         wait_until(lambda: app.dead_letters(), what="the dead letter")
     listing = df("dlq", "list", nats_url=nats_url, namespace=namespace)
-    assert "history" in listing and f"{namespace}.history.default.who" in listing
+    assert "history" in listing and who in listing
     assert "unknown record type 'Nope'" in listing
     seq = app.dead_letters()[0].seq
     shown = df("dlq", "show", str(seq), nats_url=nats_url, namespace=namespace)

@@ -11,6 +11,7 @@ import nats
 
 from dfcore import App
 from dfcore import _history as h
+from dfcore._naming import PARTITIONS, Layout
 
 from .workerkit import WorkerThread, wait_until
 
@@ -77,11 +78,17 @@ async def test_starts_wait_on_the_admission_queue_and_are_taken_on_with_room(
         assert [await hd.aresult(timeout=60) for hd in handles] == [n + 1 for n in range(20)]
     nc = await nats.connect(nats_url)
     try:
-        info = await nc.jetstream().consumer_info(f"DF_{namespace}_TASKS", "adm_default")
+        js = nc.jetstream()
+        lay = Layout(namespace)
+        infos = [
+            await js.consumer_info(lay.tasks_stream, lay.admit_consumer("default", p))
+            for p in range(PARTITIONS)
+        ]
     finally:
         await nc.close()
-    assert info.delivered.stream_seq > 0  # some starts were deferred and taken on from there
-    assert info.num_pending == 0 and info.num_ack_pending == 0
+    # Some starts were deferred and taken on from there, and none is left behind.
+    assert sum(info.delivered.consumer_seq for info in infos) > 0
+    assert all(info.num_pending == 0 and info.num_ack_pending == 0 for info in infos)
 
 
 async def test_a_malformed_admission_message_is_dead_lettered(
@@ -93,8 +100,9 @@ async def test_a_malformed_admission_message_is_dead_lettered(
         nc = await nats.connect(nats_url)
         try:
             js = nc.jetstream()
-            await js.publish(f"{namespace}.admit.default", b"{not json")
-            await js.publish(f"{namespace}.admit.default", b'{"h": "elsewhere", "seq": 1}')
+            admit = Layout(namespace).admit_subject("default", 0)
+            await js.publish(admit, b"{not json")
+            await js.publish(admit, b'{"h": "elsewhere", "seq": 1}')
         finally:
             await nc.close()
 
@@ -107,20 +115,20 @@ async def test_a_malformed_admission_message_is_dead_lettered(
 
 
 def test_only_a_start_the_server_checked_as_first_counts_as_opening_its_history() -> None:
-    from dfcore._naming import Layout
     from dfcore._store import Store
 
     store = Store.__new__(Store)  # is_first_record reads the layout only
     store.layout = Layout("ns")
-    subject = "ns.history.default.order-1"
+    subject = store.layout.history_subject("default", "order-1")
     expected = "Nats-Expected-Last-Subject-Sequence"
     assert store.is_first_record({expected: "0"}, subject)
     assert store.is_first_record(
-        {expected: "0", f"{expected}-Subject": "ns.history.*.order-1"}, subject
+        {expected: "0", f"{expected}-Subject": store.layout.history_any_queue("order-1")}, subject
     )
     # Checked against another, empty subject: the server's check proves nothing about this one.
     assert not store.is_first_record(
-        {expected: "0", f"{expected}-Subject": "ns.history.default.other"}, subject
+        {expected: "0", f"{expected}-Subject": store.layout.history_subject("default", "other")},
+        subject,
     )
     assert not store.is_first_record({expected: "7"}, subject)
     assert not store.is_first_record(None, subject)

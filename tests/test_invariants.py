@@ -13,6 +13,7 @@ import pytest
 from dfcore import App, EmbeddedServer
 from dfcore import _history as h
 from dfcore._loopthread import run_sync
+from dfcore._naming import Layout
 
 from .workerkit import WorkerThread, wait_until
 
@@ -76,10 +77,12 @@ async def test_malformed_foreign_messages_do_not_harm_other_workflows(
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
         garbage = [b"", b"\xff\xfe", b"{not json", b"[]", b'{"t": "Nope"}', b'{"t": "Decided"}']
+        lay = Layout(namespace)
         for i, data in enumerate(garbage):
-            await js.publish(f"{namespace}.history.default.foreign-{i}", data)
+            await js.publish(lay.history_subject("default", f"foreign-{i}"), data)
             await js.publish(f"{namespace}.task.default", data)
-        await js.publish(f"{namespace}.history.default.foreign-x", b'{"t": "ActivityCompleted"}')
+        foreign = lay.history_subject("default", "foreign-x")
+        await js.publish(foreign, b'{"t": "ActivityCompleted"}')
         handles = [await app.astart("three", n) for n in range(5)]
         assert [await hd.aresult(timeout=30) for hd in handles] == [2, 4, 6, 8, 10]
         await nc.close()

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import nats
+import orjson
 import pytest
 from nats.js import api
 
 from dfcore import App, ConfigurationError
-from dfcore._naming import Layout, workflow_id_from_token, workflow_token
+from dfcore._naming import PARTITIONS, Layout, partition_of, workflow_id_from_token, workflow_token
 
 from .workerkit import WorkerThread
 
@@ -20,18 +21,44 @@ def test_names() -> None:
     assert lay.tasks_stream == "DF_shop_TASKS"
     assert lay.dlq_stream == "DF_shop_DLQ"
     assert lay.dlq_subject("task") == "shop.dlq.task"
-    assert lay.history_subject("default", "order-42") == "shop.history.default.order-42"
-    assert lay.history_any_queue("order-42") == "shop.history.*.order-42"
-    assert lay.history_filter("gpu") == "shop.history.gpu.*"
+    assert partition_of("order-42") == 10  # crc32, the same in every process and version
+    assert lay.history_subject("default", "order-42") == "shop.history.default.10.order-42"
+    assert lay.history_any_queue("order-42") == "shop.history.*.10.order-42"
+    assert lay.history_filter("gpu", 3) == "shop.history.gpu.3.*"
+    assert lay.parse_history_subject("shop.history.gpu.10.order-42") == ("gpu", "order-42")
+    assert lay.partition_of_subject("shop.history.gpu.10.order-42") == 10
     assert lay.timer_subject("default", "order-42", "3r2") == "shop.timer.default.order-42.3r2"
     assert lay.task_subject("gpu") == "shop.task.gpu"
     assert lay.status_subject("default", "order-42") == "shop.status.default.order-42"
-    assert lay.status_for("shop.history.gpu.order-42") == "shop.status.gpu.order-42"
+    assert lay.status_for("shop.history.gpu.10.order-42") == "shop.status.gpu.order-42"
     assert lay.timers_of("default", "order-42") == "shop.timer.default.order-42.>"
-    assert lay.workflow_consumer("gpu") == "wf_gpu"
+    assert lay.workflow_consumer("gpu", 3) == "wf_gpu_3"
     assert lay.activity_consumer("gpu") == "act_gpu"
-    assert lay.admit_subject("gpu") == "shop.admit.gpu"
-    assert lay.admit_consumer("gpu") == "adm_gpu"
+    assert lay.admit_subject("gpu", 3) == "shop.admit.gpu.3"
+    assert lay.admit_consumer("gpu", 3) == "adm_gpu_3"
+    assert lay.workers_subject("gpu") == "shop.workers.gpu"
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "shop.history.gpu.order-42",  # no partition (an older layout)
+        "shop.history.gpu.3.order-42",  # another partition than the id's
+        "shop.history.gpu.x.order-42",
+        "other.history.gpu.10.order-42",
+        "shop.status.gpu.10.order-42",
+    ],
+)
+def test_subjects_that_are_not_a_history_are_refused(subject: str) -> None:
+    with pytest.raises(ValueError):
+        Layout("shop").parse_history_subject(subject)
+
+
+def test_ids_spread_over_the_partitions() -> None:
+    counts = [0] * PARTITIONS
+    for i in range(12_000):
+        counts[partition_of(f"order-{i}")] += 1
+    assert min(counts) > 800 and max(counts) < 1200
 
 
 @pytest.mark.parametrize("wid", ["order-42", "a.b c", "ünï/cødé*>", "~tilde"])
@@ -79,16 +106,22 @@ async def test_streams_and_consumers_created_by_a_worker(
     assert dlq.config.retention == api.RetentionPolicy.LIMITS
     assert dlq.config.storage == api.StorageType.FILE
     assert dlq.config.max_age == 30 * 24 * 3600
+    nc = js._nc  # type: ignore[attr-defined]
     for queue in ("default", "gpu"):
-        wf = await js.consumer_info(f"DF_{namespace}_HISTORY", f"wf_{queue}")  # type: ignore[attr-defined]
-        assert wf.config.filter_subject == f"{namespace}.history.{queue}.*"
-        assert wf.config.ack_policy == api.AckPolicy.EXPLICIT
+        for p in range(PARTITIONS):
+            reply = await nc.request(f"$JS.API.CONSUMER.INFO.DF_{namespace}_HISTORY.wf_{queue}_{p}")
+            wf = orjson.loads(reply.data)["config"]
+            assert wf["filter_subject"] == f"{namespace}.history.{queue}.{p}.*"
+            assert wf["ack_policy"] == "explicit"
+            # Pinned to one worker at a time; the pin lapses after workflow_ack_wait / 2.
+            assert wf["priority_policy"] == "pinned_client" and wf["priority_groups"] == ["df"]
+            assert wf["priority_timeout"] == 5_000_000_000
+            adm = await js.consumer_info(f"DF_{namespace}_TASKS", f"adm_{queue}_{p}")  # type: ignore[attr-defined]
+            assert adm.config.filter_subject == f"{namespace}.admit.{queue}.{p}"
+            assert adm.config.ack_policy == api.AckPolicy.EXPLICIT
         act = await js.consumer_info(f"DF_{namespace}_TASKS", f"act_{queue}")  # type: ignore[attr-defined]
         assert act.config.filter_subject == f"{namespace}.task.{queue}"
         assert act.config.max_deliver == -1
-        adm = await js.consumer_info(f"DF_{namespace}_TASKS", f"adm_{queue}")  # type: ignore[attr-defined]
-        assert adm.config.filter_subject == f"{namespace}.admit.{queue}"
-        assert adm.config.ack_policy == api.AckPolicy.EXPLICIT
 
 
 async def test_a_task_stream_of_an_older_version_gains_the_admission_subject(

@@ -17,6 +17,7 @@ import collections
 import functools
 import os
 import random
+import signal
 import subprocess
 import time
 from collections.abc import Iterable
@@ -156,6 +157,17 @@ class OrderBatch:
         proc.kill()
         proc.wait(10)
 
+    def pause(self, name: str) -> None:
+        """SIGSTOP a worker process: frozen, as by a long GC pause or a stopped container."""
+        self.processes[name].send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        """SIGCONT a worker process that :meth:`pause` froze."""
+        self.processes[name].send_signal(signal.SIGCONT)
+
+    def log_of(self, name: str) -> str:
+        return (self.tmp_path / f"{name}.log").read_text(errors="replace")
+
     def stop(self) -> None:
         """Stop every worker process still running (SIGTERM, then SIGKILL) and the client."""
         for proc in self.processes.values():
@@ -207,13 +219,17 @@ class OrderBatch:
     def describe(self) -> str:
         return f"fault {self.fault!r}, seed {self.seed} (DF_FAULT_SEED={self.seed} repeats it)"
 
-    def finish(self, timeout: float = 120.0) -> Report:
-        """Wait for every workflow, compare results, histories and side effects; report."""
+    def finish(self, timeout: float = 120.0, *, stop: bool = True) -> Report:
+        """Wait for every workflow, compare results, histories and side effects; report.
+
+        The worker processes are stopped afterwards, unless ``stop`` is False.
+        """
         try:
             results = self._results(timeout)
             report = self._check(results, Effects.read(self.effects_path))
         finally:
-            self.stop()
+            if stop:
+                self.stop()
         report.seconds = time.monotonic() - self._started_at
         REPORTS.append(report)
         return report

@@ -1,11 +1,12 @@
 """A three-node JetStream cluster loses a node mid-run: the other two finish the work.
 
 The streams are created with three replicas. Before the batch starts, the leadership of
-everything the engine uses (the history and task streams, and both consumers of the queue) is
-moved to one node, so killing it is the worst single-node crash: every raft group must elect a
-new leader at once while workers append, read and pull. The node stays dead until the batch is
-checked, because a majority of two must be enough, without an operator and without restarting
-a worker. Then it is restarted, and must catch up with the other two.
+everything the engine uses (the history and task streams, and every consumer of the queue: the
+pinned workflow partitions, their admission queues, the activity tasks) is moved to one node,
+so killing it is the worst single-node crash: every raft group must elect a new leader at once
+while workers append, read and pull. The node stays dead until the batch is checked, because a
+majority of two must be enough, without an operator and without restarting a worker. Then it is
+restarted, and must catch up with the other two.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dfcore._naming import Layout
+from dfcore._naming import PARTITIONS, Layout
 
 from .cluster import ClusterError, LocalCluster
 from .harness import OrderBatch
@@ -43,12 +44,15 @@ def test_sigkill_of_the_stream_leader_in_a_three_node_cluster(
     )
     lay = Layout(namespace)
     try:
-        run.spawn("workflows", "--workflows-only")
+        for i in (1, 2, 3):  # the partitions split between them, pinned in the cluster
+            run.spawn(f"workflows-{i}", "--workflows-only")
         run.spawn("activities", "--activities-only")
         victim = cluster.stream_leader(lay.history_stream)
         # The workers create the consumers at start-up; move_leader waits for them.
         cluster.move_leader(victim, lay.tasks_stream)
-        cluster.move_leader(victim, lay.history_stream, lay.workflow_consumer("default"))
+        for p in range(PARTITIONS):
+            cluster.move_leader(victim, lay.history_stream, lay.workflow_consumer("default", p))
+            cluster.move_leader(victim, lay.tasks_stream, lay.admit_consumer("default", p))
         cluster.move_leader(victim, lay.tasks_stream, lay.activity_consumer("default"))
         run.start()
         run.wait_for_progress()

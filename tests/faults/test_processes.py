@@ -1,13 +1,15 @@
 """Faults in worker processes and the server: SIGKILL at a random moment, then recover.
 
-Each test runs 100 order workflows (two activities each) through real ``df worker`` processes
-and checks, with :meth:`OrderBatch.check`, that every workflow completed with the right result,
-none started twice, and each used every activity result exactly once. Activities may run more
-than once (at least once); the report counts how often.
+Each test runs 100 order workflows (two activities each) through real ``df worker`` processes,
+three of them serving workflows (their partitions split between them, docs/architecture.md,
+"Affinity"), and checks, with :meth:`OrderBatch.check`, that every workflow completed with the
+right result, none started twice, and each used every activity result exactly once. Activities
+may run more than once (at least once); the report counts how often.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,10 @@ import pytest
 
 from dfcore import EmbeddedServer
 
+from ..workerkit import wait_until
 from .harness import OrderBatch
+
+ACK_WAIT = 3.0  # the harness's DF_WORKFLOW_ACK_WAIT
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +40,24 @@ def batch(tmp_path: Path, namespace: str) -> Iterator[Callable[..., OrderBatch]]
         one.stop()
 
 
-def test_sigkill_of_the_workflow_worker(batch: Any, nats_url: str) -> None:
-    run = batch("SIGKILL workflow worker", nats_url)
+def spawn_workflow_workers(run: OrderBatch, count: int = 3) -> None:
+    for i in range(1, count + 1):
+        run.spawn(f"workflows-{i}", "--workflows-only")
+
+
+def test_sigkill_of_a_workflow_worker(batch: Any, nats_url: str) -> None:
+    # Its partitions, and the running workflows cached there, move to the other two.
+    run = batch("SIGKILL 1 of 3 workflow workers", nats_url)
+    run.spawn("activities", "--activities-only")
+    spawn_workflow_workers(run)
+    run.start()
+    run.wait_for_progress()
+    run.kill("workflows-1")
+    run.check(run.finish())
+
+
+def test_sigkill_of_the_only_workflow_worker_then_a_new_one(batch: Any, nats_url: str) -> None:
+    run = batch("SIGKILL the only workflow worker, start another", nats_url)
     run.spawn("activities", "--activities-only")
     run.spawn("workflows-1", "--workflows-only")
     run.start()
@@ -46,9 +67,33 @@ def test_sigkill_of_the_workflow_worker(batch: Any, nats_url: str) -> None:
     run.check(run.finish())
 
 
+def test_a_workflow_worker_frozen_past_the_ack_wait(batch: Any, nats_url: str) -> None:
+    # SIGSTOP one of three: the other two presume it dead and take its partitions, so the whole
+    # batch completes while it is frozen. Woken, its stale work is refused by the expected-
+    # sequence check and it rejoins. Nothing may be used twice, before or after it wakes.
+    run = batch("SIGSTOP 1 of 3 workflow workers until the batch is done", nats_url)
+    run.spawn("activities", "--activities-only")
+    spawn_workflow_workers(run)
+    run.start()
+    run.wait_for_progress(0.1, 0.3)
+    run.pause("workflows-1")
+    frozen_at = time.monotonic()
+    run.check(run.finish(stop=False))
+    # The fault's length, not a synchronisation: frozen past workflow_ack_wait (3 s) at least.
+    time.sleep(max(0.0, frozen_at + 3 * ACK_WAIT - time.monotonic()))
+    run.resume("workflows-1")
+    wait_until(
+        lambda: "rejoining" in run.log_of("workflows-1"), timeout=30, what="the frozen one waking"
+    )
+    run.check(run.finish())
+    # It drained and exited cleanly on SIGTERM, with nothing of its stale work left to raise.
+    assert run.processes["workflows-1"].returncode == 0, run.log_of("workflows-1")[-3000:]
+    assert "Traceback" not in run.log_of("workflows-1"), run.log_of("workflows-1")[-3000:]
+
+
 def test_sigkill_of_the_activity_worker(batch: Any, nats_url: str) -> None:
     run = batch("SIGKILL activity worker", nats_url)
-    run.spawn("workflows", "--workflows-only")
+    spawn_workflow_workers(run)
     run.spawn("activities-1", "--activities-only")
     run.start()
     run.wait_for_progress()
@@ -74,7 +119,7 @@ def test_sigkill_of_the_server_and_restart_on_the_same_store(
     with server:
         name = "SIGKILL nats-server, restart on same store"
         run = batch(name + (f" (sync_interval: {sync})" if sync else ""), server.url)
-        run.spawn("workflows", "--workflows-only")
+        spawn_workflow_workers(run)
         run.spawn("activities", "--activities-only")
         run.start()
         run.wait_for_progress()
@@ -88,7 +133,7 @@ def test_an_activity_longer_than_the_ack_wait_runs_once(batch: Any, nats_url: st
     # Every activity takes 4 to 5 s; JetStream would redeliver after 2 s without progress.
     env = {"DF_ACTIVITY_ACK_WAIT": "2", "DF_FAULT_MIN_PAUSE": "4", "DF_FAULT_PAUSE": "5"}
     run = batch("activity longer than ack wait (4-5 s vs 2 s)", nats_url, env=env)
-    run.spawn("workflows", "--workflows-only")
+    spawn_workflow_workers(run)
     run.spawn("activities-1", "--activities-only", "--concurrency", "100")
     run.spawn("activities-2", "--activities-only", "--concurrency", "100")
     run.start()
@@ -98,13 +143,13 @@ def test_an_activity_longer_than_the_ack_wait_runs_once(batch: Any, nats_url: st
     assert report.failed_attempts == 0, run.describe()
 
 
-def test_two_workflow_workers_racing(batch: Any, nats_url: str) -> None:
-    # Without a cache every workflow task replays the history, so the two workers decide
-    # for the same workflows at the same moments and the expected-sequence check arbitrates.
+def test_three_workflow_workers_without_a_cache(batch: Any, nats_url: str) -> None:
+    # Without a cache every workflow task replays the history; while the three workers
+    # agree on their partitions at start-up, two may decide for the same workflow at once
+    # and the expected-sequence check arbitrates.
     env = {"DF_WORKFLOW_CACHE_SIZE": "0", "DF_FAULT_PAUSE": "0.02"}
-    run = batch("two workflow workers racing (no cache)", nats_url, env=env)
-    run.spawn("workflows-1", "--workflows-only")
-    run.spawn("workflows-2", "--workflows-only")
+    run = batch("three workflow workers (no cache)", nats_url, env=env)
+    spawn_workflow_workers(run)
     run.spawn("activities", "--activities-only")
     run.start()
     report = run.finish()
