@@ -215,26 +215,24 @@ class Partitions:
         """Create every partition's consumers (idempotent; any worker may create them)."""
         store, lay, queue = self.store, self.store.layout, self.queue
         ack_wait = self.processor.app.settings.workflow_ack_wait
-        pinned = [
-            store.ensure_consumer(
-                lay.history_stream,
-                lay.workflow_consumer(queue, p),
-                lay.history_filter(queue, p),
-                ack_wait,
-                pinned_for=self.pin_timeout,
+        creating = []
+        for p in range(PARTITIONS):
+            workflows, admission = lay.workflow_consumer(queue, p), lay.admit_consumer(queue, p)
+            creating.append(
+                store.ensure_consumer(
+                    lay.history_stream,
+                    workflows,
+                    lay.history_filter(queue, p),
+                    ack_wait,
+                    pinned_for=self.pin_timeout,
+                )
             )
-            for p in range(PARTITIONS)
-        ]
-        admission = [
-            store.ensure_consumer(
-                lay.tasks_stream,
-                lay.admit_consumer(queue, p),
-                lay.admit_subject(queue, p),
-                ack_wait,
+            creating.append(
+                store.ensure_consumer(
+                    lay.tasks_stream, admission, lay.admit_subject(queue, p), ack_wait
+                )
             )
-            for p in range(PARTITIONS)
-        ]
-        await asyncio.gather(*pinned, *admission)
+        await asyncio.gather(*creating)
 
     async def start(self) -> None:
         await self.membership.start()

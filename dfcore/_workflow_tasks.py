@@ -152,8 +152,10 @@ class WorkflowProcessor:
         return sum(a.outstanding for a in self._admissions.values())
 
     def _poke_admissions(self) -> None:
-        for puller in self._admissions.values():
-            puller.poke()
+        """Let the pullers of partitions with deferred starts waiting ask for them."""
+        for partition, puller in self._admissions.items():
+            if self._pending.get(partition, 0) > 0:
+                puller.poke()
 
     def _no_room_for(self, msg: Msg) -> bool:
         """Whether ``msg`` starts a workflow this worker has no room to cache.
@@ -199,15 +201,16 @@ class WorkflowProcessor:
         return False
 
     def sweep_idle(self) -> None:
-        """Evict every run idle for ``idle_after`` seconds, then probe for deferred starts.
+        """Evict every run idle for ``idle_after`` seconds, then let deferred starts in.
 
         The worker calls it periodically. Without it a worker could keep runs that will not
-        wake up and never have room again, or miss a start deferred just as a probe of its
-        partition's queue came back empty.
+        wake up and never have room again.
         """
+        evicted = False
         while self._evict_idle():
-            pass
-        self._poke_admissions()
+            evicted = True
+        if evicted:
+            self._poke_admissions()
 
     async def _defer(self, msg: Msg) -> None:
         """Leave a start on its partition's admission queue until there is room, then ack it."""
