@@ -388,13 +388,16 @@ class WorkflowProcessor:
         entry.touched = time.monotonic()
         return entry
 
-    def _drop(self, entry: _Entry) -> None:
+    def _drop(self, entry: _Entry, *, ended: bool = False) -> None:
+        """Let go of the entry's run. A workflow that ``ended`` here keeps the note of what it
+        dispatched, so the final decision, when it is delivered back, is not dispatched again."""
         if entry.run is not None:
             entry.run.evict()
             self.live -= 1
             self._poke_admissions()
         entry.run = None
-        entry.dispatched.clear()
+        if not ended:
+            entry.dispatched.clear()
 
     def _trim(self) -> None:
         """Evict least recently used entries that no handler is using.
@@ -451,7 +454,7 @@ class WorkflowProcessor:
         entry.dispatched.discard(seq)
         if run.closed and not run.pending_commands():
             entry.closed_seq = run.last_seq
-            self._drop(entry)
+            self._drop(entry, ended=True)
 
     async def _catch_up_and_decide(
         self, entry: _Entry, run: WorkflowRun, delivered: int, known: list[h.Record] | None
