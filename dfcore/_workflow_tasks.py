@@ -64,7 +64,6 @@ class _Entry:
     subject: str
     run: WorkflowRun | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    dispatched: set[int] = field(default_factory=set)
     closed_seq: int = 0
     users: int = 0  # handlers holding or waiting for the lock; the cache keeps such entries
     touched: float = 0.0  # when a message for it last arrived (monotonic seconds)
@@ -91,6 +90,12 @@ class WorkflowProcessor:
         # the worker reads the consumers' counts now and then (another worker may have left
         # some). Pullers never ask for more, so no room is held for starts that are not there.
         self._pending: dict[int, int] = {}
+        # Decisions this worker appended and finished dispatching, by stream sequence (-> their
+        # subject), until they are delivered back: then they owe nothing, and are acked unread
+        # (or, when delivered before their dispatch finished, once it has). Bounded: one that
+        # falls out is dispatched again, idempotently.
+        self._sent: OrderedDict[int, str] = OrderedDict()
+        self._sent_limit = 4 * self.capacity + 1024
 
     @property
     def admission_reserve(self) -> int:
@@ -258,6 +263,9 @@ class WorkflowProcessor:
     # -- history messages -------------------------------------------------------------------
 
     async def handle(self, msg: Msg) -> None:
+        if self._sent and self._sent.pop(msg.metadata.sequence.stream, None) == msg.subject:
+            await msg.ack()  # our own decision, delivered back: its work is published
+            return
         if self._no_room_for(msg):
             await self._defer(msg)
             return
@@ -388,16 +396,12 @@ class WorkflowProcessor:
         entry.touched = time.monotonic()
         return entry
 
-    def _drop(self, entry: _Entry, *, ended: bool = False) -> None:
-        """Let go of the entry's run. A workflow that ``ended`` here keeps the note of what it
-        dispatched, so the final decision, when it is delivered back, is not dispatched again."""
+    def _drop(self, entry: _Entry) -> None:
         if entry.run is not None:
             entry.run.evict()
             self.live -= 1
             self._poke_admissions()
         entry.run = None
-        if not ended:
-            entry.dispatched.clear()
 
     def _trim(self) -> None:
         """Evict least recently used entries that no handler is using.
@@ -442,19 +446,17 @@ class WorkflowProcessor:
         if seq <= entry.closed_seq or (run is not None and run.last_seq >= seq):
             # Already applied. A decision may still owe its work (its writer died before
             # publishing it): publish it now, idempotently.
-            if seq not in entry.dispatched and record.type == h.DECIDED:
-                await self._dispatch(entry, run, record)
-            entry.dispatched.discard(seq)
+            if record.type == h.DECIDED and self._sent.pop(seq, None) != entry.subject:
+                await self._dispatch(entry, run, record, delivered=True)
             return
         if run is None:
             run = entry.run = self._new_run(entry.workflow_id)
             self.live += 1
         known = [record] if opens_history and run.last_seq == 0 else None
         await self._catch_up_and_decide(entry, run, seq, known or _chained(record, run.last_seq))
-        entry.dispatched.discard(seq)
         if run.closed and not run.pending_commands():
             entry.closed_seq = run.last_seq
-            self._drop(entry, ended=True)
+            self._drop(entry)
 
     async def _catch_up_and_decide(
         self, entry: _Entry, run: WorkflowRun, delivered: int, known: list[h.Record] | None
@@ -481,7 +483,7 @@ class WorkflowProcessor:
                 )
             for record in records:
                 if record.seq == delivered and record.type == h.DECIDED:
-                    await self._dispatch(entry, run, record)
+                    await self._dispatch(entry, run, record, delivered=True)
             if await self._decide(entry, run):
                 return
             conflicted = True
@@ -541,15 +543,24 @@ class WorkflowProcessor:
             used += size
         return parts
 
-    async def _dispatch(self, entry: _Entry, run: WorkflowRun | None, record: h.Record) -> None:
-        """Publish the work a decision implies; idempotent (deterministic message ids)."""
+    async def _dispatch(
+        self, entry: _Entry, run: WorkflowRun | None, record: h.Record, *, delivered: bool = False
+    ) -> None:
+        """Publish the work a decision implies; idempotent (deterministic message ids).
+
+        ``delivered``: the decision is the message being handled, so it will not be delivered
+        again; otherwise (just appended) it will be, and is then acked unread.
+        """
         cmds = record.commands
         await asyncio.gather(*(self._dispatch_one(entry, run, record.seq, c) for c in cmds))
         if h.terminal_status(cmds):
             await self.store.mark_ended(entry.subject, record.body, record.seq)
             if run is None or run.has_pending_timers():
                 await self.store.purge_timers(entry.subject)
-        entry.dispatched.add(record.seq)
+        if not delivered:
+            self._sent[record.seq] = entry.subject
+            if len(self._sent) > self._sent_limit:
+                self._sent.popitem(last=False)
 
     async def _dispatch_one(
         self, entry: _Entry, run: WorkflowRun | None, decision_seq: int, cmd: Mapping[str, Any]
