@@ -40,6 +40,7 @@ WRONG_LAST_SEQUENCE = 10071
 # another append to the same subject is still being replicated: the same conflict.
 WRONG_LAST_SEQUENCE_REPLICATED = 10164
 PUBLISH_TRIES = 3  # sends of an unanswered publish that carries a message id
+CHAINED_TRIES = 3  # conflicts of a chained fact before it is appended unchained (append_fact)
 MIN_SERVER_VERSION = (2, 12)
 HEADROOM = 512  # bytes of headers and protocol framing on top of the body
 DLQ_MAX_AGE = 30 * 24 * 3600.0  # dead letters are kept 30 days
@@ -296,8 +297,14 @@ class Store:
         verifies (expected-last-subject-sequence). A workflow worker that already applied
         ``prev`` then knows there is no gap and skips reading the history back. ``after_seq`` is
         a guess; on a concurrent append the real last sequence is read and the append retried.
+
+        A history that keeps moving (a busy workflow: other signals, completions, decisions)
+        could refuse a chained append for ever. After :data:`CHAINED_TRIES` conflicts the fact
+        is appended unchained: no ``prev``, no check, so it is always accepted, once (the
+        message id), and the worker reads the history back to place it.
         """
         expected = after_seq
+        conflicts = 0
         for attempt in range(50):
             if expected < 1 and not await self._has_messages(subject):
                 # A fact always follows a start: this history does not exist. (Asked of the
@@ -306,12 +313,14 @@ class Store:
                     f"no workflow has the history {subject}: it was never started, so the "
                     f"{body['t']} cannot be recorded"
                 )
+            if expected >= 1 and conflicts >= CHAINED_TRIES:
+                return await self.append(subject, body, msg_id=msg_id)  # the history exists
             if expected >= 1:
                 chained = {**body, "prev": expected}
                 try:
                     return await self.append(subject, chained, msg_id=msg_id, expected_seq=expected)
                 except AppendConflict:
-                    pass
+                    conflicts += 1
             last = await self.last_seq(subject)
             if last == expected:  # the read lags behind the append that conflicted: wait
                 await asyncio.sleep(min(0.01 * 2**attempt, 0.5))
