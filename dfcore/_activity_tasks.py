@@ -94,12 +94,24 @@ class ActivityRunner:
             await self._reject(msg, f"malformed activity task: {_reason(exc)}")
             return
         defn = self.app.activities.get(info.activity)
+        delivered = msg.metadata.num_delivered
         outcome: dict[str, Any]
         if defn is None:
             outcome = {"t": h.ACTIVITY_FAILED, "error": _unregistered(info)}
-        elif msg.metadata.num_delivered > 1:
+        elif delivered > 1 and await self._settled(task, info):
+            await msg.ack()  # its outcome is recorded: only the ack was lost (a dead leader)
+            return
+        elif delivered > RUN_AGAIN_UNTIL:
             outcome = {"t": h.ACTIVITY_FAILED, "error": _worker_lost(info)}
         else:
+            if delivered > 1:
+                log.info(
+                    "%s #%s attempt %s delivered again without an outcome; running it again "
+                    "(its worker was stopped, frozen or never started it)",
+                    info.activity,
+                    info.seq,
+                    info.attempt,
+                )
             outcome = await self._run(defn, info, task.get("args") or [], msg)
         try:
             try:
@@ -113,6 +125,26 @@ class ActivityRunner:
             await self._reject(msg, str(exc))
             return
         await msg.ack()
+
+    async def _settled(self, task: Mapping[str, Any], info: ActivityInfo) -> bool:
+        """Whether the history already holds this attempt's outcome, or the workflow ended.
+
+        Asked only of a redelivered task: one read of what followed the decision that
+        scheduled it. A read that fails says no; the task is then run or recorded as lost.
+        """
+        try:
+            records, _ = await self.store.read_recent(task["h"], int(task.get("dseq") or 0))
+        except DFError as exc:
+            log.warning("cannot read %s to check a redelivered task (%s)", task["h"], exc)
+            return False
+        for record in records:
+            body = record.body
+            if record.type in (h.ACTIVITY_COMPLETED, h.ACTIVITY_FAILED):
+                if body.get("seq") == info.seq and body.get("attempt") == info.attempt:
+                    return True
+            elif record.type == h.DECIDED and h.terminal_status(record.commands):
+                return True
+        return False
 
     async def _hand_back(self, msg: Msg, exc: DFError) -> None:
         """Put a task this process cannot read back on the queue, after a pause.
@@ -275,6 +307,19 @@ HAND_BACK_DELAY = 2.0
 """Seconds a task this process cannot read waits before it goes back on the queue."""
 REPORT_PATIENCE = 120.0
 """Seconds an activity worker keeps trying to record an outcome before giving up."""
+RUN_AGAIN_UNTIL = 2
+"""Deliveries of a task without an outcome that are still run; later ones are lost attempts."""
+
+
+def pull_expiry(ack_wait: float) -> tuple[float, float]:
+    """``(expires, idle_heartbeat)`` of activity pull requests, for ``activity_ack_wait``.
+
+    A frozen worker's open requests keep receiving tasks it will not start. Expiring them
+    within half the ack wait means that, by the time those tasks are redelivered, the frozen
+    worker has no request left to receive them again: another worker runs them.
+    """
+    expires = min(30.0, ack_wait / 2)
+    return expires, min(5.0, expires / 2)
 
 
 def _task_info(task: Any, layout: Layout) -> ActivityInfo:
@@ -333,10 +378,14 @@ def _unregistered(info: ActivityInfo) -> dict[str, Any]:
 
 
 def _worker_lost(info: ActivityInfo) -> dict[str, Any]:
-    """The failure recorded for an attempt whose worker vanished without reporting.
+    """The failure recorded for an attempt delivered more than :data:`RUN_AGAIN_UNTIL` times
+    without an outcome.
 
-    Counting it as a failed attempt lets the retry policy (and its max_attempts) apply, so an
-    activity that crashes its worker cannot crash every worker of the queue in turn.
+    A first redelivery is run again: its worker may have been frozen or stopped before it
+    started it (a pull request delivers ahead of the work). A second one means the attempt
+    keeps losing its worker. Counting it as a failed attempt lets the retry policy (and its
+    max_attempts) apply, so an activity that crashes its worker cannot crash every worker of
+    the queue in turn.
     """
     return {
         "type": "WorkerLost",

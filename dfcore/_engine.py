@@ -256,8 +256,8 @@ class WorkflowRun:
 
     def _apply_activity_completed(self, body: Mapping[str, Any]) -> None:
         call = self._activities.get(int(body["seq"]))
-        if call is None or call.done:
-            return  # a duplicate completion: the first one was used
+        if call is None or call.done or int(body["attempt"]) != call.attempt:
+            return  # a duplicate, or an attempt the history did not schedule (or gave up on)
         call.done = True
         if call.future.done():
             return

@@ -10,7 +10,7 @@ import signal
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ._activity_tasks import ActivityRunner
+from ._activity_tasks import ActivityRunner, pull_expiry
 from ._connection import close_connection, connect
 from ._errors import DFError
 from ._naming import check_queue
@@ -87,6 +87,7 @@ class Worker:
                 )
                 runner = self._activity_runner or ActivityRunner(self.app, store)
                 self._activity_runner = runner
+                expires, heartbeat = pull_expiry(settings.activity_ack_wait)
                 self._pullers.append(
                     PullConsumer(
                         nc,
@@ -95,6 +96,8 @@ class Worker:
                         runner.handle,
                         max_inflight=self.activity_concurrency,
                         give_back=runner.requeue,
+                        expires=expires,
+                        idle_heartbeat=heartbeat,
                     )
                 )
         if self._activity_runner is not None:

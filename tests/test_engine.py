@@ -87,6 +87,17 @@ def test_duplicate_completion_is_ignored() -> None:
     assert len(cmds) == 1
 
 
+def test_a_completion_for_an_attempt_never_scheduled_is_ignored() -> None:
+    hist = History(order)
+    run = hist.new_run()
+    hist.start("order", "bob", 10.0)
+    hist.decide(run)  # schedules charge, attempt 1
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=7, result={"id": "ch_FORGED"})
+    assert hist.decide(run) == []  # still waiting for attempt 1
+    hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result={"id": "ch_1"})
+    assert hist.decide(run)[0]["args"] == [{"id": "ch_1"}]
+
+
 def test_changed_code_raises_nondeterminism_naming_both_sides() -> None:
     hist = History(order)
     run_order(hist)

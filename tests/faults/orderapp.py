@@ -25,9 +25,15 @@ from dfcore import App, RetryPolicy, activity
 
 app = App("faults")
 
-# Attempts killed with their worker are recorded as failed (WorkerLost), so a fault costs
-# attempts; enough of them that three faults in a row never exhaust the policy.
-RETRY = RetryPolicy(max_attempts=20, initial_interval=0.2, backoff=2.0, max_interval=2.0)
+# An attempt that loses its worker twice is recorded as failed (WorkerLost), so faults can cost
+# attempts; enough of them that three faults in a row never exhaust the policy, unless a test
+# sets DF_FAULT_MAX_ATTEMPTS (3 is the default RetryPolicy's).
+RETRY = RetryPolicy(
+    max_attempts=int(os.environ.get("DF_FAULT_MAX_ATTEMPTS", "20")),
+    initial_interval=0.2,
+    backoff=2.0,
+    max_interval=2.0,
+)
 
 
 def record(kind: str, order_id: str, value: str) -> None:
