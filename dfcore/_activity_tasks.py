@@ -52,17 +52,45 @@ class ActivityRunner:
         self.threads = ActivityThreads()
         self.running: dict[tuple[str, int], ActivityState] = {}
         self._cancel_sub: Any = None
+        # Pause detection: a tick that comes late means the process was frozen (SIGSTOP, a VM
+        # paused); the tasks it received before are checked against their histories first.
+        self._pause_after = max(1.0, self.ack_wait / 2)
+        self._last_tick = 0.0
+        self._suspect_until = 0.0
+        self._ticker: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         nc = self.store.nc
         self._cancel_sub = await nc.subscribe(
             self.store.layout.activity_cancel_all, cb=self._on_cancel
         )
+        self._last_tick = asyncio.get_running_loop().time()
+        self._tick()
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self._cancel_sub is not None:
             await self._cancel_sub.unsubscribe()
         self.threads.shutdown()
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - self._last_tick > self._pause_after:
+            log.warning(
+                "this worker was paused for %.1f s; tasks it received before are checked "
+                "against their histories before they run (another worker may have run them)",
+                now - self._last_tick,
+            )
+            self._suspect_until = now + self.ack_wait
+        self._last_tick = now
+        self._ticker = loop.call_later(TICK, self._tick)
+
+    def _was_paused(self) -> bool:
+        """Whether a task may have waited in this process while it was frozen."""
+        now = asyncio.get_running_loop().time()
+        return now < self._suspect_until or now - self._last_tick > self._pause_after
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
@@ -98,8 +126,17 @@ class ActivityRunner:
         outcome: dict[str, Any]
         if defn is None:
             outcome = {"t": h.ACTIVITY_FAILED, "error": _unregistered(info)}
-        elif delivered > 1 and await self._settled(task, info):
-            await msg.ack()  # its outcome is recorded: only the ack was lost (a dead leader)
+        elif (delivered > 1 or self._was_paused()) and await self._settled(task, info):
+            # Its outcome is recorded: only the ack was lost (a dead leader), or it waited here
+            # while this process was frozen and another worker ran it meanwhile.
+            log.info(
+                "%s #%s attempt %s: %s; acked without running it",
+                info.activity,
+                info.seq,
+                info.attempt,
+                SETTLED,
+            )
+            await msg.ack()
             return
         elif delivered > RUN_AGAIN_UNTIL:
             outcome = {"t": h.ACTIVITY_FAILED, "error": _worker_lost(info)}
@@ -308,6 +345,9 @@ HAND_BACK_DELAY = 2.0
 REPORT_PATIENCE = 120.0
 """Seconds an activity worker keeps trying to record an outcome before giving up."""
 RUN_AGAIN_UNTIL = 2
+TICK = 0.25
+"""Seconds between the activity runner's pause-detection ticks."""
+SETTLED = "its outcome is already recorded"
 """Deliveries of a task without an outcome that are still run; later ones are lost attempts."""
 
 

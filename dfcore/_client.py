@@ -44,6 +44,7 @@ class Client:
     def __init__(self, app: App) -> None:
         self.app = app
         self._store: Store | None = None
+        self._opening: Store | None = None  # made, not yet ready: refusals still reach it
         self._outcomes: OutcomeWatcher | None = None
         self._lock = asyncio.Lock()
         self._guard: asyncio.Task[None] | None = None
@@ -54,9 +55,12 @@ class Client:
                 if self._store is None:
                     settings = self.app.settings
                     nc = await connect(
-                        settings, f"dfcore-client:{self.app.name}", self._reconnected
+                        settings,
+                        f"dfcore-client:{self.app.name}",
+                        self._reconnected,
+                        self._refused,
                     )
-                    store = Store(nc, settings, self.app.codec)
+                    store = self._opening = Store(nc, settings, self.app.codec)
                     await store.ensure()
                     self._outcomes = OutcomeWatcher(store)
                     self._store = store
@@ -84,6 +88,11 @@ class Client:
                 raise
 
         self._guard = loop.create_task(guard(), name="dfcore-connection-guard")
+
+    def _refused(self, subject: str) -> None:
+        store = self._store or self._opening
+        if store is not None:
+            store.refused(subject)
 
     async def _reconnected(self) -> None:
         if self._outcomes is not None:
@@ -129,10 +138,17 @@ class Client:
                 data=start.data,
             )
         except AppendConflict:
+            started = await store.started_subject(start.workflow_id)
+            if started is None:
+                raise DFError(
+                    f"workflow {start.workflow_id!r} was not started: its history already holds "
+                    "a message that is not a workflow start (stray or forged; `df dlq list` "
+                    "shows it once a worker has seen it), so nothing would run it. Start it "
+                    "under another id, and see docs/security.md on who may publish."
+                ) from None
             if if_exists == "fail":
                 raise WorkflowAlreadyStartedError(start.workflow_id) from None
-            existing = await store.last(lay.history_any_queue(start.workflow_id))
-            subject = existing[0] if existing else subject
+            subject = started
         return WorkflowHandle(self.app, start.workflow_id, subject=subject, result_hint=result_hint)
 
 
@@ -237,7 +253,7 @@ def status_of(
     if status is None and last.type == h.WORKFLOW_TASK_FAILED:
         error = last.body.get("error") or {}
         status, failure = "failing", f"{error.get('type')}: {error.get('message')}"
-    when = datetime.fromtimestamp(last.ts / 1000, tz=UTC) if last.ts else None
+    when = datetime.fromtimestamp(last.time_ms / 1000, tz=UTC) if last.time_ms else None
     return WorkflowStatus(workflow_id, kind, status or "running", when, failure)
 
 
@@ -272,10 +288,10 @@ class WorkflowHandle(Generic[R]):
     async def _locate(self) -> tuple[Store, str]:
         store = await self.app._client().store()
         if self._subject is None:
-            found = await store.last(store.layout.history_any_queue(self.workflow_id))
+            found = await store.last_subject(store.layout.history_any_queue(self.workflow_id))
             if found is None:
                 raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
-            self._subject = found[0]
+            self._subject = found
         return store, self._subject
 
     # -- result -----------------------------------------------------------------------------
@@ -332,12 +348,12 @@ class WorkflowHandle(Generic[R]):
         """The workflow's status, read from the last record of its history."""
         store, subject = await self._locate()
         last, ended, first = await asyncio.gather(
-            store.last(subject), store.outcome(subject), store.first(subject)
+            store.last_readable(subject), store.outcome(subject), store.first(subject)
         )
         if last is None:
             raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
         kind = str(first.body.get("workflow")) if first is not None else None
-        return status_of(self.workflow_id, kind, last[1], ended)
+        return status_of(self.workflow_id, kind, last, ended)
 
     def status(self) -> WorkflowStatus:
         """Sync twin of :meth:`astatus`."""

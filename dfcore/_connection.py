@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import random
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +36,12 @@ _AUTH_SETTINGS = (
 )
 
 
+# The server's -ERR for a denied publish or subscription, as nats-py passes it to error_cb.
+_PERMISSION_DENIED = re.compile(
+    r"permissions violation for (publish|subscription) to \"?([^\"\s]+)", re.IGNORECASE
+)
+
+
 class _NotEncrypted(nats_errors.Error):
     """Raised in place of a secret when the connection is not TLS but the settings require it."""
 
@@ -46,6 +53,7 @@ async def connect(
     settings: Settings,
     name: str,
     on_reconnected: Callable[[], Awaitable[None]] | None = None,
+    on_refused: Callable[[str], None] | None = None,
 ) -> NATS:
     """Connect to the configured NATS server(s), authenticated and over TLS as configured.
 
@@ -70,7 +78,7 @@ async def connect(
         first = attempt % len(servers)
         try:
             return await _connect_once(
-                settings, name, servers[first:] + servers[:first], on_reconnected
+                settings, name, servers[first:] + servers[:first], on_reconnected, on_refused
             )
         except _Unreachable as exc:
             if attempt + 1 == attempts:
@@ -91,6 +99,7 @@ async def _connect_once(
     name: str,
     servers: list[str],
     on_reconnected: Callable[[], Awaitable[None]] | None,
+    on_refused: Callable[[str], None] | None = None,
 ) -> NATS:
     """One connect, to ``servers[0]``; raise _Unreachable when it did not answer."""
     nc = NATS()
@@ -98,7 +107,20 @@ async def _connect_once(
 
     async def error_cb(exc: Exception) -> None:
         errors.append(exc)
-        log.debug("NATS connection error: %r", exc)
+        refused = _PERMISSION_DENIED.search(str(exc))
+        if refused is None:
+            log.debug("NATS connection error: %r", exc)
+            return
+        action, subject = refused.group(1).lower(), refused.group(2)
+        log.warning(
+            "NATS refused this process (user %r) permission to %s %s: its NATS user lacks "
+            'a permission its role needs; docs/security.md, "Permissions", lists them',
+            settings.nats_user or "?",
+            "publish to" if action == "publish" else "subscribe to",
+            subject,
+        )
+        if action == "publish" and on_refused is not None:
+            on_refused(subject)
 
     async def disconnected_cb() -> None:
         if nc.is_closed or nc.is_draining:

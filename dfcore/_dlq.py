@@ -106,7 +106,7 @@ def from_message(seq: int, headers: Mapping[str, str], data: bytes) -> DeadLette
         subject=headers.get(HDR_SUBJECT, "?"),
         stream_seq=int(stream_seq) if stream_seq and stream_seq.isdigit() else None,
         reason=headers.get(HDR_REASON, ""),
-        size=int(headers.get(HDR_SIZE, len(data)) or 0),
+        size=_count(headers.get(HDR_SIZE), len(data)),
         data=data,
         truncated=headers.get(HDR_TRUNCATED) == "true",
         headers=_original_headers(headers.get(HDR_HEADERS)),
@@ -158,6 +158,11 @@ def _body_text(data: bytes, limit: int = 4096) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _count(value: str | None, default: int) -> int:
+    """A count from a header; ``default`` when it is missing or not a count (a forged one)."""
+    return int(value) if value and value.isdigit() else default
 
 
 def _parse_time(value: str | None) -> datetime | None:

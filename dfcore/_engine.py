@@ -225,7 +225,7 @@ class WorkflowRun:
         self._raise_nondeterminism()
 
     def _apply_fact(self, record: h.Record) -> None:
-        self._now_ms = max(self._now_ms, record.ts)
+        self._now_ms = max(self._now_ms, record.time_ms)  # the server's time, not the writer's
         body = record.body
         handler = _FACT_HANDLERS[record.type]
         handler(self, body)

@@ -85,10 +85,15 @@ class MalformedRecordError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """One history message: its stream sequence and decoded body."""
+    """One history message: its stream sequence, decoded body, and when the server stored it.
+
+    ``stamp`` (milliseconds since the epoch) is the server's, so no writer can forge it;
+    None only for records built in memory (a decision just appended, tests).
+    """
 
     seq: int
     body: Mapping[str, Any]
+    stamp: int | None = None
 
     @property
     def type(self) -> str:
@@ -96,7 +101,13 @@ class Record:
 
     @property
     def ts(self) -> int:
+        """The writer's own timestamp (shown in histories; not trusted for the clock)."""
         return int(self.body.get("ts", 0))
+
+    @property
+    def time_ms(self) -> int:
+        """When the record was stored: the server's stamp, the writer's ``ts`` without one."""
+        return self.stamp if self.stamp is not None else self.ts
 
     @property
     def commands(self) -> list[Mapping[str, Any]]:
@@ -123,24 +134,28 @@ _REQUIRED: Final[Mapping[str, Mapping[str, type | tuple[type, ...]]]] = {
 }
 
 
-def validate_record(seq: int, body: Any) -> Record:
+def validate_record(seq: int, body: Any, stamp: int | None = None) -> Record:
     """Check the shape of a decoded message body and wrap it; raise MalformedRecordError.
 
     Everything the engine reads from a record is checked here, so a foreign or corrupt
-    message is rejected whole instead of failing halfway through a replay.
+    message is rejected whole instead of failing halfway through a replay. ``stamp``: when the
+    server stored it (see :class:`Record`).
     """
     if not isinstance(body, Mapping) or not isinstance(body.get("t"), str):
         raise MalformedRecordError(f"message {seq} is not a history record (no type field)")
     kind = body["t"]
     if kind != DECIDED and kind not in FACT_TYPES:
         raise MalformedRecordError(f"message {seq} has unknown record type {kind!r}")
+    ts = body.get("ts", 0)
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise MalformedRecordError(f"message {seq}: {kind} needs 'ts' of type int")
     _check_fields(seq, body)
     if kind == DECIDED:
         for cmd in body["cmds"]:
             if not isinstance(cmd, Mapping) or cmd.get("t") not in COMMAND_TYPES:
                 raise MalformedRecordError(f"message {seq} holds an unknown command")
             _check_fields(seq, cmd)
-    return Record(seq, body)
+    return Record(seq, body, stamp)
 
 
 def _check_fields(seq: int, item: Mapping[str, Any]) -> None:

@@ -10,18 +10,39 @@ from ._store import Store
 
 
 async def list_workflows(store: Store, limit: int = 50) -> list[WorkflowStatus]:
-    """The most recently active workflows, newest first, with their status."""
-    subjects = await store.history_subjects()
-    lasts = await store.last_many(subjects)
+    """The most recently active workflows, newest first, with their status.
+
+    Subjects that are not histories (stray messages) are left out, and each outcome is
+    checked against its history, so no content on the subjects can break or falsify it.
+    """
+    lay = store.layout
+    ids: dict[str, str] = {}
+    for subject in await store.history_subjects():
+        try:
+            ids[subject] = lay.parse_history_subject(subject)[1]
+        except ValueError:
+            continue
+    lasts = await store.last_many(list(ids))
     lasts.sort(key=lambda item: item[1].seq, reverse=True)
     lasts = lasts[:limit]
-    outcomes = await store.last_many([store.layout.status_for(s) for s, _ in lasts])
-    ended = {store.layout.parse_status_subject(s): r for s, r in outcomes}
+    outcomes = dict(await store.last_many([lay.status_for(s) for s, _ in lasts]))
     out = []
     for subject, record in lasts:
-        _, workflow_id = store.layout.parse_history_subject(subject)
-        out.append(status_of(workflow_id, None, record, ended.get(workflow_id)))
+        ended = await _ended(store, lay.status_for(subject), outcomes, record)
+        out.append(status_of(ids[subject], None, record, ended))
     return out
+
+
+async def _ended(
+    store: Store, status: str, outcomes: dict[str, h.Record], last: h.Record
+) -> h.Record | None:
+    """The verified outcome on ``status``; free when the history's last record is it."""
+    candidate = outcomes.get(status)
+    if candidate is None:
+        return None
+    if last.seq == candidate.body.get("seq") and h.terminal_status(last.commands):
+        return last  # the decision it points to is the one just read from the history
+    return await store.verified_outcome(status, candidate)
 
 
 def render_history(events: list[h.HistoryEvent]) -> str:

@@ -182,6 +182,17 @@ class Layout:
         """The workflow id of a status subject."""
         return workflow_id_from_token(subject.rsplit(".", 1)[1])
 
+    def history_for_status(self, status_subject: str) -> str:
+        """The history subject a status subject summarises.
+
+        Raises:
+            ValueError: ``status_subject`` is not one.
+        """
+        parts = status_subject.split(".")
+        if len(parts) != 4 or parts[0] != self.namespace or parts[1] != "status":
+            raise ValueError(f"{status_subject!r} is not a status subject of {self.namespace!r}")
+        return self.history_subject(parts[2], workflow_id_from_token(parts[3]))
+
     def parse_history_subject(self, subject: str) -> tuple[str, str]:
         """``(queue, workflow_id)`` of a history subject.
 

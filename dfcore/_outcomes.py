@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from nats.aio.msg import Msg
 
 from . import _history as h
-from ._errors import DFError
+from ._errors import CodecUnavailableError, DFError
 
 if TYPE_CHECKING:
     from nats.aio.subscription import Subscription
@@ -44,6 +44,7 @@ class OutcomeWatcher:
         self._checker: asyncio.Task[None] | None = None
         self._recheck: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._verifying: set[asyncio.Task[None]] = set()
 
     async def wait(self, status_subject: str) -> h.Record:
         """The record that ended the workflow whose status subject is ``status_subject``."""
@@ -68,6 +69,8 @@ class OutcomeWatcher:
                 handle.cancel()
         if self._checker is not None:
             self._checker.cancel()
+        for task in list(self._verifying):
+            task.cancel()
         for futures in self._waiters.values():
             for future in futures:
                 if not future.done():
@@ -114,14 +117,40 @@ class OutcomeWatcher:
         except (DFError, ValueError) as exc:
             log.warning("ignoring an unreadable outcome on %s: %s", msg.subject, exc)
             return
-        self._deliver(msg.subject, record)
+        # Checked against the history in its own task: the subscription's callbacks run one
+        # at a time, and a burst of outcomes must not wait for each other's reads.
+        task = asyncio.get_running_loop().create_task(self._verify(msg.subject, record))
+        self._verifying.add(task)
+        task.add_done_callback(self._verifying.discard)
+
+    async def _verify(self, subject: str, candidate: h.Record) -> None:
+        """Deliver the history's decision that ``candidate`` points to, if it ended the run."""
+        try:
+            decision = await self._store.verified_outcome(subject, candidate)
+        except CodecUnavailableError as exc:
+            self._fail(subject, exc)  # this process cannot read the outcome: say so, not hang
+            return
+        except DFError as exc:
+            log.warning("could not check an outcome on %s (will read it again): %s", subject, exc)
+            return  # the periodic recheck reads it again
+        if decision is None:
+            log.warning(
+                "ignoring an outcome on %s that its history does not hold (forged, or read "
+                "from a replica that lags behind; it is read again later)",
+                subject,
+            )
+            return
+        self._deliver(subject, decision)
 
     def _deliver(self, subject: str, record: h.Record) -> None:
-        if not h.terminal_status(record.commands):
-            return
         for future in self._waiters.get(subject, ()):
             if not future.done():
                 future.set_result(record)
+
+    def _fail(self, subject: str, error: DFError) -> None:
+        for future in self._waiters.get(subject, ()):
+            if not future.done():
+                future.set_exception(error)
 
     def _forget(self, subject: str, future: asyncio.Future[h.Record]) -> None:
         waiters = self._waiters.get(subject)
@@ -156,10 +185,29 @@ class OutcomeWatcher:
             batch = [s for s in self._unchecked if s in self._waiters]
             self._unchecked.clear()
             try:
-                for subject, record in await self._store.last_many(batch):
-                    self._deliver(subject, record)
+                found = await self._store.last_many(batch)
+            except CodecUnavailableError:
+                found = await self._read_one_by_one(batch)  # find whose outcome is unreadable
             except DFError as exc:
                 log.warning("could not read workflow outcomes (will retry): %s", exc)
+                continue
+            await asyncio.gather(*(self._verify(subject, record) for subject, record in found))
+
+    async def _read_one_by_one(self, subjects: list[str]) -> list[tuple[str, h.Record]]:
+        """Each subject's stored outcome; the waiters of one this process cannot decode fail."""
+        found = []
+        for subject in subjects:
+            try:
+                last = await self._store.last(subject)
+            except CodecUnavailableError as exc:
+                self._fail(subject, exc)
+                continue
+            except DFError as exc:
+                log.warning("could not read the outcome on %s (will retry): %s", subject, exc)
+                continue
+            if last is not None:
+                found.append((subject, last[1]))
+        return found
 
     def _schedule_recheck(self) -> None:
         loop = asyncio.get_running_loop()

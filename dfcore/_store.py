@@ -74,6 +74,10 @@ class Store:
         self._replies = _Replies(nc)
         self._ensured = False
 
+    def refused(self, subject: str) -> None:
+        """Give to ``connect(on_refused=)``: fail the requests the server will not answer."""
+        self._replies.refuse(subject, self.settings.nats_user)
+
     # -- set-up -----------------------------------------------------------------------------
 
     async def ensure(self) -> None:
@@ -458,7 +462,7 @@ class Store:
     async def _get_one(self, request: Mapping[str, Any], subject: str) -> Msg | None:
         """A single-message direct get; None when there is no such message."""
         msg: Msg = await self._direct_get(request, batch=False)
-        status = msg.headers.get("Status") if msg.headers else None
+        status = reply_status(msg)
         if status == "404":
             return None
         if status is not None:
@@ -485,8 +489,48 @@ class Store:
 
     async def outcome(self, history_subject: str) -> h.Record | None:
         """The decision that ended the workflow, or None while it runs."""
-        found = await self.last(self.layout.status_for(history_subject))
-        return found[1] if found is not None else None
+        status = self.layout.status_for(history_subject)
+        found = await self.last(status)
+        return await self.verified_outcome(status, found[1] if found is not None else None)
+
+    async def verified_outcome(
+        self, status_subject: str, candidate: h.Record | None
+    ) -> h.Record | None:
+        """The terminal decision that ``candidate``, read on ``status_subject``, points to.
+
+        Whoever may publish in the namespace can write to a status subject, so what is there
+        is only a pointer: the history's own record at the sequence it names is returned, if
+        it is a decision that ended the workflow, and None otherwise (one exact get).
+        """
+        if candidate is None or not h.terminal_status(candidate.commands):
+            return None
+        seq = candidate.body.get("seq")
+        try:
+            history = self.layout.history_for_status(status_subject)
+        except ValueError:
+            return None
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            return None
+        msg = await self._get_one({"seq": seq}, history)
+        if msg is None or (msg.headers or {}).get("Nats-Subject") != history:
+            return None
+        decision = self._record_from(msg)
+        if decision is None or not h.terminal_status(decision.commands):
+            return None
+        return decision
+
+    async def last_subject(self, subject_filter: str) -> str | None:
+        """The subject of the last message matching ``subject_filter``, readable or not."""
+        msg = await self._get_one({"last_by_subj": subject_filter}, subject_filter)
+        return str(msg.headers["Nats-Subject"]) if msg is not None else None  # type: ignore[index]
+
+    async def last_readable(self, subject: str) -> h.Record | None:
+        """The last record of a history that is readable (unreadable ones are stepped over)."""
+        found = await self.last(subject)
+        if found is not None:
+            return found[1]
+        records = await self.load(subject)  # the last message is unreadable: rare, so read all
+        return records[-1] if records else None
 
     async def purge_timers(self, history_subject: str) -> None:
         """Drop an ended workflow's pending timer schedules so they never fire."""
@@ -538,7 +582,7 @@ class Store:
         seq = int(headers.get("Nats-Sequence", 0))
         try:
             body = self.decode(msg.data, f"history message {seq}")
-            return h.validate_record(seq, body)
+            return h.validate_record(seq, body, stored_stamp(headers))
         except CodecUnavailableError:
             raise  # this process lacks a key: nothing may be skipped, retry once it is fixed
         except (PayloadError, h.MalformedRecordError) as exc:
@@ -600,6 +644,25 @@ class Store:
             return True
         _, workflow_id = self.layout.parse_history_subject(history_subject)
         return against == self.layout.history_any_queue(workflow_id)
+
+    async def started_subject(self, workflow_id: str) -> str | None:
+        """The history subject a valid start of ``workflow_id`` opens, or None if there is none.
+
+        Its first message must be a readable ``WorkflowStarted`` that the server checked was
+        first. Asked after a start's append conflicted, so one is known to exist: on a cluster a
+        replica may not hold it yet, and is asked again for up to a second.
+        """
+        subject_filter = self.layout.history_any_queue(workflow_id)
+        for attempt in range(5):
+            msg = await self._get_one({"seq": 1, "next_by_subj": subject_filter}, subject_filter)
+            if msg is not None:
+                subject = str((msg.headers or {}).get("Nats-Subject"))
+                record = self._record_from(msg)
+                if record is None or record.type != h.WORKFLOW_STARTED:
+                    return None
+                return subject if self.is_first_record(msg.headers, subject) else None
+            await asyncio.sleep(0.05 * 2**attempt)
+        return None
 
     async def start_at(self, history_subject: str, seq: int) -> h.Record | None:
         """The start at ``seq`` of ``history_subject`` if it provably opens it, else None.
@@ -665,7 +728,7 @@ class Store:
     async def dead_letter_at(self, seq: int) -> _dlq.DeadLetter | None:
         """The dead letter with sequence ``seq``, or None."""
         msg: Msg = await self._direct_get({"seq": seq}, batch=False, stream=self.layout.dlq_stream)
-        status = msg.headers.get("Status") if msg.headers else None
+        status = reply_status(msg)
         if status == "404":
             return None
         if status is not None:
@@ -737,6 +800,24 @@ class _Replies:
         if waiter is not None:
             waiter.feed(msg)
 
+    def refuse(self, subject: str, user: str | None) -> None:
+        """The server refused to let this connection publish to ``subject``: no reply will
+        come, so fail the requests sent there now instead of after their timeout.
+
+        nats-py passes the server's error on in lower case, so subjects are compared so.
+        """
+        subject = subject.lower()
+        for waiter in self._waiters.values():
+            if waiter.subject.lower() == subject and not waiter.future.done():
+                waiter.future.set_exception(
+                    DFError(
+                        f"NATS refused this process permission to publish to {waiter.subject} "
+                        f"(NATS user {user or '?'!r}): give the user the permissions of its "
+                        'role (docs/security.md, "Permissions"), or use a user whose role '
+                        "may do this"
+                    )
+                )
+
     async def request(
         self,
         subject: str,
@@ -776,7 +857,7 @@ class _Replies:
     ) -> Any:
         token = str(next(self._ids))
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), batch)
+        waiter = _Waiter(loop.create_future(), batch, subject)
         self._waiters[token] = waiter
         expiry = loop.call_later(timeout, waiter.expire, subject, timeout)
         try:
@@ -790,17 +871,18 @@ class _Replies:
 
 
 class _Waiter:
-    __slots__ = ("batch", "future", "msgs")
+    __slots__ = ("batch", "future", "msgs", "subject")
 
-    def __init__(self, future: asyncio.Future[Any], batch: bool) -> None:
+    def __init__(self, future: asyncio.Future[Any], batch: bool, subject: str) -> None:
         self.future = future
         self.batch = batch
+        self.subject = subject
         self.msgs: list[Msg] = []
 
     def feed(self, msg: Msg) -> None:
         if self.future.done():
             return
-        status = msg.headers.get("Status") if msg.headers else None
+        status = reply_status(msg)
         if status == "503":  # no responders, for a single get or a batch alike
             self.future.set_exception(_NoResponders())
         elif not self.batch:
@@ -834,6 +916,47 @@ class _NoResponders(DFError):
 def _description(msg: Msg) -> str:
     """A status message's description (nats-py files it under an enum key)."""
     return str((msg.headers or {}).get(api.Header.DESCRIPTION, ""))
+
+
+def reply_status(msg: Msg) -> str | None:
+    """The status code of a server reply; None for a stored message a read returned.
+
+    A stored message keeps whatever headers its publisher gave it, ``Status`` included, so that
+    header alone proves nothing. The server adds ``Nats-Sequence`` to every stored message it
+    returns, and to no status reply.
+    """
+    headers = msg.headers
+    if not headers or "Nats-Sequence" in headers:
+        return None
+    return headers.get("Status")
+
+
+def delivery_stamp(msg: Msg) -> int | None:
+    """When the server stored a message a consumer delivered (ms), read from its ack subject.
+
+    The server writes that subject, so no publisher can forge it: ``$JS.ACK.<stream>.<consumer>.
+    <delivered>.<sseq>.<cseq>.<ns>.<pending>``, or with domain and account hash in front.
+    """
+    tokens = (msg.reply or "").split(".")
+    index = 7 if len(tokens) == 9 else Msg.Ack.Timestamp
+    try:
+        return int(tokens[index]) // 1_000_000
+    except (IndexError, ValueError):
+        return None
+
+
+def stored_stamp(headers: Mapping[str, str]) -> int | None:
+    """When the server stored a message a direct get returned (ms): ``Nats-Time-Stamp``,
+    RFC 3339 in UTC with up to nanoseconds, the same instant :func:`delivery_stamp` reads."""
+    text = headers.get("Nats-Time-Stamp") or ""
+    if not text.endswith("Z"):
+        return None
+    whole, _, fraction = text[:-1].partition(".")
+    try:
+        seconds = int(datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp())
+        return seconds * 1000 + (int((fraction + "000")[:3]) if fraction else 0)
+    except ValueError:
+        return None
 
 
 def _verified_prev(msg: Msg, record: h.Record) -> int | None:

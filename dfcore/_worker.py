@@ -66,10 +66,19 @@ class Worker:
         self._partitions: list[Partitions] = []
         self._sweeper: asyncio.Task[None] | None = None
 
+    def _refused(self, subject: str) -> None:
+        if self.store is not None:
+            self.store.refused(subject)
+
     async def start(self) -> None:
         """Connect, create streams and consumers, and start consuming."""
         settings = self.app.settings
-        nc = await connect(settings, f"dfcore-worker:{self.app.name}", self._reconnected)
+        nc = await connect(
+            settings,
+            f"dfcore-worker:{self.app.name}",
+            self._reconnected,
+            self._refused,
+        )
         self.store = store = Store(nc, settings, self.app.codec)
         await store.ensure()
         lay = store.layout

@@ -41,7 +41,7 @@ from ._errors import (
 from ._history import now_ms
 from ._naming import workflow_token
 from ._pull import PullConsumer
-from ._store import AppendConflict, Store
+from ._store import AppendConflict, Store, delivery_stamp
 
 if TYPE_CHECKING:
     from ._app import App
@@ -272,7 +272,8 @@ class WorkflowProcessor:
         seq = msg.metadata.sequence.stream
         try:
             _, workflow_id = self.store.layout.parse_history_subject(msg.subject)
-            record = h.validate_record(seq, self.store.decode(msg.data, f"history message {seq}"))
+            body = self.store.decode(msg.data, f"history message {seq}")
+            record = h.validate_record(seq, body, delivery_stamp(msg))
         except CodecUnavailableError as exc:
             log.error("%s; will retry", exc)  # this process lacks the key; the message is fine
             await msg.nak(delay=retry_delay(msg.metadata.num_delivered))

@@ -172,6 +172,49 @@ def test_df_dlq_list_and_show(make_app: Any, nats_url: str, namespace: str) -> N
     assert "stream seq:" in shown and "reason:" in shown
 
 
+def test_the_listing_and_dead_letter_tools_survive_any_content(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    app = make_app()
+    define(app)
+    lay = Layout(namespace)
+    junk_headers = {
+        "Df-Dlq-Size": "many",
+        "Df-Dlq-Time": "yesterday",
+        "Df-Dlq-Stream-Seq": "-1",
+        "Df-Dlq-Headers": "[not, a, mapping",
+        "Status": "503",
+    }
+
+    async def litter() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await js.publish(lay.dlq_subject("history"), b"\xff", headers=junk_headers)
+            await js.publish(lay.dlq_subject("history"), b"", headers={"Df-Dlq-Size": ""})
+            # Subjects under history.> that are no workflow's history.
+            await js.publish(f"{namespace}.history.default.99.stray", b"{}")
+            await js.publish(f"{namespace}.history.default.0.~%%%", b"{}")
+            await js.publish(f"{namespace}.status.default.{'x' * 3}", b"junk")
+        finally:
+            await nc.close()
+
+    with WorkerThread(app):
+        done = app.start("pair", 1)
+        assert done.result(timeout=30) == 2
+        asyncio.run(litter())
+        letters = app.dead_letters()
+        assert sorted(letter.size for letter in letters if letter.subject == "?") == [0, 1]
+        workflows = app.list_workflows()
+        assert [w.workflow_id for w in workflows] == [done.workflow_id]
+        assert workflows[0].status == "completed"
+    listing = df("dlq", "list", nats_url=nats_url, namespace=namespace)
+    assert "history" in listing
+    shown = df("dlq", "show", str(letters[0].seq), nats_url=nats_url, namespace=namespace)
+    assert f"Dead letter {letters[0].seq}" in shown
+    assert done.workflow_id in df("workflow", "list", nats_url=nats_url, namespace=namespace)
+
+
 def test_a_workflow_whose_code_keeps_failing_is_retried_and_shown_as_failing(
     make_app: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -138,23 +138,30 @@ def _changed_app(nats_url: str, namespace: str) -> App:
     return app
 
 
-def test_an_attempt_whose_worker_died_is_retried_by_policy(
+def test_an_attempt_whose_worker_died_runs_again_once_then_counts_as_lost(
     orders_client: App, nats_url: str, namespace: str, tmp_path: Path
 ) -> None:
+    # The first loss may be a worker that never started the task (frozen or stopped with it
+    # delivered), so the attempt runs again under its number; losing a second worker to it
+    # records it as lost (WorkerLost), and the retry policy runs attempt 2.
     effects = tmp_path / "effects.txt"
     env = {"DF_TEST_SIDE_EFFECTS": str(effects), "DF_ACTIVITY_ACK_WAIT": "1"}
-    first = spawn_worker(nats_url, namespace, env=env, log=tmp_path / "w1.log")
-    try:
-        handle = orders_client.start("slow_flow", "k1")
-        wait_until(lambda: "slow k1 attempt 1" in lines(effects), what="attempt 1 to start")
-    finally:
-        sigkill(first)
-    second = spawn_worker(nats_url, namespace, env=env, log=tmp_path / "w2.log")
+    handle = orders_client.start("slow_flow", "k1")
+    for n in (1, 2):
+        worker = spawn_worker(nats_url, namespace, env=env, log=tmp_path / f"w{n}.log")
+        try:
+            wait_until(
+                lambda n=n: lines(effects).count("slow k1 attempt 1") == n,
+                what=f"attempt 1 to start, time {n}",
+            )
+        finally:
+            sigkill(worker)
+    last = spawn_worker(nats_url, namespace, env=env, log=tmp_path / "w3.log")
     try:
         assert handle.result(timeout=60) == "done"
     finally:
-        second.terminate()
-        second.wait(30)
+        last.terminate()
+        last.wait(30)
     failures = [e.attributes["error"] for e in handle.history() if e.type == "ActivityFailed"]
     assert [f["type"] for f in failures] == ["WorkerLost"]
-    assert lines(effects) == ["slow k1 attempt 1", "slow k1 attempt 2"]
+    assert lines(effects) == ["slow k1 attempt 1", "slow k1 attempt 1", "slow k1 attempt 2"]

@@ -23,6 +23,7 @@ from .harness import OrderBatch
 
 ACK_WAIT = 3.0  # the harness's DF_WORKFLOW_ACK_WAIT
 RUN_AGAIN = "delivered again without an outcome; running it again"  # the activity worker's log
+SETTLED = "its outcome is already recorded; acked without running it"
 
 pytestmark = pytest.mark.slow
 
@@ -106,24 +107,31 @@ def test_sigkill_of_the_activity_worker(batch: Any, nats_url: str) -> None:
 
 
 def test_an_activity_worker_frozen_past_the_ack_wait(batch: Any, nats_url: str) -> None:
-    # SIGSTOP one of two activity workers, with the default policy's three attempts. The tasks
-    # it held, running or only delivered to it, come back after the ack wait and run on the
+    # SIGSTOP an activity worker while it alone serves the queue, so it surely holds tasks,
+    # then start a second one; the default policy's three attempts. The tasks the frozen one
+    # held, running or only delivered to it, come back after the ack wait and run on the
     # other one without costing an attempt; woken, its late results are not used.
     env = {"DF_ACTIVITY_ACK_WAIT": "2", "DF_FAULT_MAX_ATTEMPTS": "3"}
     run = batch("SIGSTOP 1 of 2 activity workers for 10 s", nats_url, env=env)
     spawn_workflow_workers(run)
-    run.spawn("activities-1", "--activities-only")
-    run.spawn("activities-2", "--activities-only")
+    # Room for more than the batch ever runs at once: its pull requests are always open, so
+    # tasks published just after the freeze wait in it, unstarted, as well as those running.
+    run.spawn("activities-1", "--activities-only", "--concurrency", "300")
     run.start()
     run.wait_for_progress(0.1, 0.3)
     run.pause("activities-1")
     frozen_at = time.monotonic()
+    run.spawn("activities-2", "--activities-only")
     report = run.finish(stop=False)
     run.check(report)
     assert report.failed_attempts == 0, run.describe()
     assert RUN_AGAIN in run.log_of("activities-2"), run.describe()  # the freeze held tasks
     time.sleep(max(0.0, frozen_at + 10.0 - time.monotonic()))  # the fault's length
     run.resume("activities-1")
+    wait_until(lambda: "was paused" in run.log_of("activities-1"), what="the frozen one waking")
+    # Woken, it checks the tasks that waited in it against their histories: the other worker
+    # ran them meanwhile, so it does not. (Those it was running when frozen just finish.)
+    wait_until(lambda: SETTLED in run.log_of("activities-1"), what="held tasks found settled")
     report = run.finish()
     run.check(report)
     assert report.failed_attempts == 0, run.describe()

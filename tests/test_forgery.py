@@ -1,0 +1,205 @@
+"""Well-formed but false records cannot steer a workflow (docs/security.md, "Threat model").
+
+A foreign client with publish rights writes records onto a live workflow's history subject, as
+anyone who may publish in the namespace can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import nats
+import orjson
+import pytest
+
+from dfcore import DFError
+from dfcore._naming import Layout
+
+from .workerkit import WorkerThread, wait_until
+
+
+async def forge(nats_url: str, subject: str, body: dict[str, Any]) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.jetstream().publish(subject, orjson.dumps(body))
+    finally:
+        await nc.close()
+
+
+async def test_a_record_dated_an_hour_ahead_does_not_move_the_workflows_clock(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def nap(ctx: Any) -> float:
+        await ctx.wait_signal("go")
+        before = ctx.now().timestamp()
+        await ctx.sleep(1)
+        return before
+
+    with WorkerThread(app):
+        handle = await nap.astart(workflow_id="nap-1")
+        wait_until(lambda: handle.status().status == "running", what="the workflow running")
+        hour_ahead = int(time.time() * 1000) + 3_600_000
+        subject = Layout(namespace).history_subject("default", "nap-1")
+        await forge(nats_url, subject, {"t": "SignalReceived", "ts": hour_ahead, "name": "go"})
+        # The signal counts (it is well formed), but the workflow's clock is the server's time
+        # of the record, so the one-second sleep ends in about a second, not in an hour.
+        before = await handle.aresult(timeout=30)
+    assert abs(before - time.time()) < 600  # the clock never jumped by the forged hour
+
+
+async def test_a_record_whose_timestamp_is_not_a_number_is_dead_lettered(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def gate(ctx: Any) -> str:
+        return str(await ctx.wait_signal("go"))
+
+    with WorkerThread(app):
+        handle = await gate.astart(workflow_id="gate-1")
+        wait_until(lambda: handle.status().status == "running", what="the workflow running")
+        subject = Layout(namespace).history_subject("default", "gate-1")
+        await forge(nats_url, subject, {"t": "SignalReceived", "ts": "soon", "name": "go"})
+        letters = wait_until(app.dead_letters, what="the mistyped record dead-lettered")
+        assert "'ts'" in letters[0].reason
+        # The workflow was not wedged by it: a real signal still reaches it.
+        await handle.asignal("go", "real")
+        assert await handle.aresult(timeout=30) == "real"
+
+
+async def test_a_forged_outcome_is_not_believed_and_junk_beside_it_harms_nothing(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def gate(ctx: Any) -> str:
+        return str(await ctx.wait_signal("go"))
+
+    lay = Layout(namespace)
+    status = lay.status_subject("default", "gate-2")
+    forged = {
+        "t": "Decided",
+        "ts": 1,
+        "seq": 1,
+        "cmds": [{"t": "WorkflowCompleted", "result": "x"}],
+    }
+    with WorkerThread(app):
+        handle = await gate.astart(workflow_id="gate-2")
+        wait_until(lambda: handle.status().status == "running", what="the workflow running")
+        waiting = asyncio.ensure_future(handle.aresult(timeout=30))
+        await forge(nats_url, status, forged)  # stored, and seen live by the waiting client
+        nc = await nats.connect(nats_url)
+        try:
+            await nc.jetstream().publish(status, b"\xffjunk")
+        finally:
+            await nc.close()
+        assert (await handle.astatus()).status == "running"  # the history says so
+        assert not waiting.done()
+        await handle.asignal("go", "real")
+        assert await waiting == "real"
+        assert (await app.get_handle("gate-2").astatus()).status == "completed"
+
+
+async def test_garbage_after_a_finished_history_hides_nothing(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def quick(ctx: Any, n: int) -> int:
+        return n + 1
+
+    with WorkerThread(app):
+        handle = await quick.astart(1, workflow_id="quick-1")
+        assert await handle.aresult(timeout=30) == 2
+        nc = await nats.connect(nats_url)
+        try:
+            subject = Layout(namespace).history_subject("default", "quick-1")
+            await nc.jetstream().publish(subject, b"\x00not a record")
+        finally:
+            await nc.close()
+        again = app.get_handle("quick-1")  # a fresh handle locates the workflow anew
+        assert await again.aresult(timeout=30) == 2
+        assert (await again.astatus()).status == "completed"
+
+
+async def test_stored_headers_that_look_like_a_server_reply_are_not_taken_for_one(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def gate(ctx: Any) -> str:
+        return str(await ctx.wait_signal("go"))
+
+    with WorkerThread(app):
+        handle = await gate.astart(workflow_id="gate-3")
+        wait_until(lambda: handle.status().status == "running", what="the workflow running")
+        subject = Layout(namespace).history_subject("default", "gate-3")
+        signal = {"t": "SignalReceived", "ts": 1, "name": "go", "payload": "via 404"}
+        nc = await nats.connect(nats_url)
+        try:
+            # Reads of this history return the message with these headers: it is a stored
+            # message (the server adds Nats-Sequence), not "no message" or "no responders".
+            for status in ("404", "503"):
+                await nc.jetstream().publish(
+                    subject, orjson.dumps(signal), headers={"Status": status}
+                )
+        finally:
+            await nc.close()
+        assert await handle.aresult(timeout=30) == "via 404"
+        assert (await handle.astatus()).status == "completed"
+
+
+async def test_a_start_behind_a_stray_message_is_refused_not_reported_as_started(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def quick(ctx: Any, n: int) -> int:
+        return n + 1
+
+    await quick.astart(0, workflow_id="first")  # the namespace's streams exist from here
+    subject = Layout(namespace).history_subject("default", "taken-1")
+    await forge(nats_url, subject, {"t": "SignalReceived", "ts": 1, "name": "early"})
+    with pytest.raises(DFError, match="not a workflow start"):
+        await quick.astart(1, workflow_id="taken-1")
+    with pytest.raises(DFError, match="not a workflow start"):
+        await app.astart("quick", 1, workflow_id="taken-1", if_exists="fail")
+
+
+async def test_with_the_aes_gcm_codec_a_record_forged_without_the_key_is_rejected(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    from dfcore.contrib.encryption import AESGCMCodec
+
+    app = make_app(codec=AESGCMCodec(AESGCMCodec.generate_key()))
+
+    @app.activity
+    def pay(n: int) -> int:
+        return n
+
+    @app.workflow
+    async def gate(ctx: Any) -> str:
+        signal = await ctx.wait_signal("go")
+        return f"{signal}:{await ctx.activity(pay, 7)}"
+
+    with WorkerThread(app):
+        handle = await gate.astart(workflow_id="sealed-1")
+        wait_until(lambda: handle.status().status == "running", what="the workflow running")
+        subject = Layout(namespace).history_subject("default", "sealed-1")
+        # Well formed, and sent by a party that may publish, but not sealed with the key.
+        await forge(nats_url, subject, {"t": "SignalReceived", "ts": 1, "name": "go", "payload": 0})
+        letters = wait_until(app.dead_letters, what="the forged record dead-lettered")
+        assert "not encrypted" in letters[0].reason
+        assert (await handle.astatus()).status == "running"  # it was not taken as the signal
+        await handle.asignal("go", "real")
+        assert await handle.aresult(timeout=30) == "real:7"
