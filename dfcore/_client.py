@@ -54,12 +54,7 @@ class Client:
             async with self._lock:
                 if self._store is None:
                     settings = self.app.settings
-                    nc = await connect(
-                        settings,
-                        f"dfcore-client:{self.app.name}",
-                        self._reconnected,
-                        self._refused,
-                    )
+                    nc = await connect(settings, f"dfcore-client:{self.app.name}", self)
                     store = self._opening = Store(nc, settings, self.app.codec)
                     await store.ensure()
                     self._outcomes = OutcomeWatcher(store)
@@ -89,12 +84,20 @@ class Client:
 
         self._guard = loop.create_task(guard(), name="dfcore-connection-guard")
 
-    def _refused(self, subject: str) -> None:
+    # -- the connection's listener (``_connection.Listener``) -------------------------------
+
+    def refused(self, subject: str) -> None:
         store = self._store or self._opening
         if store is not None:
             store.refused(subject)
 
-    async def _reconnected(self) -> None:
+    def connection_lost(self) -> None:
+        if self._store is not None:
+            self._store.connection_lost()
+
+    async def reconnected(self) -> None:
+        if self._store is not None:
+            self._store.reconnected()
         if self._outcomes is not None:
             self._outcomes.recheck_all()  # outcomes published meanwhile were not delivered
 

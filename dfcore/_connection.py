@@ -14,8 +14,8 @@ import logging
 import random
 import re
 import ssl
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from nats import errors as nats_errors
@@ -49,12 +49,20 @@ class _NotEncrypted(nats_errors.Error):
         return "nats: the server does not offer TLS"
 
 
-async def connect(
-    settings: Settings,
-    name: str,
-    on_reconnected: Callable[[], Awaitable[None]] | None = None,
-    on_refused: Callable[[str], None] | None = None,
-) -> NATS:
+class Listener(Protocol):
+    """What the owner of a connection is told about it (the Client, a Worker)."""
+
+    def connection_lost(self) -> None:
+        """The connection dropped; nats-py is reconnecting."""
+
+    async def reconnected(self) -> None:
+        """The connection is back (possibly to another server of the cluster)."""
+
+    def refused(self, subject: str) -> None:
+        """The server refused this connection permission to publish to ``subject``."""
+
+
+async def connect(settings: Settings, name: str, listener: Listener | None = None) -> NATS:
     """Connect to the configured NATS server(s), authenticated and over TLS as configured.
 
     Each server of the list is tried in turn (twice over), so a cluster with a node down still
@@ -77,9 +85,7 @@ async def connect(
     for attempt in range(attempts):
         first = attempt % len(servers)
         try:
-            return await _connect_once(
-                settings, name, servers[first:] + servers[:first], on_reconnected, on_refused
-            )
+            return await _connect_once(settings, name, servers[first:] + servers[:first], listener)
         except _Unreachable as exc:
             if attempt + 1 == attempts:
                 raise exc.error from exc.__cause__
@@ -98,8 +104,7 @@ async def _connect_once(
     settings: Settings,
     name: str,
     servers: list[str],
-    on_reconnected: Callable[[], Awaitable[None]] | None,
-    on_refused: Callable[[str], None] | None = None,
+    listener: Listener | None,
 ) -> NATS:
     """One connect, to ``servers[0]``; raise _Unreachable when it did not answer."""
     nc = NATS()
@@ -119,18 +124,20 @@ async def _connect_once(
             "publish to" if action == "publish" else "subscribe to",
             subject,
         )
-        if action == "publish" and on_refused is not None:
-            on_refused(subject)
+        if action == "publish" and listener is not None:
+            listener.refused(subject)
 
     async def disconnected_cb() -> None:
         if nc.is_closed or nc.is_draining:
             return  # a deliberate close, not an outage
         log.warning("disconnected from NATS at %s; reconnecting", settings.display_url)
+        if listener is not None:
+            listener.connection_lost()
 
     async def reconnected_cb() -> None:
         log.warning("reconnected to NATS")
-        if on_reconnected is not None:
-            await on_reconnected()
+        if listener is not None:
+            await listener.reconnected()
 
     options = {**_auth_options(settings, nc), **_tls_options(settings)}
     try:

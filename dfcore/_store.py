@@ -75,8 +75,16 @@ class Store:
         self._ensured = False
 
     def refused(self, subject: str) -> None:
-        """Give to ``connect(on_refused=)``: fail the requests the server will not answer."""
+        """The server will not let this connection publish to ``subject`` (a permission)."""
         self._replies.refuse(subject, self.settings.nats_user)
+
+    def connection_lost(self) -> None:
+        """The connection dropped: what was sent until now may never be answered."""
+        self._replies.connection_lost()
+
+    def reconnected(self) -> None:
+        """The connection is back: stop waiting for answers lost with the old one."""
+        self._replies.reconnected()
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -781,6 +789,7 @@ class _Replies:
         self._prefix = ""
         self._ids = itertools.count()
         self._waiters: dict[str, _Waiter] = {}
+        self._epoch = 0  # connections lost so far: requests remember the one they were sent in
 
     async def start(self) -> None:
         if self._prefix:
@@ -799,6 +808,25 @@ class _Replies:
         waiter = self._waiters.get(msg.subject[len(self._prefix) + 1 :])
         if waiter is not None:
             waiter.feed(msg)
+
+    def connection_lost(self) -> None:
+        self._epoch += 1
+
+    def reconnected(self) -> None:
+        """Fail, now, the requests sent before the connection dropped.
+
+        A server that died with them answers none, and waiting for the timeout (10 s) would
+        hold up a call the restarted server could answer at once. A publish with a message id
+        is sent again at once (:meth:`request`). Requests made while disconnected were
+        buffered by nats-py and sent on the new connection: they are left to their answers.
+        """
+        for waiter in self._waiters.values():
+            if waiter.epoch < self._epoch and not waiter.future.done():
+                waiter.future.set_exception(
+                    _AnswerLost(
+                        f"the connection to NATS dropped before {waiter.subject} was answered"
+                    )
+                )
 
     def refuse(self, subject: str, user: str | None) -> None:
         """The server refused to let this connection publish to ``subject``: no reply will
@@ -832,18 +860,29 @@ class _Replies:
         "No responders" is asked again for up to :attr:`ELECTION_WAIT` seconds: on a cluster
         only a stream's leader subscribes to its subjects, so while its replicas elect a new
         one (a few seconds after a node dies) nothing answers. A missing stream never will.
+
+        A request whose answer was lost with the connection is sent again as soon as it is
+        back, if sending it twice is harmless: an API call (reads included) or a publish with
+        a message id. Any other publish raises: it may have been stored.
         """
         loop = asyncio.get_running_loop()
         # A single server has no election to wait for: "no responders" there is final.
         wait = self.ELECTION_WAIT if self._clustered() else 0.0
         give_up = loop.time() + wait
         pause = 0.05
+        resends = 0
         while True:
             try:
                 return await self._request_once(subject, payload, headers, batch, timeout)
             except _NoResponders:
                 if loop.time() + pause > give_up:
                     raise
+            except _AnswerLost:
+                repeatable = subject.startswith("$JS.API.") or "Nats-Msg-Id" in (headers or {})
+                if not repeatable or resends >= PUBLISH_TRIES:
+                    raise
+                resends += 1
+                continue  # the connection is back: at once
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 
@@ -857,7 +896,7 @@ class _Replies:
     ) -> Any:
         token = str(next(self._ids))
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), batch, subject)
+        waiter = _Waiter(loop.create_future(), batch, subject, self._epoch)
         self._waiters[token] = waiter
         expiry = loop.call_later(timeout, waiter.expire, subject, timeout)
         try:
@@ -871,12 +910,13 @@ class _Replies:
 
 
 class _Waiter:
-    __slots__ = ("batch", "future", "msgs", "subject")
+    __slots__ = ("batch", "epoch", "future", "msgs", "subject")
 
-    def __init__(self, future: asyncio.Future[Any], batch: bool, subject: str) -> None:
+    def __init__(self, future: asyncio.Future[Any], batch: bool, subject: str, epoch: int) -> None:
         self.future = future
         self.batch = batch
         self.subject = subject
+        self.epoch = epoch
         self.msgs: list[Msg] = []
 
     def feed(self, msg: Msg) -> None:
@@ -907,6 +947,10 @@ class _Waiter:
                     "JetStream enabled, and the stream's leader elected?"
                 )
             )
+
+
+class _AnswerLost(ConnectionError_):
+    """The connection dropped, and came back, while a request waited for its answer."""
 
 
 class _NoResponders(DFError):

@@ -66,19 +66,10 @@ class Worker:
         self._partitions: list[Partitions] = []
         self._sweeper: asyncio.Task[None] | None = None
 
-    def _refused(self, subject: str) -> None:
-        if self.store is not None:
-            self.store.refused(subject)
-
     async def start(self) -> None:
         """Connect, create streams and consumers, and start consuming."""
         settings = self.app.settings
-        nc = await connect(
-            settings,
-            f"dfcore-worker:{self.app.name}",
-            self._reconnected,
-            self._refused,
-        )
+        nc = await connect(settings, f"dfcore-worker:{self.app.name}", self)
         self.store = store = Store(nc, settings, self.app.codec)
         await store.ensure()
         lay = store.layout
@@ -130,7 +121,19 @@ class Worker:
         parts = ["workflows"] if self.serve_workflows else []
         return " and ".join(parts + (["activities"] if self.serve_activities else []))
 
-    async def _reconnected(self) -> None:
+    # -- the connection's listener (``_connection.Listener``) -------------------------------
+
+    def refused(self, subject: str) -> None:
+        if self.store is not None:
+            self.store.refused(subject)
+
+    def connection_lost(self) -> None:
+        if self.store is not None:
+            self.store.connection_lost()
+
+    async def reconnected(self) -> None:
+        if self.store is not None:
+            self.store.reconnected()
         for puller in self._pullers:
             puller.on_reconnected()
         for partitions in self._partitions:

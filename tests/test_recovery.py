@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dfcore import App
+from dfcore import App, EmbeddedServer, _store
 from dfcore._loopthread import run_sync
 
 from .workerkit import WorkerThread, sigkill, spawn_worker, wait_until
@@ -165,3 +168,33 @@ def test_an_attempt_whose_worker_died_runs_again_once_then_counts_as_lost(
     failures = [e.attributes["error"] for e in handle.history() if e.type == "ActivityFailed"]
     assert [f["type"] for f in failures] == ["WorkerLost"]
     assert lines(effects) == ["slow k1 attempt 1", "slow k1 attempt 1", "slow k1 attempt 2"]
+
+
+async def test_a_call_whose_answer_died_with_the_server_is_sent_again_on_reconnect(
+    tmp_path: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Requests wait far longer than the test does, so only the reconnect can end the wait.
+    monkeypatch.setattr(_store._Replies.request, "__kwdefaults__", {"batch": False, "timeout": 600})
+    server = EmbeddedServer(tmp_path / "nats", log_file=str(tmp_path / "nats.log"))
+    with server:
+        app = App("again", nats_url=server.url, namespace=namespace)
+
+        @app.workflow
+        async def gate(ctx: Any) -> str:
+            return str(await ctx.wait_signal("go"))
+
+        try:
+            handle = await gate.astart(workflow_id="again-1")
+            store = await app._client().store()
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGSTOP)  # it takes the signal in, and never answers
+            sending = asyncio.ensure_future(handle.asignal("go", "once", signal_id="s1"))
+            while not store._replies._waiters:  # the append is sent and waits for its answer
+                await asyncio.sleep(0.01)
+            server.kill()
+            server.start()  # same port and store; the client reconnects by itself
+            await asyncio.wait_for(sending, 60)
+            history = await handle.ahistory()
+            assert [e.type for e in history].count("SignalReceived") == 1
+        finally:
+            await app.aclose()
