@@ -42,6 +42,37 @@ _PERMISSION_DENIED = re.compile(
 )
 
 
+class _Client(NATS):
+    """nats-py's client, reading the headers the server checks the way the server does.
+
+    On publish the server checks the *first* copy of a ``Nats-Expected-*`` header and stores
+    the message with every copy; nats-py's parse keeps the *last*. A publisher could repeat
+    one, so that the server checks a true first copy while the reader takes a false last one
+    for what was checked (a start taken for the first record of a history, a ``prev`` that
+    skips records). Those headers are read from their first copy here.
+    """
+
+    async def _process_headers(self, headers: bytes) -> dict[str, str] | None:
+        parsed: dict[str, str] | None = await super()._process_headers(headers)
+        if parsed and _CHECKED_PREFIX in headers:
+            parsed.update(_first_copies(headers))
+        return parsed
+
+
+_CHECKED_PREFIX = b"Nats-Expected-"
+
+
+def _first_copies(raw: bytes) -> dict[str, str]:
+    """The first value of each ``Nats-Expected-*`` header in a raw header block."""
+    found: dict[str, str] = {}
+    for line in raw.split(b"\r\n")[1:]:  # after the NATS/1.0 line
+        name, sep, value = line.partition(b":")
+        if sep and name.startswith(_CHECKED_PREFIX):
+            key = name.strip().decode("ascii", "replace")
+            found.setdefault(key, value.strip().decode("utf-8", "replace"))
+    return found
+
+
 class _NotEncrypted(nats_errors.Error):
     """Raised in place of a secret when the connection is not TLS but the settings require it."""
 
@@ -107,7 +138,7 @@ async def _connect_once(
     listener: Listener | None,
 ) -> NATS:
     """One connect, to ``servers[0]``; raise _Unreachable when it did not answer."""
-    nc = NATS()
+    nc = _Client()
     errors: collections.deque[Exception] = collections.deque(maxlen=8)
 
     async def error_cb(exc: Exception) -> None:

@@ -446,7 +446,7 @@ class Store:
                 if after_seq == 0 and self.is_first_record(msg.headers, subject):
                     return records[::-1], newest
                 break
-            prev = _verified_prev(msg, record)
+            prev = verified_prev(msg.headers, record)
             if prev is None or prev < after_seq:
                 break
             if prev == after_seq:
@@ -1003,15 +1003,16 @@ def stored_stamp(headers: Mapping[str, str]) -> int | None:
         return None
 
 
-def _verified_prev(msg: Msg, record: h.Record) -> int | None:
+def verified_prev(headers: Mapping[str, str] | None, record: h.Record) -> int | None:
     """The record's ``prev`` if the server checked it on append, else None.
 
     ``prev`` is in the body, which the server never reads; what it checked is the
-    ``Nats-Expected-Last-Subject-Sequence`` header against the message's own subject. Only when
+    ``Nats-Expected-Last-Subject-Sequence`` header (its first copy, which is what the
+    connection reads, see ``_connection._Client``) against the message's own subject. Only when
     both agree does ``prev`` name the record just before this one.
     """
     prev = record.body.get("prev")
-    headers = msg.headers or {}
+    headers = headers or {}
     if not isinstance(prev, int) or "Nats-Expected-Last-Subject-Sequence-Subject" in headers:
         return None
     return prev if headers.get("Nats-Expected-Last-Subject-Sequence") == str(prev) else None

@@ -41,7 +41,7 @@ from ._errors import (
 from ._history import now_ms
 from ._naming import workflow_token
 from ._pull import PullConsumer
-from ._store import AppendConflict, Store, delivery_stamp
+from ._store import AppendConflict, Store, delivery_stamp, verified_prev
 
 if TYPE_CHECKING:
     from ._app import App
@@ -335,7 +335,7 @@ class WorkflowProcessor:
     ) -> bool:
         """Process one record; False when the message was handed back or dead-lettered."""
         try:
-            await self._process(entry, record, opens_history)
+            await self._process(entry, record, opens_history, verified_prev(msg.headers, record))
         except _StaleRead:
             await msg.nak(delay=0.2)
             return False
@@ -441,7 +441,11 @@ class WorkflowProcessor:
         """Raise at the workflow's call site if ``value`` cannot be sent."""
         self.store.encode({"v": value}, what)
 
-    async def _process(self, entry: _Entry, record: h.Record, opens_history: bool) -> None:
+    async def _process(
+        self, entry: _Entry, record: h.Record, opens_history: bool, prev: int | None
+    ) -> None:
+        """Bring the run past ``record`` and decide. ``prev``: the record's server-checked
+        ``prev`` (None when unchecked): when it is the run's last record, nothing is read."""
         run = entry.run
         seq = record.seq
         if seq <= entry.closed_seq or (run is not None and run.last_seq >= seq):
@@ -454,7 +458,9 @@ class WorkflowProcessor:
             run = entry.run = self._new_run(entry.workflow_id)
             self.live += 1
         known = [record] if opens_history and run.last_seq == 0 else None
-        await self._catch_up_and_decide(entry, run, seq, known or _chained(record, run.last_seq))
+        if known is None and _follows(record, prev, run.last_seq):
+            known = [record]
+        await self._catch_up_and_decide(entry, run, seq, known)
         if run.closed and not run.pending_commands():
             entry.closed_seq = run.last_seq
             self._drop(entry)
@@ -639,11 +645,15 @@ def _decision(cmds: list[dict[str, Any]], prev: int, *, more: bool) -> dict[str,
     return body
 
 
-def _chained(record: h.Record, last_seq: int) -> list[h.Record] | None:
-    """The delivered record alone, if it provably follows ``last_seq`` (no gap to read)."""
-    if record.type == h.DECIDED:
-        return None
-    return [record] if record.body.get("prev") == last_seq else None
+def _follows(record: h.Record, prev: int | None, last_seq: int) -> bool:
+    """Whether the delivered fact provably comes right after ``last_seq`` (no gap to read).
+
+    Only a ``prev`` the server checked proves it; a start proves it only by opening its
+    history (``Store.is_first_record``), and a decision is always read back.
+    """
+    if record.type in (h.DECIDED, h.WORKFLOW_STARTED) or last_seq < 1:
+        return False
+    return prev is not None and prev == last_seq
 
 
 class _NoSuchWorkflow(DFError):

@@ -203,3 +203,59 @@ async def test_with_the_aes_gcm_codec_a_record_forged_without_the_key_is_rejecte
         assert (await handle.astatus()).status == "running"  # it was not taken as the signal
         await handle.asignal("go", "real")
         assert await handle.aresult(timeout=30) == "real:7"
+
+
+async def _publish_raw(
+    nats_url: str, subject: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    """Publish with headers as given, repeated names included (nats-py's dict cannot)."""
+    reader, writer = await asyncio.open_connection(*nats_url.removeprefix("nats://").split(":"))
+    try:
+        await reader.readline()  # INFO
+        block = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+        head = block.encode()
+        writer.write(b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n')
+        writer.write(f"HPUB {subject} {len(head)} {len(head) + len(body)}\r\n".encode())
+        writer.write(head + body + b"\r\nPING\r\n")
+        await writer.drain()
+        while not (await reader.readline()).startswith(b"PONG"):
+            pass
+    finally:
+        writer.close()
+
+
+async def test_a_repeated_header_cannot_pass_for_what_the_server_checked(
+    make_app: Any, nats_url: str, namespace: str
+) -> None:
+    # The server checks the first copy of Nats-Expected-Last-Subject-Sequence; a client library
+    # that kept the last would take a start appended after a finished history for its first
+    # record, and run the workflow again from the forged arguments.
+    from .test_traffic import settled
+
+    app = make_app()
+
+    @app.workflow
+    async def quick(ctx: Any, n: int) -> int:
+        return n + 1
+
+    lay = Layout(namespace)
+    with WorkerThread(app):
+        handle = await quick.astart(1, workflow_id="once-1")
+        assert await handle.aresult(timeout=30) == 2
+        store = await app._client().store()
+        subject = lay.history_subject("default", "once-1")
+        last = await store.last_seq(subject)
+        start = {"t": "WorkflowStarted", "ts": 1, "workflow": "quick", "args": [41], "prev": 0}
+        headers = [
+            ("Nats-Expected-Last-Subject-Sequence", str(last)),  # true: the server stores it
+            ("Nats-Expected-Last-Subject-Sequence", "0"),  # what a forger wants read
+        ]
+        await _publish_raw(nats_url, subject, headers, orjson.dumps(start))
+        nc = await nats.connect(nats_url)
+        try:
+            await settled(nc, lay, "default")
+        finally:
+            await nc.close()
+        kinds = [e.type for e in await handle.ahistory()]
+    assert kinds.count("WorkflowCompleted") == 1, kinds  # it did not run again
+    assert await app.get_handle("once-1").aresult(timeout=5) == 2
