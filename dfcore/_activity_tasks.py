@@ -166,8 +166,9 @@ class ActivityRunner:
     async def _settled(self, task: Mapping[str, Any], info: ActivityInfo) -> bool:
         """Whether the history already holds this attempt's outcome, or the workflow ended.
 
-        Asked only of a redelivered task: one read of what followed the decision that
-        scheduled it. A read that fails says no; the task is then run or recorded as lost.
+        Asked only of a redelivered task, or of one received before this process was frozen:
+        one read of what followed the decision that scheduled it. A read that fails says no;
+        the task is then run or recorded as lost.
         """
         try:
             records, _ = await self.store.read_recent(task["h"], int(task.get("dseq") or 0))
@@ -345,10 +346,11 @@ HAND_BACK_DELAY = 2.0
 REPORT_PATIENCE = 120.0
 """Seconds an activity worker keeps trying to record an outcome before giving up."""
 RUN_AGAIN_UNTIL = 2
+"""Deliveries of a task without an outcome that are still run; later ones are lost attempts."""
 TICK = 0.25
 """Seconds between the activity runner's pause-detection ticks."""
 SETTLED = "its outcome is already recorded"
-"""Deliveries of a task without an outcome that are still run; later ones are lost attempts."""
+"""What the log says of a task acked without running because its outcome is recorded."""
 
 
 def pull_expiry(ack_wait: float) -> tuple[float, float]:
