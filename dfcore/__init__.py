@@ -32,6 +32,7 @@ from ._errors import (
     CodecKeyError,
     CodecUnavailableError,
     ConfigurationError,
+    DFConnectionError,
     DFError,
     NondeterminismError,
     PayloadError,
@@ -42,7 +43,6 @@ from ._errors import (
     WorkflowFailureError,
     WorkflowNotFoundError,
 )
-from ._errors import ConnectionError_ as DFConnectionError
 from ._history import HistoryEvent
 from ._server import EmbeddedServer
 from ._worker import Worker

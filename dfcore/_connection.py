@@ -22,7 +22,7 @@ from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 
 from ._config import Settings
-from ._errors import ConfigurationError, ConnectionError_
+from ._errors import ConfigurationError, DFConnectionError
 
 log = logging.getLogger("dfcore.connection")
 
@@ -102,7 +102,7 @@ async def connect(settings: Settings, name: str, listener: Listener | None = Non
 
     Raises:
         ConfigurationError: a TLS certificate, key or CA file cannot be loaded.
-        ConnectionError_: no server answered, the server refused the credentials, the TLS
+        DFConnectionError: no server answered, the server refused the credentials, the TLS
             handshake failed, or the settings require TLS and the server does not offer it;
             the message says which and what to check.
     """
@@ -127,7 +127,7 @@ async def connect(settings: Settings, name: str, listener: Listener | None = Non
 class _Unreachable(Exception):
     """A server did not answer (as opposed to refusing us): try the next one."""
 
-    def __init__(self, error: ConnectionError_) -> None:
+    def __init__(self, error: DFConnectionError) -> None:
         self.error = error
 
 
@@ -200,7 +200,7 @@ async def _connect_once(
         raise _connect_error(settings, nc, [*errors, nats_errors.UnexpectedEOF()])
     if settings.tls_required and not _encrypted(nc):
         await close_connection(nc)
-        raise ConnectionError_(
+        raise DFConnectionError(
             f"could not connect to NATS at {settings.display_url}: "
             + _unencrypted_message(settings, sent_secret=False)
         )
@@ -359,18 +359,18 @@ async def _discard(nc: NATS, exc: Exception | None) -> None:
         log.debug("closing after a failed connect failed: %r", close_exc)
 
 
-def _connect_error(settings: Settings, nc: NATS, errors: list[Exception]) -> ConnectionError_:
+def _connect_error(settings: Settings, nc: NATS, errors: list[Exception]) -> DFConnectionError:
     where = f"could not connect to NATS at {settings.display_url}"
     if any(isinstance(error, _NotEncrypted) for error in errors):
-        return ConnectionError_(f"{where}: {_unencrypted_message(settings, sent_secret=True)}")
+        return DFConnectionError(f"{where}: {_unencrypted_message(settings, sent_secret=True)}")
     refused = next((error for error in errors if _is_auth_error(error)), None)
     if refused is not None:
-        return ConnectionError_(f"{where}: {_refused_message(settings, refused)}")
+        return DFConnectionError(f"{where}: {_refused_message(settings, refused)}")
     tls = _tls_failure(settings, nc, errors)
     if tls is not None:
-        return ConnectionError_(f"{where}: TLS handshake failed: {tls}")
+        return DFConnectionError(f"{where}: TLS handshake failed: {tls}")
     cause = errors[-1]
-    return ConnectionError_(f"{where} ({type(cause).__name__}: {cause}). {_NO_SERVER_HINT}")
+    return DFConnectionError(f"{where} ({type(cause).__name__}: {cause}). {_NO_SERVER_HINT}")
 
 
 def _is_auth_error(error: Exception) -> bool:

@@ -4,7 +4,7 @@ Every exception a user can catch derives from :class:`DFError`::
 
     DFError
     ├── ConfigurationError            a setting is missing or has a bad value
-    ├── ConnectionError_              NATS cannot be reached (exported as DFConnectionError)
+    ├── DFConnectionError             NATS cannot be reached
     ├── RegistrationError             a workflow/activity name is unknown or registered twice
     ├── PayloadError
     │   ├── SerializationError        a value cannot be encoded to or decoded from JSON
@@ -38,7 +38,7 @@ class ConfigurationError(DFError):
     """A setting is missing or invalid; the message names the key."""
 
 
-class ConnectionError_(DFError):  # noqa: N801 - exported as DFConnectionError
+class DFConnectionError(DFError):
     """The NATS server could not be reached (or the connection was lost)."""
 
 

@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
 
-from dfcore._errors import ConfigurationError, ConnectionError_
+from dfcore._errors import ConfigurationError, DFConnectionError
 
 __all__ = ["PullConsumer"]
 
@@ -176,7 +176,7 @@ class PullConsumer:
                 self._leader_subject, cb=self._on_leader_elected
             )
         except nats.errors.Error as exc:
-            raise ConnectionError_(
+            raise DFConnectionError(
                 f"cannot subscribe for consumer {self._name}: {exc}; is the connection open?"
             ) from exc
         self._spawn(self._watch())

@@ -27,7 +27,7 @@ from ._config import Settings
 from ._errors import (
     CodecUnavailableError,
     ConfigurationError,
-    ConnectionError_,
+    DFConnectionError,
     DFError,
     PayloadError,
 )
@@ -386,7 +386,7 @@ class Store:
             try:
                 reply: Msg = await self._replies.request(subject, payload, headers)
                 return reply
-            except ConnectionError_ as exc:
+            except DFConnectionError as exc:
                 log.warning("%s; sending it again with the same message id", exc)
         reply = await self._replies.request(subject, payload, headers)
         return reply
@@ -474,7 +474,7 @@ class Store:
         if status == "404":
             return None
         if status is not None:
-            raise ConnectionError_(
+            raise DFConnectionError(
                 f"JetStream read of {subject} failed: {status} {_description(msg)}"
             )
         return msg
@@ -740,7 +740,7 @@ class Store:
         if status == "404":
             return None
         if status is not None:
-            raise ConnectionError_(
+            raise DFConnectionError(
                 f"reading dead letter {seq} failed: {status} {_description(msg)}"
             )
         return _letter(msg)
@@ -936,20 +936,20 @@ class _Waiter:
             self.future.set_result((self.msgs, False))
         else:
             self.future.set_exception(
-                ConnectionError_(f"JetStream read failed: {status} {_description(msg)}")
+                DFConnectionError(f"JetStream read failed: {status} {_description(msg)}")
             )
 
     def expire(self, subject: str, timeout: float) -> None:
         if not self.future.done():
             self.future.set_exception(
-                ConnectionError_(
+                DFConnectionError(
                     f"no answer from JetStream within {timeout}s ({subject}); is the server up, "
                     "JetStream enabled, and the stream's leader elected?"
                 )
             )
 
 
-class _AnswerLost(ConnectionError_):
+class _AnswerLost(DFConnectionError):
     """The connection dropped, and came back, while a request waited for its answer."""
 
 
@@ -1042,7 +1042,7 @@ def _wrap(exc: BaseException, doing: str) -> DFError:
         return exc
     if isinstance(exc, APIError):
         return DFError(f"JetStream refused {doing}: {exc.description} (code {exc.err_code})")
-    return ConnectionError_(
+    return DFConnectionError(
         f"lost contact with NATS while {doing} ({type(exc).__name__}: {exc}); "
         "check that the server is running and reachable"
     )
