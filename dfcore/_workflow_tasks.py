@@ -193,6 +193,9 @@ class WorkflowProcessor:
         likely to be redelivered for them any more, and they would hide the runs behind them.
         """
         now = time.monotonic()
+        oldest = next(iter(self.cache.values()), None)
+        if oldest is None or now - oldest.touched < self.idle_after:
+            return False  # the common case under a burst: nothing idle, so copy nothing
         for workflow_id, entry in list(self.cache.items()):
             if now - entry.touched < self.idle_after:
                 return False  # LRU order: every later entry was touched more recently
@@ -653,7 +656,7 @@ def _follows(record: h.Record, prev: int | None, last_seq: int) -> bool:
     """
     if record.type in (h.DECIDED, h.WORKFLOW_STARTED) or last_seq < 1:
         return False
-    return prev is not None and prev == last_seq
+    return prev == last_seq
 
 
 class _NoSuchWorkflow(DFError):

@@ -20,12 +20,36 @@ from dfcore._naming import Layout
 from .workerkit import WorkerThread, wait_until
 
 
-async def forge(nats_url: str, subject: str, body: dict[str, Any]) -> None:
+async def forge(
+    nats_url: str,
+    subject: str,
+    body: dict[str, Any] | bytes,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Publish as a foreign client with publish rights would (a record, or raw bytes)."""
     nc = await nats.connect(nats_url)
     try:
-        await nc.jetstream().publish(subject, orjson.dumps(body))
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        await nc.jetstream().publish(subject, data, headers=headers)
     finally:
         await nc.close()
+
+
+def define_gate(app: Any) -> Any:
+    """A workflow that waits for the signal ``go`` and returns its payload."""
+
+    @app.workflow
+    async def gate(ctx: Any) -> str:
+        return str(await ctx.wait_signal("go"))
+
+    return gate
+
+
+async def running(gate: Any, workflow_id: str) -> Any:
+    """Start ``gate`` as ``workflow_id`` and wait until a worker has taken it on."""
+    handle = await gate.astart(workflow_id=workflow_id)
+    wait_until(lambda: handle.status().status == "running", what="the workflow running")
+    return handle
 
 
 async def test_a_record_dated_an_hour_ahead_does_not_move_the_workflows_clock(
@@ -56,14 +80,10 @@ async def test_a_record_whose_timestamp_is_not_a_number_is_dead_lettered(
     make_app: Any, nats_url: str, namespace: str
 ) -> None:
     app = make_app()
-
-    @app.workflow
-    async def gate(ctx: Any) -> str:
-        return str(await ctx.wait_signal("go"))
+    gate = define_gate(app)
 
     with WorkerThread(app):
-        handle = await gate.astart(workflow_id="gate-1")
-        wait_until(lambda: handle.status().status == "running", what="the workflow running")
+        handle = await running(gate, "gate-1")
         subject = Layout(namespace).history_subject("default", "gate-1")
         await forge(nats_url, subject, {"t": "SignalReceived", "ts": "soon", "name": "go"})
         letters = wait_until(app.dead_letters, what="the mistyped record dead-lettered")
@@ -77,10 +97,7 @@ async def test_a_forged_outcome_is_not_believed_and_junk_beside_it_harms_nothing
     make_app: Any, nats_url: str, namespace: str
 ) -> None:
     app = make_app()
-
-    @app.workflow
-    async def gate(ctx: Any) -> str:
-        return str(await ctx.wait_signal("go"))
+    gate = define_gate(app)
 
     lay = Layout(namespace)
     status = lay.status_subject("default", "gate-2")
@@ -91,15 +108,10 @@ async def test_a_forged_outcome_is_not_believed_and_junk_beside_it_harms_nothing
         "cmds": [{"t": "WorkflowCompleted", "result": "x"}],
     }
     with WorkerThread(app):
-        handle = await gate.astart(workflow_id="gate-2")
-        wait_until(lambda: handle.status().status == "running", what="the workflow running")
+        handle = await running(gate, "gate-2")
         waiting = asyncio.ensure_future(handle.aresult(timeout=30))
         await forge(nats_url, status, forged)  # stored, and seen live by the waiting client
-        nc = await nats.connect(nats_url)
-        try:
-            await nc.jetstream().publish(status, b"\xffjunk")
-        finally:
-            await nc.close()
+        await forge(nats_url, status, b"\xffjunk")
         assert (await handle.astatus()).status == "running"  # the history says so
         assert not waiting.done()
         await handle.asignal("go", "real")
@@ -119,12 +131,8 @@ async def test_garbage_after_a_finished_history_hides_nothing(
     with WorkerThread(app):
         handle = await quick.astart(1, workflow_id="quick-1")
         assert await handle.aresult(timeout=30) == 2
-        nc = await nats.connect(nats_url)
-        try:
-            subject = Layout(namespace).history_subject("default", "quick-1")
-            await nc.jetstream().publish(subject, b"\x00not a record")
-        finally:
-            await nc.close()
+        subject = Layout(namespace).history_subject("default", "quick-1")
+        await forge(nats_url, subject, b"\x00not a record")
         again = app.get_handle("quick-1")  # a fresh handle locates the workflow anew
         assert await again.aresult(timeout=30) == 2
         assert (await again.astatus()).status == "completed"
@@ -134,26 +142,16 @@ async def test_stored_headers_that_look_like_a_server_reply_are_not_taken_for_on
     make_app: Any, nats_url: str, namespace: str
 ) -> None:
     app = make_app()
-
-    @app.workflow
-    async def gate(ctx: Any) -> str:
-        return str(await ctx.wait_signal("go"))
+    gate = define_gate(app)
 
     with WorkerThread(app):
-        handle = await gate.astart(workflow_id="gate-3")
-        wait_until(lambda: handle.status().status == "running", what="the workflow running")
+        handle = await running(gate, "gate-3")
         subject = Layout(namespace).history_subject("default", "gate-3")
         signal = {"t": "SignalReceived", "ts": 1, "name": "go", "payload": "via 404"}
-        nc = await nats.connect(nats_url)
-        try:
-            # Reads of this history return the message with these headers: it is a stored
-            # message (the server adds Nats-Sequence), not "no message" or "no responders".
-            for status in ("404", "503"):
-                await nc.jetstream().publish(
-                    subject, orjson.dumps(signal), headers={"Status": status}
-                )
-        finally:
-            await nc.close()
+        # Reads of this history return the message with these headers: it is a stored
+        # message (the server adds Nats-Sequence), not "no message" or "no responders".
+        for status in ("404", "503"):
+            await forge(nats_url, subject, signal, headers={"Status": status})
         assert await handle.aresult(timeout=30) == "via 404"
         assert (await handle.astatus()).status == "completed"
 
