@@ -145,6 +145,10 @@ def hostile(draw: Any) -> Hostile:
             {"h": st.text(max_size=10), "seq": st.integers(10**9, 10**10)}
         ).map(orjson.dumps)
         body = draw(garbage | not_a_mapping | pointer)
+    elif target == "cancel":
+        # {"seq": <int>} is a well-formed hint, taken as one: only refused shapes here.
+        no_seq = well_formed_fact.filter(lambda data: "seq" not in orjson.loads(data))
+        body = draw(garbage | not_a_mapping | no_seq)
     else:
         body = draw(garbage | not_a_mapping | well_formed_fact)
     return Hostile(target, draw(st.integers(0, len(LIVE) - 1)), body, draw(mimicry))
