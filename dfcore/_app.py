@@ -353,10 +353,16 @@ class App:
         client = self._clients.get(loop)
         if client is None:
             client = self._clients[loop] = Client(self)
+            client.watch_loop()  # a short-lived loop drops its client when it ends
         return client
 
-    async def _on_client_loop(self, call: Callable[[Client], Awaitable[T]]) -> T:
+    async def _on_client_loop(
+        self, call: Callable[[Client], Awaitable[T]], action: str | None, note: str = ""
+    ) -> T:
         """Run ``call(client)`` with this loop's client, or on the shared sync loop.
+
+        With an ``action`` (what the call does, for the error), the call is given up with
+        :class:`DFConnectionError` after ``connect_timeout`` seconds (``Client.bounded``).
 
         Async calls use a connection on the caller's loop, which suits long-lived loops (an
         ASGI server, a worker). Once a loop that held a connection has ended, this process
@@ -364,12 +370,16 @@ class App:
         async Django view under WSGI); from then on, a new loop borrows the shared
         connection of the sync loop instead of opening one per call.
         """
-        loop = asyncio.get_running_loop()
-        if not self._loops_are_short_lived or loop in self._clients or SYNC_LOOP.owns(loop):
-            return await call(self._client())
 
         async def run() -> T:
-            return await call(self._client())
+            client = self._client()
+            if action is None:
+                return await call(client)
+            return await client.bounded(call, action, note)
+
+        loop = asyncio.get_running_loop()
+        if not self._loops_are_short_lived or loop in self._clients or SYNC_LOOP.owns(loop):
+            return await run()
 
         future = asyncio.run_coroutine_threadsafe(run(), SYNC_LOOP.loop)
         return await asyncio.wrap_future(future)
@@ -469,7 +479,10 @@ class App:
         defn = self.workflows.get(start.workflow_type)
         hint = return_hint(defn.fn) if defn else None
         return await self._on_client_loop(
-            lambda client: client.start(start, if_exists=if_exists, result_hint=hint)
+            lambda client: client.start(start, if_exists=if_exists, result_hint=hint),
+            f"start workflow {start.workflow_id!r}",
+            "It may or may not have started: starting it again with the same workflow_id is "
+            "safe (it runs once). ",
         )
 
     def _prepare(
@@ -543,7 +556,7 @@ class App:
         async def run(client: Client) -> list[WorkflowStatus]:
             return await list_workflows(await client.store(), limit)
 
-        return await self._on_client_loop(run)
+        return await self._on_client_loop(run, "list workflows")
 
     def list_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
         """Sync twin of :meth:`alist_workflows`."""
@@ -555,7 +568,7 @@ class App:
         async def run(client: Client) -> list[DeadLetter]:
             return await (await client.store()).dead_letters(limit)
 
-        return await self._on_client_loop(run)
+        return await self._on_client_loop(run, "list dead letters")
 
     def dead_letters(self, limit: int = 50) -> list[DeadLetter]:
         """Sync twin of :meth:`adead_letters`."""
@@ -578,7 +591,7 @@ class App:
                 )
             return letter
 
-        return await self._on_client_loop(run)
+        return await self._on_client_loop(run, f"read dead letter {seq}")
 
     def dead_letter(self, seq: int) -> DeadLetter:
         """Sync twin of :meth:`adead_letter`."""

@@ -4,10 +4,14 @@ runs its async twin on the process's background loop (see ``_loopthread``)."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
 import functools
+import os
+import threading
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast
@@ -19,6 +23,7 @@ from ._codec import JSONConverter, PayloadCodec, check_size, safe_encode
 from ._connection import close_connection, connect
 from ._convert import convert
 from ._errors import (
+    DFConnectionError,
     DFError,
     SerializationError,
     WorkflowAlreadyStartedError,
@@ -35,34 +40,180 @@ if TYPE_CHECKING:
     from ._app import App
 
 R = TypeVar("R")
+T = TypeVar("T")
 IfExists = Literal["use_existing", "fail"]
 
 
 class Client:
-    """An App's connection and store on one event loop (created lazily, shared by callers)."""
+    """An App's connection and store on one event loop (created lazily, shared by callers).
+
+    It is also the circuit breaker of the calls made through it. While NATS is unreachable a
+    call waits at most ``connect_timeout`` seconds for it, counted from when the outage began,
+    so once an outage has lasted that long every call fails at once with
+    :class:`DFConnectionError`, and calls go through again as soon as the server is back:
+    nats-py reconnects a dropped connection in the background, a first connect that failed is
+    retried in the background every :attr:`RETRY_INTERVAL` seconds, and a server that keeps
+    the connection open but stopped answering (a frozen process) is pinged as often.
+    """
+
+    RETRY_INTERVAL = 1.0
+    """Seconds between background attempts at a first connect that failed, and between pings
+    of a server that stopped answering."""
 
     def __init__(self, app: App) -> None:
         self.app = app
         self._store: Store | None = None
         self._opening: Store | None = None  # made, not yet ready: refusals still reach it
         self._outcomes: OutcomeWatcher | None = None
-        self._lock = asyncio.Lock()
         self._guard: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Task[Store] | None = None
+        self._failure: DFConnectionError | None = None  # why the last first connect failed
+        self._down_since: float | None = None  # loop time the connection dropped
+        self._up = asyncio.Event()
+        self._silent_since: float | None = None  # loop time a call began that got no answer
+        self._pinging: asyncio.Task[None] | None = None
 
     async def store(self) -> Store:
-        if self._store is None:
-            async with self._lock:
-                if self._store is None:
-                    settings = self.app.settings
-                    nc = await connect(settings, f"dfcore-client:{self.app.name}", self)
-                    store = self._opening = Store(nc, settings, self.app.codec)
-                    await store.ensure()
-                    self._outcomes = OutcomeWatcher(store)
-                    self._store = store
-                    self._watch_loop()
-        return self._store
+        """The store, connected.
 
-    def _watch_loop(self) -> None:
+        Raises:
+            DFConnectionError: NATS cannot be reached (see the class docstring for how long
+                this waits).
+        """
+        store = self._store
+        if store is not None and store.nc.is_connected:
+            if self._silent_since is not None:
+                self._check_silence()
+            return store
+        if store is not None:
+            return await self._reconnected(store)
+        if self._failure is not None:
+            self._retry_in_background()
+            raise DFConnectionError(f"{self._failure} [{_FAILING_FAST}]")
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            self._connecting.add_done_callback(_consume)
+        # Shielded: a caller that gives up does not abort the connect the others wait for.
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> Store:
+        try:
+            store = await self._open()
+        except DFConnectionError as exc:
+            self._connecting, self._failure = None, exc
+            self._retry_in_background()
+            raise
+        except BaseException:
+            self._connecting = None
+            raise
+        self._connecting, self._store, self._failure = None, store, None
+        self._up.set()
+        self._outcomes = OutcomeWatcher(store)
+        return store
+
+    async def _open(self) -> Store:
+        settings = self.app.settings
+        nc = await connect(settings, f"dfcore-client:{self.app.name}", self)
+        store = self._opening = Store(nc, settings, self.app.codec)
+        try:
+            await store.ensure()
+        except BaseException:
+            await close_connection(nc)
+            raise
+        finally:
+            self._opening = None
+        return store
+
+    def _retry_in_background(self) -> None:
+        if self._connecting is not None or self._store is not None:
+            return
+
+        async def retry() -> Store:
+            await asyncio.sleep(self.RETRY_INTERVAL)
+            return await self._connect()
+
+        self._connecting = task = asyncio.get_running_loop().create_task(retry())
+        task.add_done_callback(_consume)
+
+    async def _reconnected(self, store: Store) -> Store:
+        """Wait for a dropped connection to come back, within the outage's time."""
+        loop = asyncio.get_running_loop()
+        if self._down_since is None:  # dropped, and nats-py has not told us yet
+            self._down_since = loop.time()
+        left = self._down_since + self.app.settings.connect_timeout - loop.time()
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._up.wait()
+        if store.nc.is_connected:
+            return store
+        raise DFConnectionError(
+            f"NATS at {self.app.settings.display_url} is unreachable: the connection dropped "
+            f"{loop.time() - self._down_since:.1f}s ago and has not come back "
+            f"[{_FAILING_FAST}]. {_UNREACHABLE_HINT}"
+        )
+
+    def _check_silence(self) -> None:
+        """Fail at once if the connected server has not answered for ``connect_timeout``."""
+        assert self._silent_since is not None
+        settings = self.app.settings
+        silent_for = asyncio.get_running_loop().time() - self._silent_since
+        if silent_for >= settings.connect_timeout:
+            raise DFConnectionError(
+                f"NATS at {settings.display_url} is not answering: the connection is open, "
+                f"but nothing has come back for {silent_for:.1f}s [{_FAILING_FAST}]. "
+                f"{_UNREACHABLE_HINT}"
+            )
+
+    def _went_silent(self, since: float) -> None:
+        """A call got no answer while connected: ping until the server answers again."""
+        store = self._store
+        if store is None or not store.nc.is_connected:
+            return  # a dropped connection has its own wait (``_reconnected``)
+        if self._silent_since is None:
+            self._silent_since = since
+        if self._pinging is not None:
+            return
+
+        async def ping() -> None:
+            timeout = self.app.settings.connect_timeout
+            while self._silent_since is not None:
+                try:
+                    await store.nc.flush(timeout=timeout)  # type: ignore[arg-type]  # float works
+                except Exception:
+                    await asyncio.sleep(self.RETRY_INTERVAL)
+                else:
+                    self._silent_since = None
+            self._pinging = None
+
+        self._pinging = asyncio.get_running_loop().create_task(ping())
+        self._pinging.add_done_callback(_consume)
+
+    async def bounded(
+        self, call: Callable[[Client], Awaitable[T]], action: str, note: str = ""
+    ) -> T:
+        """``call(self)``, given up with DFConnectionError after ``connect_timeout`` seconds.
+
+        Args:
+            action: what the call does, for the message (``"signal workflow 'order-7'"``).
+            note: what the caller should know when it was given up (whether to retry).
+        """
+        settings = self.app.settings
+        began = asyncio.get_running_loop().time()
+        timer = asyncio.timeout(settings.connect_timeout)
+        try:
+            async with timer:
+                return await call(self)
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            self._went_silent(began)
+            raise DFConnectionError(
+                f"could not {action}: no answer from NATS at {settings.display_url} within "
+                f"{settings.connect_timeout}s (the connect_timeout). {note}{_UNREACHABLE_HINT}"
+            ) from None
+
+    def watch_loop(self) -> None:
         """Close the connection when its event loop shuts down.
 
         ``asyncio.run`` (and asgiref's ``async_to_sync``) cancel the tasks left on a loop
@@ -92,10 +243,15 @@ class Client:
             store.refused(subject)
 
     def connection_lost(self) -> None:
+        if self._down_since is None:
+            self._down_since = asyncio.get_running_loop().time()
+        self._up.clear()
         if self._store is not None:
             self._store.connection_lost()
 
     async def reconnected(self) -> None:
+        self._down_since = self._silent_since = None
+        self._up.set()
         if self._store is not None:
             self._store.reconnected()
         if self._outcomes is not None:
@@ -112,6 +268,10 @@ class Client:
         return self._store.nc if self._store else None
 
     async def close(self) -> None:
+        for task in (self._connecting, self._pinging):
+            if task is not None:
+                task.cancel()
+        self._connecting = self._pinging = None
         guard, self._guard = self._guard, None
         if guard is not None and guard is not asyncio.current_task():
             guard.cancel()
@@ -153,6 +313,55 @@ class Client:
                 raise WorkflowAlreadyStartedError(start.workflow_id) from None
             subject = started
         return WorkflowHandle(self.app, start.workflow_id, subject=subject, result_hint=result_hint)
+
+
+_FAILING_FAST = "calls fail at once until it answers again"
+_UNREACHABLE_HINT = "Check that the NATS server is running and reachable from this process."
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """Retrieve a background connect's error: its callers were told, or none is waiting."""
+    if not task.cancelled():
+        task.exception()
+
+
+class UnsentStarts:
+    """The workflow starts this process committed to an outbox and has not sent yet.
+
+    The outbox's publishing thread sends them moments after their commit. Until it has, a
+    handle that does not find one of those workflows waits for the thread rather than raise
+    :class:`WorkflowNotFoundError` for a workflow its own process has just started.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # the parent's thread sends them
+
+    def _reset(self) -> None:
+        self._changed = threading.Condition()
+        self._ids: collections.Counter[str] = collections.Counter()
+
+    def add(self, workflow_ids: Iterable[str]) -> None:
+        with self._changed:
+            self._ids.update(workflow_ids)
+
+    def discard(self, workflow_ids: Iterable[str]) -> None:
+        """These were sent, or left to the relay: nobody should wait for them any longer."""
+        with self._changed:
+            self._ids.subtract(workflow_ids)
+            self._ids += collections.Counter()  # drops the ids counted down to zero
+            self._changed.notify_all()
+
+    def holds(self, workflow_id: str) -> bool:
+        return workflow_id in self._ids
+
+    def wait(self, workflow_id: str, timeout: float) -> bool:
+        """Block until ``workflow_id`` is no longer unsent; False after ``timeout`` seconds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: workflow_id not in self._ids, timeout)
+
+
+UNSENT = UnsentStarts()
 
 
 @dataclass(frozen=True)
@@ -216,19 +425,37 @@ def prepare_start(
 
 H = TypeVar("H", bound="WorkflowHandle[Any]")
 P = ParamSpec("P")
-T = TypeVar("T")
 
 
-def _on_client_loop(
-    method: Callable[Concatenate[H, P], Coroutine[Any, Any, T]],
-) -> Callable[Concatenate[H, P], Coroutine[Any, Any, T]]:
-    """Run a handle method where its App's connection lives (see ``App._on_client_loop``)."""
+def _client_call(
+    action: str | None, note: str = ""
+) -> Callable[
+    [Callable[Concatenate[H, P], Coroutine[Any, Any, T]]],
+    Callable[Concatenate[H, P], Coroutine[Any, Any, T]],
+]:
+    """Run a handle method where its App's connection lives (see ``App._on_client_loop``).
 
-    @functools.wraps(method)
-    async def run(handle: H, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await handle.app._on_client_loop(lambda _client: method(handle, *args, **kwargs))
+    Args:
+        action: what the method does (``"signal workflow {id}"``, where ``{id}`` is the
+            workflow id), for the error when it is given up after ``connect_timeout``; ``None``
+            leaves the method unbounded.
+        note: what the caller should know when it was given up.
+    """
 
-    return run
+    def decorate(
+        method: Callable[Concatenate[H, P], Coroutine[Any, Any, T]],
+    ) -> Callable[Concatenate[H, P], Coroutine[Any, Any, T]]:
+        @functools.wraps(method)
+        async def run(handle: H, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            return await handle.app._on_client_loop(
+                lambda _client: method(handle, *args, **kwargs),
+                action and action.format(id=repr(handle.workflow_id)),
+                note,
+            )
+
+        return run
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -264,6 +491,12 @@ class WorkflowHandle(Generic[R]):
     """A reference to a workflow by id: wait for its result, inspect, signal or cancel it.
 
     Every method has a sync form and an async twin (``result`` / ``aresult``...).
+
+    Args:
+        app: the App whose connection the calls use.
+        workflow_id: the workflow's id.
+        subject: its history subject, when known.
+        result_hint: the type :meth:`result` converts the result to.
     """
 
     def __init__(
@@ -291,7 +524,13 @@ class WorkflowHandle(Generic[R]):
     async def _locate(self) -> tuple[Store, str]:
         store = await self.app._client().store()
         if self._subject is None:
-            found = await store.last_subject(store.layout.history_any_queue(self.workflow_id))
+            subjects = store.layout.history_any_queue(self.workflow_id)
+            found = await store.last_subject(subjects)
+            if found is None and UNSENT.holds(self.workflow_id):
+                # Committed to an outbox moments ago: wait for the thread that sends it.
+                timeout = store.settings.connect_timeout
+                await asyncio.to_thread(UNSENT.wait, self.workflow_id, timeout)
+                found = await store.last_subject(subjects)
             if found is None:
                 raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
             self._subject = found
@@ -299,7 +538,7 @@ class WorkflowHandle(Generic[R]):
 
     # -- result -----------------------------------------------------------------------------
 
-    @_on_client_loop
+    @_client_call(None)  # waiting is what it is for; finding the workflow is bounded
     async def aresult(self, timeout: float | None = None) -> R:
         """Wait for the workflow to finish and return its result.
 
@@ -307,8 +546,10 @@ class WorkflowHandle(Generic[R]):
             WorkflowFailureError: it failed, timed out or was cancelled.
             TimeoutError: it did not finish within ``timeout`` seconds.
         """
-        _, subject = await self._locate()
         client = self.app._client()
+        _, subject = await client.bounded(
+            lambda _: self._locate(), f"find workflow {self.workflow_id!r}"
+        )
         try:
             async with asyncio.timeout(timeout):
                 ended = await client.outcome(subject)  # always a terminal decision
@@ -346,7 +587,7 @@ class WorkflowHandle(Generic[R]):
 
     # -- inspection -------------------------------------------------------------------------
 
-    @_on_client_loop
+    @_client_call("read the status of workflow {id}")
     async def astatus(self) -> WorkflowStatus:
         """The workflow's status, read from the last record of its history."""
         store, subject = await self._locate()
@@ -362,7 +603,7 @@ class WorkflowHandle(Generic[R]):
         """Sync twin of :meth:`astatus`."""
         return run_sync(self.astatus())
 
-    @_on_client_loop
+    @_client_call("read the history of workflow {id}")
     async def ahistory(self) -> list[h.HistoryEvent]:
         """Every event of the workflow, in order (decisions expanded into their commands)."""
         store, subject = await self._locate()
@@ -374,7 +615,11 @@ class WorkflowHandle(Generic[R]):
 
     # -- interaction ------------------------------------------------------------------------
 
-    @_on_client_loop
+    @_client_call(
+        "signal workflow {id}",
+        "The signal may have been delivered: send it again with the same signal_id to have it "
+        "delivered once. ",
+    )
     async def asignal(
         self, name: str, payload: Any = None, *, signal_id: str | None = None
     ) -> None:
@@ -392,7 +637,7 @@ class WorkflowHandle(Generic[R]):
         """Sync twin of :meth:`asignal`."""
         run_sync(self.asignal(name, payload, signal_id=signal_id))
 
-    @_on_client_loop
+    @_client_call("cancel workflow {id}", "Cancelling it again is safe. ")
     async def acancel(self, reason: str = "") -> None:
         """Request cancellation: the workflow sees ``CancelledError`` at its next await."""
         store, subject = await self._locate()

@@ -21,7 +21,9 @@ nats_url                    ``nats://127.0.0.1:4222``  server URL(s), comma-sepa
 namespace                   ``df``                     prefix of every stream and subject, so
                                                        apps (and test runs) share one server
 task_queue                  ``default``                queue this app's workers poll
-connect_timeout             ``5.0``                    seconds to wait for the server
+connect_timeout             ``5.0``                    seconds a client call waits, in all,
+                                                       for a server that is unreachable or
+                                                       silent (then DFConnectionError)
 activity_concurrency        ``64``                     activities one worker runs at once
 workflow_concurrency        ``256``                    workflow tasks one worker runs at once
 workflow_cache_size         ``1000``                   running workflows kept in memory
@@ -289,7 +291,9 @@ class Settings:
         nats_url: server URL(s), comma-separated (see :attr:`servers`).
         namespace: prefix of every stream and subject.
         task_queue: the queue workers poll and starts go to by default.
-        connect_timeout: seconds to wait for the server.
+        connect_timeout: seconds a client call waits, in all, for a server that is
+            unreachable or silent before it raises DFConnectionError (a worker's first
+            connect, too).
         activity_concurrency: activities one worker runs at once.
         workflow_concurrency: workflow tasks one worker processes at once.
         workflow_cache_size: running workflows a worker keeps in memory.

@@ -97,8 +97,11 @@ async def connect(settings: Settings, name: str, listener: Listener | None = Non
     """Connect to the configured NATS server(s), authenticated and over TLS as configured.
 
     Each server of the list is tried in turn (twice over), so a cluster with a node down still
-    connects; a refused login or failed TLS handshake stops at once, since another attempt
-    cannot help. The client keeps the whole list for its reconnects.
+    connects; when none accepts a connection, that is known at once. A refused login or failed
+    TLS handshake stops at once too, since another attempt cannot help. The whole of it takes
+    at most ``settings.connect_timeout`` seconds: each attempt gets an equal share of the time
+    left, so a server that accepts the connection and never answers cannot take the other
+    servers' turns. The client keeps the whole list for its reconnects.
 
     Raises:
         ConfigurationError: a TLS certificate, key or CA file cannot be loaded.
@@ -112,16 +115,26 @@ async def connect(settings: Settings, name: str, listener: Listener | None = Non
         # server left unencrypted: take them out, and hand them over through the TLS guard.
         servers = [_without_userinfo(url) for url in servers]
     random.shuffle(servers)  # spread clients over a cluster, as nats-py does by default
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.connect_timeout
     attempts = 2 * len(servers)
     for attempt in range(attempts):
         first = attempt % len(servers)
+        share = (deadline - loop.time()) / (attempts - attempt)
         try:
-            return await _connect_once(settings, name, servers[first:] + servers[:first], listener)
+            return await _connect_once(
+                settings, name, servers[first:] + servers[:first], listener, share
+            )
         except _Unreachable as exc:
-            if attempt + 1 == attempts:
+            tried_all = isinstance(exc.__cause__, nats_errors.NoServersError)  # twice each
+            if tried_all or attempt + 1 == attempts or deadline - loop.time() < _SHORTEST_ATTEMPT:
                 raise exc.error from exc.__cause__
             log.debug("NATS at %s unreachable; trying the next server", servers[first])
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+_SHORTEST_ATTEMPT = 0.01
+"""Seconds: with less time left than this, another connect attempt is not worth starting."""
 
 
 class _Unreachable(Exception):
@@ -136,8 +149,10 @@ async def _connect_once(
     name: str,
     servers: list[str],
     listener: Listener | None,
+    timeout: float,
 ) -> NATS:
-    """One connect, to ``servers[0]``; raise _Unreachable when it did not answer."""
+    """One connect to ``servers[0]``, in at most ``timeout`` seconds; raise _Unreachable when
+    it did not answer."""
     nc = _Client()
     errors: collections.deque[Exception] = collections.deque(maxlen=8)
 
@@ -172,23 +187,26 @@ async def _connect_once(
 
     options = {**_auth_options(settings, nc), **_tls_options(settings)}
     try:
-        await nc.connect(
-            servers=servers,
-            name=name,
-            connect_timeout=settings.connect_timeout,  # type: ignore[arg-type]  # float works
-            # Fail on the first refused handshake: retrying wrong credentials cannot help,
-            # and after a failed TLS handshake nats-py's reconnect path hangs for ever on the
-            # dead socket (nats-io/nats.py#718). The caller tries the other servers itself.
-            allow_reconnect=False,
-            dont_randomize=True,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.2,  # type: ignore[arg-type]
-            error_cb=error_cb,
-            disconnected_cb=disconnected_cb,
-            reconnected_cb=reconnected_cb,
-            pending_size=8 * 1024 * 1024,
-            **options,
-        )
+        # nats-py applies its connect_timeout to each step of the handshake (TCP, INFO, PONG)
+        # in turn; the outer timeout bounds them together.
+        async with asyncio.timeout(timeout):
+            await nc.connect(
+                servers=servers,
+                name=name,
+                connect_timeout=timeout,  # type: ignore[arg-type]  # float works
+                # Fail on the first refused handshake: retrying wrong credentials cannot help,
+                # and after a failed TLS handshake nats-py's reconnect path hangs for ever on the
+                # dead socket (nats-io/nats.py#718). The caller tries the other servers itself.
+                allow_reconnect=False,
+                dont_randomize=True,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,  # type: ignore[arg-type]  # before a server's 2nd try
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+                pending_size=8 * 1024 * 1024,
+                **options,
+            )
     except Exception as exc:
         await _discard(nc, exc)
         error = _connect_error(settings, nc, [*errors, exc])
@@ -370,6 +388,11 @@ def _connect_error(settings: Settings, nc: NATS, errors: list[Exception]) -> DFC
     if tls is not None:
         return DFConnectionError(f"{where}: TLS handshake failed: {tls}")
     cause = errors[-1]
+    if isinstance(cause, TimeoutError):
+        return DFConnectionError(
+            f"{where}: no answer within {settings.connect_timeout}s (the connect_timeout). "
+            f"{_NO_SERVER_HINT}"
+        )
     return DFConnectionError(f"{where} ({type(cause).__name__}: {cause}). {_NO_SERVER_HINT}")
 
 

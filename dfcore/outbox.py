@@ -2,8 +2,9 @@
 
 A view writes its own rows and an *outbox row* holding a prepared start
 (:meth:`dfcore.App.prepare_start`) in one transaction. After the commit the row is published
-at once (the fast path); a relay publishes whatever a crash left behind. Publishing a start
-twice starts the workflow once, so the relay may always err on the side of publishing.
+at once (the fast path) by a thread of the process, so the request never waits on the broker;
+a relay publishes whatever that left behind (NATS was down, the process died). Publishing a
+start twice starts the workflow once, so the relay may always err on the side of publishing.
 
 The Django and SQLAlchemy integrations each implement :class:`OutboxSource` over their own
 table; everything else — which rows to publish, in what order, how failures back off, how
@@ -17,6 +18,8 @@ it cannot (SQLite), relays take turns through a lease row: one relays, the other
 from __future__ import annotations
 
 import asyncio
+import atexit
+import collections
 import logging
 import os
 import signal
@@ -30,14 +33,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._client import PreparedStart
+from ._client import UNSENT, PreparedStart
 from ._errors import ConfigurationError, PayloadError
 from ._loopthread import run_sync
 
 if TYPE_CHECKING:
     from ._app import App
 
-__all__ = ["OutboxRelay", "OutboxRow", "OutboxSettings", "OutboxSource", "retry_delay"]
+__all__ = [
+    "OutboxRelay",
+    "OutboxRow",
+    "OutboxSettings",
+    "OutboxSource",
+    "flush_committed",
+    "retry_delay",
+]
 
 log = logging.getLogger("dfcore.outbox")
 
@@ -106,6 +116,11 @@ class OutboxSource(Protocol):
         """Delete rows published before this time; return how many."""
         ...
 
+    def release(self) -> None:
+        """Close what the calling thread holds open for this source (a database connection);
+        called by the publishing thread when it has nothing left to do."""
+        ...
+
 
 @dataclass(frozen=True)
 class OutboxSettings:
@@ -113,8 +128,8 @@ class OutboxSettings:
 
     Attributes:
         worker_relay: run the relay inside the framework's worker command.
-        publish_on_commit: publish a row right after its transaction commits (off: only the
-            relay publishes).
+        publish_on_commit: publish a row right after its transaction commits, from a thread
+            of the committing process (off: only the relay publishes).
         relay_interval: seconds between relay passes.
         relay_min_age: a relay pass leaves rows younger than this to their commit's fast path.
         outbox_retention: seconds published rows are kept; ``None`` keeps them forever.
@@ -229,19 +244,18 @@ class OutboxRelay:
         with source.claim(len(keys), keys=keys) as rows:
             return self._publish_rows(source, rows)
 
-    def publish_committed(self, source: OutboxSource, keys: Sequence[Any]) -> None:
-        """The fast path right after a commit: publish these rows now. A failure is logged and
-        leaves them to the background relay; the commit has happened, so it must not raise."""
-        try:
-            self.publish(source, keys)
-        except Exception as exc:
-            log.warning(
-                "could not publish outbox rows %s of %s after commit (%s: %s); the relay will",
-                list(keys),
-                source.name,
-                type(exc).__name__,
-                exc,
-            )
+    def publish_committed(
+        self, source: OutboxSource, keys: Sequence[Any], workflow_ids: Sequence[str]
+    ) -> None:
+        """The fast path right after a commit: have these rows published now, off the calling
+        thread, which never waits for the broker (it runs in a web request).
+
+        The process's publishing thread claims and publishes them; what it cannot publish (NATS
+        is down, the queue is full) is left to the relay. Until then, this process's handles
+        of ``workflow_ids`` (the rows' workflows) wait for the thread rather than report the
+        workflows missing. The commit has happened, so this never raises.
+        """
+        _PUBLISHER.submit(_Committed(self, source, list(keys), list(workflow_ids)))
 
     def drain(self) -> int:
         """Publish every pending row now, however young (``relay --once``); return how many."""
@@ -341,6 +355,136 @@ class OutboxRelay:
         )
         thread.start()
         return thread
+
+
+class _Publisher:
+    """The thread that publishes rows right after their commit, one per process.
+
+    Commits hand it their rows and go on; it publishes them in batches (all rows that
+    arrived meanwhile at once). A batch that fails, fast or after the client's
+    ``connect_timeout``, is logged and left to the relay; rows that arrive while more than
+    :attr:`LIMIT` wait are left to the relay at once, so a hung broker costs memory for
+    :attr:`LIMIT` keys at most. The thread starts on first use (in a forked child, too).
+    """
+
+    LIMIT = 10_000
+    """Rows that may wait for the thread; beyond that, commits leave theirs to the relay."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # the parent's thread is not ours
+
+    def _reset(self) -> None:
+        self._lock = threading.Condition()
+        self._waiting: collections.deque[_Committed] = collections.deque()
+        self._count = 0  # keys waiting
+        self._busy = False
+        self._started = False
+        self._dropped = False  # the limit was hit since the last batch
+
+    def submit(self, rows: _Committed) -> None:
+        with self._lock:
+            if not self._started:
+                self._start()
+            if self._count + len(rows.keys) > self.LIMIT:
+                if not self._dropped:
+                    log.warning(
+                        "%d outbox rows are waiting to be published after their commit (is NATS "
+                        "answering?); rows committed now are left to the relay",
+                        self._count,
+                    )
+                self._dropped = True
+                return
+            UNSENT.add(rows.workflow_ids)
+            self._waiting.append(rows)
+            self._count += len(rows.keys)
+            self._lock.notify()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every row handed over so far was published or left to the relay;
+        False if that took longer than ``timeout`` seconds."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._waiting and not self._busy, timeout)
+
+    def _start(self) -> None:
+        self._started = True
+        threading.Thread(target=self._run, name="dfcore-outbox-publisher", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: bool(self._waiting))
+                batch, self._count, self._busy = list(self._waiting), 0, True
+                self._waiting.clear()
+                self._dropped = False
+            try:
+                self._publish(batch)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._lock.notify_all()
+
+    def _publish(self, batch: list[_Committed]) -> None:
+        merged: dict[tuple[int, str], _Committed] = {}
+        for rows in batch:
+            group = (id(rows.relay.app), rows.source.name)
+            same = merged.setdefault(group, _Committed(rows.relay, rows.source, [], []))
+            same.keys.extend(rows.keys)
+            same.workflow_ids.extend(rows.workflow_ids)
+        for rows in merged.values():
+            try:
+                rows.relay.publish(rows.source, rows.keys)
+            except Exception as exc:
+                log.warning(
+                    "could not publish outbox rows %s of %s after their commit (%s: %s); the "
+                    "relay will",
+                    rows.keys,
+                    rows.source.name,
+                    type(exc).__name__,
+                    exc,
+                )
+            finally:
+                UNSENT.discard(rows.workflow_ids)
+                _release(rows.source)
+
+
+@dataclass(frozen=True)
+class _Committed:
+    """Rows one commit (or several, merged) hands to the publishing thread."""
+
+    relay: OutboxRelay
+    source: OutboxSource
+    keys: list[Any]
+    workflow_ids: list[str]
+
+
+def _release(source: OutboxSource) -> None:
+    try:
+        source.release()
+    except Exception as exc:
+        log.debug("releasing %s failed: %r", source.name, exc)
+
+
+_PUBLISHER = _Publisher()
+
+EXIT_FLUSH = 5.0
+"""Seconds a process that exits waits for the rows it committed to be published."""
+
+
+def flush_committed(timeout: float = EXIT_FLUSH) -> bool:
+    """Wait until every row this process committed was published, or left to the relay.
+
+    Publishing after a commit happens on a thread of the process. A script that commits and
+    exits need not call this (it runs at exit, for at most :data:`EXIT_FLUSH` seconds); a
+    test that reads a row's state right after its commit does.
+
+    Returns:
+        False if that took longer than ``timeout`` seconds.
+    """
+    return _PUBLISHER.flush(timeout)
+
+
+atexit.register(flush_committed)  # before the connections close (atexit runs last-in first)
 
 
 def _describe(exc: Exception) -> str:

@@ -69,15 +69,18 @@ def start_on_commit(
     entry = OutboxEntry.from_start(start)
     entry.save(using=alias, force_insert=True)
     if get_settings().publish_on_commit:
-        transaction.on_commit(lambda: publish_committed(alias, [entry.pk]), using=alias)
+        transaction.on_commit(
+            lambda: publish_committed(alias, [entry.pk], [start.workflow_id]), using=alias
+        )
     if isinstance(workflow, WorkflowFunction):
         return workflow.get_handle(start.workflow_id)
     return app.get_handle(start.workflow_id)
 
 
-def publish_committed(using: str, keys: Sequence[Any]) -> None:
-    """The fast path: publish rows just committed. A failure leaves them to the relay."""
-    make_relay([using]).publish_committed(DjangoOutboxSource(using), keys)
+def publish_committed(using: str, keys: Sequence[Any], workflow_ids: Sequence[str]) -> None:
+    """The fast path: have rows just committed published, by a thread of this process (the
+    request goes on at once). What it cannot publish is left to the relay."""
+    make_relay([using]).publish_committed(DjangoOutboxSource(using), keys, workflow_ids)
 
 
 def make_relay(databases: Sequence[str] | None = None) -> OutboxRelay:
@@ -189,6 +192,9 @@ class DjangoOutboxSource:
     def purge(self, published_before: datetime) -> int:
         rows = OutboxEntry.objects.using(self.using).filter(published_at__lt=published_before)
         return int(rows.delete()[0])
+
+    def release(self) -> None:
+        connections[self.using].close()  # the publishing thread's own connection
 
 
 __all__ = [

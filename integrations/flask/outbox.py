@@ -136,7 +136,7 @@ def start_in_transaction(
     key = session.execute(statement).inserted_primary_key[0]
     if settings.publish_on_commit:
         engine = _engine_of(session.get_bind(clause=statement))
-        _pending(session).add(app, engine, settings, key)
+        _pending(session).add(app, engine, settings, key, start.workflow_id)
     if isinstance(workflow, WorkflowFunction):
         return workflow.get_handle(start.workflow_id)
     return app.get_handle(start.workflow_id)
@@ -149,13 +149,25 @@ def start_in_transaction(
 class _Pending:
     """Rows a session inserted, grouped by the App and database that publish them."""
 
-    batches: dict[tuple[int, int], tuple[App, Engine, OutboxSettings, list[Any]]] = field(
-        default_factory=dict
-    )
+    batches: dict[tuple[int, int], _Batch] = field(default_factory=dict)
 
-    def add(self, app: App, engine: Engine, settings: OutboxSettings, key: Any) -> None:
-        batch = self.batches.setdefault((id(app), id(engine)), (app, engine, settings, []))
-        batch[3].append(key)
+    def add(
+        self, app: App, engine: Engine, settings: OutboxSettings, key: Any, workflow_id: str
+    ) -> None:
+        batch = self.batches.setdefault((id(app), id(engine)), _Batch(app, engine, settings))
+        batch.keys.append(key)
+        batch.workflow_ids.append(workflow_id)
+
+
+@dataclass
+class _Batch:
+    """The rows of one App and database a session inserted."""
+
+    app: App
+    engine: Engine
+    settings: OutboxSettings
+    keys: list[Any] = field(default_factory=list)
+    workflow_ids: list[str] = field(default_factory=list)
 
 
 def _pending(session: Any) -> _Pending:
@@ -182,8 +194,8 @@ def _after_commit(session: Session) -> None:
     pending = session.info.pop(_PENDING, None)
     if pending is None:
         return
-    for app, engine, settings, keys in pending.batches.values():
-        publish_committed(app, engine, keys, settings)
+    for batch in pending.batches.values():
+        publish_committed(batch.app, batch.engine, batch.keys, batch.workflow_ids, batch.settings)
 
 
 def _after_rollback(session: Session) -> None:
@@ -191,10 +203,16 @@ def _after_rollback(session: Session) -> None:
 
 
 def publish_committed(
-    app: App, engine: Engine, keys: Sequence[Any], settings: OutboxSettings | None = None
+    app: App,
+    engine: Engine,
+    keys: Sequence[Any],
+    workflow_ids: Sequence[str],
+    settings: OutboxSettings | None = None,
 ) -> None:
-    """The fast path: publish rows just committed. A failure leaves them to the relay."""
-    make_relay(app, [engine], settings).publish_committed(SQLAlchemyOutboxSource(engine), keys)
+    """The fast path: have rows just committed published, by a thread of this process (the
+    request goes on at once). What it cannot publish is left to the relay."""
+    relay = make_relay(app, [engine], settings)
+    relay.publish_committed(SQLAlchemyOutboxSource(engine), keys, workflow_ids)
 
 
 def make_relay(
@@ -330,6 +348,9 @@ class SQLAlchemyOutboxSource:
         statement = outbox_table.delete().where(outbox_table.c.published_at < before)
         with self.engine.begin() as connection:
             return int(connection.execute(statement).rowcount)
+
+    def release(self) -> None:
+        """Nothing to do: each claim returns its connection to the engine's pool."""
 
     def _execute(self, statement: Any) -> None:
         """Run an update inside :meth:`claim`'s transaction (which holds the rows' locks), or

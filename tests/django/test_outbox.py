@@ -8,6 +8,7 @@ from django.db import transaction
 from dfcore import App, SerializationError
 from dfcore.integrations.django import make_relay, start_on_commit
 from dfcore.integrations.django.models import OutboxEntry
+from dfcore.outbox import flush_committed
 from tests.django.conftest import on_all_databases
 from tests.djangoapp.workflows import greeting
 from tests.workerkit import WorkerThread, starts_of, wait_until
@@ -23,6 +24,7 @@ def test_commit_starts_the_workflow_once(
         assert handle.workflow_id == "greet-ada"  # known before the commit
         assert OutboxEntry.objects.using(db_alias).get().status == "pending"
     assert handle.result(timeout=30) == "hello ada"
+    assert flush_committed()  # the publishing thread has recorded it
     entry = OutboxEntry.objects.using(db_alias).get()
     assert entry.status == "published" and entry.attempts == 1
     assert starts_of(project_app, "greet-ada") == 1

@@ -3,6 +3,7 @@ and ``manage.py df_dev`` (embedded NATS + worker + runserver in one command)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -25,6 +26,7 @@ from dfcore import App
 from dfcore._server import free_port
 from dfcore.integrations.django import make_relay
 from dfcore.integrations.django.models import OutboxEntry
+from dfcore.outbox import flush_committed
 from tests.django.conftest import django_process, manage_py
 from tests.workerkit import WorkerThread, wait_until
 
@@ -112,6 +114,7 @@ async def test_the_status_view_under_an_async_client(project_app: App) -> None:
     response = await client.post("/", ORDER)
     assert response.status_code == 302
     order = await sync_to_async(Order.objects.get)()
+    assert await asyncio.to_thread(flush_committed)  # published by the thread after the commit
     state = (await client.get(f"/orders/{order.pk}/status.json")).json()
     # No worker: started, not progressing.
     assert (state["workflow"]["status"], state["order"]["status"]) == ("running", "new")

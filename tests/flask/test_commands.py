@@ -14,6 +14,7 @@ from flask import Flask
 from sqlalchemy import create_engine, inspect, select
 
 from dfcore import WorkflowNotFoundError, cli
+from dfcore.outbox import flush_committed
 from tests.flask.conftest import Factory, flask_process
 from tests.flaskapp import Delivery, db, greet
 from tests.workerkit import sigkill, wait_until
@@ -83,6 +84,7 @@ def test_workflow_commands(
 ) -> None:
     web = make_flask_app(SQLALCHEMY_DATABASE_URI=env["FLASKAPP_DATABASE_URI"])
     assert web.test_client().post("/greet/cy").status_code == 200
+    assert flush_committed()
     with web.app_context():
         greet.get_handle("greet-cy").result(timeout=60)
 

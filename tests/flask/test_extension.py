@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from dfcore import App, ConfigurationError
 from dfcore.integrations.flask import DurableFuture, FlaskWorkflow
+from dfcore.outbox import flush_committed
 from tests.flask.conftest import Factory
 from tests.flaskapp import Delivery, db, df, greet
 from tests.workerkit import WorkerThread
@@ -176,6 +177,7 @@ def test_views_do_not_connect_per_request(
     client = make_flask_app().test_client()
     for name in ("ada", "bo", "cy"):
         assert client.post(f"/greet/{name}").json == {"workflow_id": f"greet-{name}"}
+    assert flush_committed()
     for _ in range(3):
         for name in ("ada", "bo", "cy"):  # an async view: a loop per request
             assert client.get(f"/greet/{name}").json == {"status": "running"}

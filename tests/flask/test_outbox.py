@@ -17,6 +17,7 @@ from dfcore.integrations.flask.outbox import (
     outbox_table,
     start_in_transaction,
 )
+from dfcore.outbox import flush_committed
 from tests.flask.conftest import Factory
 from tests.flaskapp import Greeting, db, df, greet
 from tests.workerkit import WorkerThread, starts_of
@@ -38,6 +39,7 @@ def test_commit_starts_the_workflow_once(web: Flask) -> None:
     with WorkerThread(dfapp):
         reply = web.test_client().post("/greet/ada")
         assert reply.json == {"workflow_id": "greet-ada"}
+        assert flush_committed()  # the thread that publishes after commits is done
         with web.app_context():
             assert greet.get_handle("greet-ada").result(timeout=30).startswith("hello ada")
     [row] = outbox_rows(web)
@@ -99,6 +101,7 @@ def test_the_relay_publishes_what_the_commit_did_not(
 
 def test_publishing_a_row_twice_starts_the_workflow_once(web: Flask) -> None:
     assert web.test_client().post("/greet/dup").status_code == 200
+    assert flush_committed()
     with web.app_context():
         source = SQLAlchemyOutboxSource(db.engine)
         [row] = outbox_rows(web)
@@ -119,6 +122,7 @@ def test_a_failed_publish_is_retried_with_the_error_recorded(
         DF_CONNECT_TIMEOUT=0.5,
     )
     assert web.test_client().post("/greet/kim").status_code == 200
+    assert flush_committed()  # the publish failed on the publishing thread
     [row] = outbox_rows(web)
     assert row.published_at is None
     assert row.attempts == 1
@@ -133,6 +137,7 @@ def test_a_plain_sqlalchemy_session_works_without_flask(make_app: Any, tmp_path:
     with Session(engine) as session:
         start_in_transaction(session, app, "greet", "pat", workflow_id="greet-pat")
         session.commit()
+    assert flush_committed()
     assert starts_of(app, "greet-pat") == 1
     relay = make_relay(app, [engine])
     assert relay.relay_once() == 0
