@@ -21,7 +21,7 @@ from . import activity
 from ._app import ActivityFunction, App, WorkflowFunction
 from ._client import PreparedStart, WorkflowHandle, WorkflowStatus
 from ._codec import IdentityCodec, JSONConverter, PayloadCodec
-from ._config import Settings
+from ._config import Advice, Settings
 from ._context import WorkflowContext, WorkflowInfo
 from ._definitions import RetryPolicy
 from ._dlq import DeadLetter
@@ -52,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivityError",
     "ActivityFunction",
+    "Advice",
     "App",
     "ApplicationError",
     "CancelledError",

@@ -261,24 +261,24 @@ class ActivityRunner:
         state = ActivityState(info)
         key = (info.workflow_id, info.seq)
         self.running[key] = state
+        began = time.perf_counter()
         try:
             job = self._launch(defn, state, args)
             timeout = await self._watch(job, state, msg)
             if timeout is not None:
                 state.abandoned = True
                 job.cancel()
-                return {"t": h.ACTIVITY_FAILED, "error": timeout, "heartbeat": state.details}
-            try:
-                result = job.result()
-            except BaseException as exc:
-                return {
-                    "t": h.ACTIVITY_FAILED,
-                    "error": _activity_error(exc),
-                    "heartbeat": state.details,
-                }
-            return {"t": h.ACTIVITY_COMPLETED, "result": result}
+                outcome = {"t": h.ACTIVITY_FAILED, "error": timeout, "heartbeat": state.details}
+            else:
+                try:
+                    outcome = {"t": h.ACTIVITY_COMPLETED, "result": job.result()}
+                except BaseException as exc:
+                    error = _activity_error(exc)
+                    outcome = {"t": h.ACTIVITY_FAILED, "error": error, "heartbeat": state.details}
         finally:
             self.running.pop(key, None)
+        _log_attempt(info, outcome, time.perf_counter() - began)
+        return outcome
 
     def _launch(
         self, defn: ActivityDefinition, state: ActivityState, args: list[Any]
@@ -399,6 +399,27 @@ _TASK_FIELDS: Mapping[str, type] = {
     "args": list,
     "dseq": int,
 }
+
+
+def _log_attempt(info: ActivityInfo, outcome: Mapping[str, Any], took: float) -> None:
+    """The worker's line for an attempt it ran (``-l INFO``), as Celery's "succeeded in"."""
+    fields = {"workflow_id": info.workflow_id, "activity": info.activity, "attempt": info.attempt}
+    name = f"{info.activity}[{info.workflow_id} #{info.seq}]"
+    if outcome["t"] == h.ACTIVITY_COMPLETED:
+        log.info(
+            "activity %s attempt %d succeeded in %.3fs", name, info.attempt, took, extra=fields
+        )
+        return
+    error = outcome.get("error") or {}
+    log.info(  # the workflow's retry policy decides what comes of it
+        "activity %s attempt %d failed in %.3fs: %s: %s",
+        name,
+        info.attempt,
+        took,
+        error.get("type"),
+        error.get("message"),
+        extra=fields,
+    )
 
 
 def _reason(exc: BaseException) -> str:

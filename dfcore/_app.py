@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._client import Client, IfExists, PreparedStart, WorkflowHandle, WorkflowStatus, prepare_start
 from ._codec import IdentityCodec, PayloadCodec
-from ._config import Settings, read_config_object, resolve_settings
+from ._config import Advice, Settings, read_config_object, resolve_settings
 from ._convert import return_hint
 from ._definitions import ActivityDefinition, ActivityOptions, RetryPolicy, WorkflowDefinition
 from ._dlq import DeadLetter
@@ -157,6 +157,7 @@ class App:
         if codec is not None:
             self._kwargs["codec"] = codec
         self._from_object: dict[str, Any] | None = None
+        self._advice: Advice | None = None
         self._settings: Settings | None = None
         self._codec: PayloadCodec | None = None
         self.workflows: dict[str, WorkflowDefinition] = {}
@@ -179,7 +180,10 @@ class App:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = resolve_settings(
-                kwargs=self._kwargs, from_object=self._from_object, environ=os.environ
+                kwargs=self._kwargs,
+                from_object=self._from_object,
+                environ=os.environ,
+                advice=self._advice,
             )
         return self._settings
 
@@ -195,7 +199,12 @@ class App:
         self._drop_clients()
 
     def config_from_object(
-        self, obj: object | str, namespace: str | None = "DF", *, source: str | None = None
+        self,
+        obj: object | str,
+        namespace: str | None = "DF",
+        *,
+        source: str | None = None,
+        advice: Advice | None = None,
     ) -> None:
         """Read settings from a module, class, object or dict (keys ``DF_NATS_URL`` ...).
 
@@ -204,11 +213,14 @@ class App:
             namespace: the key prefix; with ``None``, keys are the bare setting names
                 (``nats_url`` or ``NATS_URL``).
             source: how error messages name ``obj`` (``"settings.DFCORE"``).
+            advice: the commands and setting names error messages suggest, for a framework
+                integration (``python manage.py df_dev``, ``DFCORE["NATS_URL"]``).
 
         Raises:
             ConfigurationError: a value is invalid; the message names its key.
         """
         self._from_object = read_config_object(obj, namespace, source=source)
+        self._advice = advice or self._advice
         self._reload()
 
     def derive(self, name: str | None = None, **settings: Any) -> App:
@@ -587,7 +599,7 @@ class App:
             if letter is None:
                 raise DFError(
                     f"there is no dead letter {seq} in {store.layout.dlq_stream}; "
-                    "`df dlq list` shows the ones kept"
+                    f"{self.settings.advice.run('dlq list')} shows the ones kept"
                 )
             return letter
 

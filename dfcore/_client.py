@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 
 from . import _history as h
 from ._codec import JSONConverter, PayloadCodec, check_size, safe_encode
+from ._config import Settings
 from ._connection import close_connection, connect
 from ._convert import convert
 from ._errors import (
@@ -305,8 +306,9 @@ class Client:
             if started is None:
                 raise DFError(
                     f"workflow {start.workflow_id!r} was not started: its history already holds "
-                    "a message that is not a workflow start (stray or forged; `df dlq list` "
-                    "shows it once a worker has seen it), so nothing would run it. Start it "
+                    "a message that is not a workflow start (stray or forged; "
+                    f"{store.settings.advice.run('dlq list')} shows it once a worker has seen "
+                    "it), so nothing would run it. Start it "
                     "under another id, and see docs/security.md on who may publish."
                 ) from None
             if if_exists == "fail":
@@ -317,6 +319,11 @@ class Client:
 
 _FAILING_FAST = "calls fail at once until it answers again"
 _UNREACHABLE_HINT = "Check that the NATS server is running and reachable from this process."
+
+
+def _not_found(workflow_id: str, settings: Settings) -> WorkflowNotFoundError:
+    setting = settings.advice.name("namespace")
+    return WorkflowNotFoundError(workflow_id, settings.namespace, setting)
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -532,7 +539,7 @@ class WorkflowHandle(Generic[R]):
                 await asyncio.to_thread(UNSENT.wait, self.workflow_id, timeout)
                 found = await store.last_subject(subjects)
             if found is None:
-                raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
+                raise _not_found(self.workflow_id, store.settings)
             self._subject = found
         return store, self._subject
 
@@ -595,7 +602,7 @@ class WorkflowHandle(Generic[R]):
             store.last_readable(subject), store.outcome(subject), store.first(subject)
         )
         if last is None:
-            raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
+            raise _not_found(self.workflow_id, store.settings)
         kind = str(first.body.get("workflow")) if first is not None else None
         return status_of(self.workflow_id, kind, last, ended)
 
@@ -654,7 +661,7 @@ class WorkflowHandle(Generic[R]):
         """The history's last sequence; raises if the workflow already ended."""
         last, ended = await asyncio.gather(store.last_seq(subject), store.outcome(subject))
         if last == 0:
-            raise WorkflowNotFoundError(self.workflow_id, store.settings.namespace)
+            raise _not_found(self.workflow_id, store.settings)
         if ended is not None and (status := h.terminal_status(ended.commands)):
             raise DFError(
                 f"cannot {action} workflow {self.workflow_id!r}: it already ended ({status}); "

@@ -281,6 +281,32 @@ def _got(name: str, value: Any) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class Advice:
+    """How messages tell users what to run and set, in the terms of the framework they use.
+
+    The core's are the ``df`` command's and ``App``'s; the Django and Flask integrations give
+    theirs (``python manage.py df_dev``, ``DFCORE["NATS_URL"]``).
+
+    Attributes:
+        command: a command of the CLI, with ``{}`` where its words go
+            (``"python manage.py df_{}"``).
+        setting: where a setting is set, with ``{upper}`` and ``{lower}`` where its name goes
+            (``'DFCORE["{upper}"]'``).
+    """
+
+    command: str = "df {} -A yourmodule:app"
+    setting: str = "DF_{upper} or App({lower}=...)"
+
+    def run(self, words: str) -> str:
+        """The command line that runs ``words`` (``"dlq list"``), quoted for a message."""
+        return f"`{self.command.format(words)}`"
+
+    def name(self, setting: str) -> str:
+        """Where ``setting`` (``"nats_url"``) is set."""
+        return self.setting.format(upper=setting.upper(), lower=setting.lower())
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """Every DurableFuture setting, validated; see the module docstring for the table.
 
@@ -323,6 +349,7 @@ class Settings:
         nats_tls_hostname: the name the server's certificate must carry, when it is not the
             host in the URL (an IP address, or a name behind a load balancer).
         sources: where each non-default value was written (for error messages).
+        advice: the commands and setting names messages suggest (the framework's).
 
     The repr shows secrets as ``***``; see :attr:`display_url` for logging the URL.
     """
@@ -352,6 +379,7 @@ class Settings:
     nats_tls_key_file: str | None = None
     nats_tls_hostname: str | None = None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    advice: Advice = dataclasses.field(default_factory=Advice, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in _PARSERS:
@@ -421,6 +449,7 @@ def resolve_settings(
     kwargs: Mapping[str, Any],
     from_object: Mapping[str, Any] | None = None,
     environ: Mapping[str, str],
+    advice: Advice | None = None,
 ) -> Settings:
     """Build :class:`Settings` from keyword arguments, a config object and the environment.
 
@@ -429,6 +458,7 @@ def resolve_settings(
         from_object: setting name -> value, usually from :func:`read_config_object` (whose
             :class:`SourcedValue` entries carry the key as written).
         environ: the environment, usually ``os.environ``.
+        advice: what messages suggest (default: the core's commands and names).
 
     Raises:
         ConfigurationError: an unknown setting name or an invalid value.
@@ -442,7 +472,7 @@ def resolve_settings(
         if found is not None:
             sources[name] = found.label
             values[name] = _parse(name, found.value, found.label)
-    return Settings(**values, sources=sources)
+    return Settings(**values, sources=sources, advice=advice or Advice())
 
 
 def _lookup(

@@ -26,10 +26,15 @@ from ._errors import ConfigurationError, DFConnectionError
 
 log = logging.getLogger("dfcore.connection")
 
-_NO_SERVER_HINT = (
-    "Start a server (for development: `df dev -A yourmodule:app` runs an embedded one and "
-    "prints its URL) or point DF_NATS_URL / App(nats_url=...) at a running server."
-)
+
+def _no_server_hint(settings: Settings) -> str:
+    advice = settings.advice
+    return (
+        f"Start a server (for development, {advice.run('dev')} runs an embedded one and prints "
+        f"its URL) or point {advice.name('nats_url')} at a running server."
+    )
+
+
 _AUTH_SETTINGS = (
     "nats_token, nats_user and nats_password, nats_nkey_seed (or nats_nkey_seed_file), or "
     "nats_creds_file (see docs/security.md)"
@@ -391,9 +396,11 @@ def _connect_error(settings: Settings, nc: NATS, errors: list[Exception]) -> DFC
     if isinstance(cause, TimeoutError):
         return DFConnectionError(
             f"{where}: no answer within {settings.connect_timeout}s (the connect_timeout). "
-            f"{_NO_SERVER_HINT}"
+            f"{_no_server_hint(settings)}"
         )
-    return DFConnectionError(f"{where} ({type(cause).__name__}: {cause}). {_NO_SERVER_HINT}")
+    return DFConnectionError(
+        f"{where} ({type(cause).__name__}: {cause}). {_no_server_hint(settings)}"
+    )
 
 
 def _is_auth_error(error: Exception) -> bool:

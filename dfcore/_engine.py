@@ -122,6 +122,7 @@ class WorkflowRun:
         self.last_seq = 0
         self.started = False
         self.closed = False
+        self.decided = False  # a decision of this run has been recorded
         self.replaying = False
         self.evicting = False
         self._resolve_workflow = resolve_workflow
@@ -207,6 +208,7 @@ class WorkflowRun:
                     self._recorded_user[int(cmd["seq"])] = cmd
 
     def _apply_decided(self, record: h.Record) -> None:
+        self.decided = True
         pending_keys = {h.command_key(c): c for c in self._pending}
         for cmd in record.commands:
             key = h.command_key(cmd)

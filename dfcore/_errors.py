@@ -139,10 +139,10 @@ class WorkflowAlreadyStartedError(DFError):
 class WorkflowNotFoundError(DFError):
     """No history exists for the workflow id."""
 
-    def __init__(self, workflow_id: str, namespace: str) -> None:
+    def __init__(self, workflow_id: str, namespace: str, setting: str = "DF_NAMESPACE") -> None:
         super().__init__(
             f"no workflow with id {workflow_id!r} in namespace {namespace!r}; "
-            "check the id and that the client uses the same DF_NAMESPACE as the worker"
+            f"check the id and that the client uses the same {setting} as the worker"
         )
         self.workflow_id = workflow_id
 

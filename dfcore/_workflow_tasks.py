@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 
 from . import _history as h
 from ._context import WorkflowContext
-from ._engine import WorkflowCodeError, WorkflowRun
+from ._engine import RunInfo, WorkflowCodeError, WorkflowRun
 from ._errors import (
     CodecUnavailableError,
     DFError,
@@ -523,20 +523,24 @@ class WorkflowProcessor:
     async def _append_decision(
         self, entry: _Entry, run: WorkflowRun, body: dict[str, Any], data: bytes | None
     ) -> bool:
+        status = h.terminal_status(body["cmds"])
         try:
             seq = await self.store.append(
                 entry.subject,
                 body,
                 msg_id=f"{workflow_token(run.info.workflow_id)}:d:{run.last_seq}",
                 expected_seq=run.last_seq,
-                status=h.terminal_status(body["cmds"]),
+                status=status,
                 data=data,
             )
         except AppendConflict:
             return False  # read what was appended and decide again
+        first = not run.decided
         record = h.Record(seq, body)
         run.apply([record])
         await self._dispatch(entry, run, record)
+        if first or status is not None:
+            _log_progress(run.info, first, status, body["cmds"])
         return True
 
     def _split(self, cmds: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -661,6 +665,25 @@ def _follows(record: h.Record, prev: int | None, last_seq: int) -> bool:
 
 class _NoSuchWorkflow(DFError):
     """A history message for a workflow id that was never started."""
+
+
+def _log_progress(
+    info: RunInfo, first: bool, status: str | None, cmds: list[dict[str, Any]]
+) -> None:
+    """The worker's lines for a run it started or ended (``-l INFO``)."""
+    fields = {"workflow_id": info.workflow_id, "workflow_type": info.workflow_type}
+    name = f"{info.workflow_type}[{info.workflow_id}]"
+    if first:
+        log.info("workflow %s started", name, extra=fields)
+    if status is None:
+        return
+    took = max(0, now_ms() - info.start_time_ms) / 1000 if info.start_time_ms else 0.0
+    if status == "completed":
+        log.info("workflow %s completed in %.3fs", name, took, extra=fields)
+        return
+    error = next((cmd.get("error") for cmd in cmds if cmd.get("error")), None) or {}
+    why = f": {error.get('type')}: {error.get('message')}" if error.get("type") else ""
+    log.warning("workflow %s %s after %.3fs%s", name, status, took, why, extra=fields)
 
 
 def _task_error(exc: BaseException) -> dict[str, Any]:

@@ -7,6 +7,7 @@ def test_exported_members() -> None:
     assert sorted(dfcore.__all__) == sorted(
         [
             "ActivityError",
+            "Advice",
             "ActivityFunction",
             "App",
             "ApplicationError",

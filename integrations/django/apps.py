@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import autodiscover_modules
@@ -26,6 +27,38 @@ class DurableFutureConfig(AppConfig):
         from .tasks import register_configured_backends
 
         register_configured_backends()  # a TASKS backend of ours registers its workflow now
+        checks.register(check_outbox_tables)
+
+
+def check_outbox_tables(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn where the outbox table is missing, before ``start_on_commit`` fails on it.
+
+    A database that cannot be reached now is passed over: this check is no connection test.
+    """
+    from django.db import DatabaseError, connections, router
+
+    from .models import OutboxEntry
+
+    table = OutboxEntry._meta.db_table
+    found = []
+    for alias in connections:
+        if not router.allow_migrate_model(alias, OutboxEntry):
+            continue
+        try:
+            missing = table not in connections[alias].introspection.table_names()
+        except DatabaseError:
+            continue
+        if missing:
+            where = "" if alias == "default" else f" --database {alias}"
+            found.append(
+                checks.Warning(
+                    f"database {alias!r} has no {table} table, so start_on_commit() fails "
+                    "there and no relay publishes from it",
+                    hint=f"run `python manage.py migrate dfcore{where}`",
+                    id="dfcore.W001",
+                )
+            )
+    return found
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:

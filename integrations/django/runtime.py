@@ -10,7 +10,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from dfcore import App, ConfigurationError
+from dfcore import Advice, App, ConfigurationError
 from dfcore.activity import ActivityInfo
 
 from .conf import SETTING, DjangoSettings, read_settings
@@ -21,6 +21,10 @@ app = App("django")
 
 _lock = threading.RLock()
 _current: tuple[DjangoSettings, App] | None = None
+
+
+#: What DurableFuture's messages suggest in a Django project.
+ADVICE = Advice(command="python manage.py df_{}", setting=SETTING + '["{upper}"] in settings.py')
 
 
 def get_app() -> App:
@@ -46,7 +50,9 @@ def _configured() -> tuple[DjangoSettings, App]:
             conf = read_settings()
             target = _load_app(conf.app)
             try:
-                target.config_from_object(conf.core, namespace=None, source=f"settings.{SETTING}")
+                target.config_from_object(
+                    conf.core, namespace=None, source=f"settings.{SETTING}", advice=ADVICE
+                )
             except ConfigurationError as exc:
                 raise ImproperlyConfigured(str(exc)) from exc
             if _close_stale_connections not in target.activity_contexts:

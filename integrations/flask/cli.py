@@ -86,6 +86,8 @@ def worker_command(argv: Sequence[str]) -> None:
         state.start_relay(stop)
     try:
         state.app.run_worker(**cli.worker_options(args))
+    except DFError as exc:  # no server, a server too old: one line, not a traceback
+        raise click.ClickException(str(exc)) from exc
     finally:
         stop.set()
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from flask import Flask, current_app
 
-from dfcore import App, ConfigurationError, Settings, WorkflowFunction, WorkflowHandle
+from dfcore import Advice, App, ConfigurationError, Settings, WorkflowFunction, WorkflowHandle
 from dfcore.activity import ActivityInfo
 
 from .config import FlaskSettings, read_config, set_defaults
@@ -25,6 +25,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 EXTENSION = "dfcore"
+
+#: What DurableFuture's messages suggest in a Flask app.
+ADVICE = Advice(command="flask df {}", setting="DF_{upper} in the Flask config")
 
 
 @dataclass
@@ -190,7 +193,7 @@ class DurableFuture:
         if self._wraps_app:
             self._configure_shared(app, dfapp, where)
         else:
-            dfapp.config_from_object(app.config, namespace="DF", source=where)
+            dfapp.config_from_object(app.config, namespace="DF", source=where, advice=ADVICE)
         _enter_app_context(dfapp, app)
         app.extensions[EXTENSION] = DFState(self, dfapp, settings)
         self._bound[id(app)] = app
@@ -204,11 +207,13 @@ class DurableFuture:
         other Flask apps it serves give the same settings, an error otherwise."""
         others = [other for other in self._bound.values() if EXTENSION in other.extensions]
         before = dfapp.settings
-        dfapp.config_from_object(app.config, namespace="DF", source=where)
+        dfapp.config_from_object(app.config, namespace="DF", source=where, advice=ADVICE)
         if not others or dfapp.settings == before:
             return
         other = others[-1]
-        dfapp.config_from_object(other.config, namespace="DF", source=f"Flask app {other.name!r}")
+        dfapp.config_from_object(
+            other.config, namespace="DF", source=f"Flask app {other.name!r}", advice=ADVICE
+        )
         raise ConfigurationError(
             f"the App {dfapp.name!r} is already configured by Flask app {other.name!r} with "
             f"other DF_* settings than Flask app {app.name!r}'s; an App has one set of "

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command, load_command_class
 from django.db import transaction
 
-from dfcore import App
+from dfcore import App, DFConnectionError, WorkflowNotFoundError
+from dfcore._server import free_port
 from dfcore.cli import add_worker_arguments
 from dfcore.integrations.django import start_on_commit
 from dfcore.integrations.django.models import OutboxEntry
-from tests.django.conftest import on_all_databases
+from tests.django.conftest import django_process, manage_py, on_all_databases
 from tests.djangoapp.workflows import greeting
 from tests.workerkit import WorkerThread, wait_until
 
@@ -92,3 +95,55 @@ def test_df_relay_once_publishes_pending_rows(
     assert OutboxEntry.objects.using(db_alias).get().status == "published"
     with WorkerThread(project_app):
         assert project_app.get_handle("greet-fay").result(timeout=30) == "hello fay"
+
+
+def test_df_worker_without_a_server_ends_with_one_line_of_django_advice(
+    tmp_path: Path,
+) -> None:
+    """No server: a CommandError that names the project's own commands and settings."""
+    log = tmp_path / "df_worker.log"
+    proc = django_process(
+        *manage_py("df_worker"), output=log, DF_NATS_URL=f"nats://127.0.0.1:{free_port()}"
+    )
+    assert proc.wait(60) != 0
+    output = log.read_text()
+    assert "CommandError: could not connect to NATS" in output
+    assert "`python manage.py df_dev`" in output and 'DFCORE["NATS_URL"]' in output
+    assert "df dev -A" not in output and "App(nats_url" not in output
+    assert "Traceback" not in output
+
+
+def test_client_errors_in_a_django_process_speak_django(
+    settings: Any, dfcore_settings: dict[str, Any]
+) -> None:
+    settings.DFCORE = {**dfcore_settings, "NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    with pytest.raises(DFConnectionError, match=r'DFCORE\["NATS_URL"\]'):
+        greeting.get_handle("greet-nobody").status()
+
+
+def test_a_missing_workflow_names_the_django_namespace_setting() -> None:
+    with pytest.raises(WorkflowNotFoundError, match=r'same DFCORE\["NAMESPACE"\]'):
+        greeting.get_handle("greet-nobody").status()
+
+
+@on_all_databases
+def test_a_system_check_warns_when_the_outbox_table_is_missing() -> None:
+    from django.core import checks
+    from django.db import connection
+
+    assert not [m for m in checks.run_checks() if m.id == "dfcore.W001"]
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE dfcore_outbox RENAME TO dfcore_outbox_away")
+    try:
+        [warning] = [m for m in checks.run_checks() if m.id == "dfcore.W001"]
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE dfcore_outbox_away RENAME TO dfcore_outbox")
+    assert "database 'default' has no dfcore_outbox table" in warning.msg
+    assert warning.hint == "run `python manage.py migrate dfcore`"
+
+
+def test_django_global_options_follow_an_action() -> None:
+    out = io.StringIO()
+    call_command("df_workflow", "list", "--traceback", "-v", "2", stdout=out)
+    assert "WORKFLOW ID" in out.getvalue()

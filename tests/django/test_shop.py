@@ -173,6 +173,7 @@ def sigterm(proc: subprocess.Popen[bytes], log: Path) -> str:
     output = log.read_text()
     assert proc.returncode == 0, output
     assert "Traceback" not in output, output
+    assert "Task was destroyed" not in output and "never retrieved" not in output, output
     return output
 
 
@@ -198,6 +199,13 @@ def test_a_real_df_worker_process_fulfils_an_order_from_the_form(
     output = sigterm(worker, log)
     assert f"namespace {namespace!r}" in output  # it served this test's namespace
     assert "stopping: finishing in-flight work" in output
+    # A line per workflow started and ended, and per activity attempt (at INFO, the default).
+    name = f"fulfil_order[{order.workflow_id}]"
+    assert f"workflow {name} started" in output
+    assert re.search(rf"workflow {re.escape(name)} completed in \d+\.\d+s", output)
+    assert re.search(
+        rf"activity charge_card\[{order.workflow_id} #1\] attempt 1 succeeded in", output
+    )
 
 
 def test_df_dev_runs_server_worker_and_site_in_one_command(

@@ -14,6 +14,7 @@ from flask import Flask
 from sqlalchemy import create_engine, inspect, select
 
 from dfcore import WorkflowNotFoundError, cli
+from dfcore._server import free_port
 from dfcore.outbox import flush_committed
 from tests.flask.conftest import Factory, flask_process
 from tests.flaskapp import Delivery, db, greet
@@ -119,3 +120,17 @@ def test_create_outbox_makes_the_tables(tmp_path: Path, env: dict[str, str]) -> 
     assert b"outbox tables ready" in out
     tables = inspect(create_engine(uri)).get_table_names()
     assert {"dfcore_outbox", "dfcore_relay_lease"} <= set(tables)
+
+
+def test_a_worker_without_a_server_ends_with_one_line_of_flask_advice(
+    env: dict[str, str],
+) -> None:
+    proc = flask_process(
+        "df", "worker", env={**env, "DF_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    )
+    out, _ = proc.communicate(timeout=60)
+    output = out.decode()
+    assert proc.returncode != 0
+    assert "Error: could not connect to NATS" in output
+    assert "`flask df dev`" in output and "DF_NATS_URL in the Flask config" in output
+    assert "df dev -A" not in output and "Traceback" not in output

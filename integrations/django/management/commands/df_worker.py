@@ -6,9 +6,9 @@ import argparse
 import threading
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from dfcore import cli
+from dfcore import DFError, cli
 
 from ...outbox import make_relay
 from ...runtime import get_app, get_settings
@@ -39,5 +39,7 @@ class Command(BaseCommand):
             make_relay().start_thread(stop)
         try:
             app.run_worker(**cli.worker_options(argparse.Namespace(**options)))
+        except DFError as exc:  # no server, a server too old: one line, not a traceback
+            raise CommandError(str(exc)) from exc
         finally:
             stop.set()

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from dfcore import DFError, cli
 
 from ...runtime import get_app
+from .. import global_options_after_actions
 
 
 class Command(BaseCommand):
@@ -17,6 +18,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         cli.add_workflow_arguments(parser, with_app=False)
+        global_options_after_actions(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
