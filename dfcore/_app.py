@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import os
 import weakref
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from ._client import Client, IfExists, PreparedStart, WorkflowHandle, WorkflowStatus, prepare_start
 from ._codec import IdentityCodec, PayloadCodec
 from ._config import Advice, Settings, read_config_object, resolve_settings
-from ._convert import return_hint
+from ._convert import check_call_args, return_hint
 from ._definitions import ActivityDefinition, ActivityOptions, RetryPolicy, WorkflowDefinition
 from ._dlq import DeadLetter
 from ._errors import ConfigurationError, DFError, RegistrationError
@@ -452,7 +453,13 @@ class App:
     ) -> WorkflowHandle[Any]:
         """Start a workflow by function or registered name (async); see WorkflowFunction.astart.
 
-        A name this App does not know is started all the same: its workers may know it.
+        A name this App does not have raises :class:`RegistrationError`, with the nearest
+        name it has. Only an App with no workflows at all (a process that starts workflows it
+        does not define) starts any name: its workers may know it.
+
+        Raises:
+            RegistrationError: the name is not one of this App's workflows.
+            TypeError: the arguments do not fit the workflow's parameters.
         """
         name = workflow.name if isinstance(workflow, WorkflowFunction) else workflow
         return await self._astart(
@@ -507,7 +514,16 @@ class App:
         task_queue: str | None,
         execution_timeout: float | None,
     ) -> PreparedStart:
-        """Fill in the definition's and the settings' defaults and encode the start."""
+        """Fill in the definition's and the settings' defaults and encode the start.
+
+        Raises:
+            RegistrationError: this App has workflows, and none of them is called ``name``.
+            TypeError: the arguments do not fit the workflow's parameters.
+        """
+        if defn is None and self.workflows:
+            raise RegistrationError(self._unknown_workflow(name))
+        if defn is not None:
+            check_call_args(defn.fn, args, skip_first=True, what=f"workflow {name!r}")
         queue = task_queue or (defn.task_queue if defn else None) or self.settings.task_queue
         return prepare_start(
             self.codec,
@@ -517,6 +533,17 @@ class App:
             task_queue=check_queue(queue),
             execution_timeout=execution_timeout or (defn.execution_timeout if defn else None),
             max_payload=self._max_payload,
+        )
+
+    def _unknown_workflow(self, name: str) -> str:
+        known = sorted(self.workflows)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        return (
+            f"App {self.name!r} has no workflow named {name!r}{hint}; its workflows are: "
+            f"{shown}. Define it with @app.workflow in a module this process imports, or "
+            "start it by its function"
         )
 
     def prepare_start(
@@ -535,6 +562,8 @@ class App:
         transaction, not later in a relay.
 
         Raises:
+            RegistrationError: the name is not one of this App's workflows (see :meth:`astart`).
+            TypeError: the arguments do not fit the workflow's parameters.
             SerializationError: an argument cannot be encoded (the error names it).
             PayloadTooLargeError: the start exceeds the server's max_payload.
         """

@@ -488,6 +488,43 @@ def decode_call_args(
     return out_args, out_kwargs
 
 
+def check_call_args(
+    fn: Callable[..., Any], args: Sequence[Any], *, skip_first: bool, what: str
+) -> None:
+    """Raise at the call site what calling ``fn(*args)`` later, in a worker, would raise.
+
+    Args:
+        fn: the workflow or activity function.
+        args: the positional arguments it is to be called with.
+        skip_first: skip ``fn``'s first parameter (a workflow's ``ctx``).
+        what: names the function in the message (``"workflow 'fulfil_order'"``).
+
+    Raises:
+        TypeError: too many or too few arguments; the message shows the parameters.
+    """
+    signature = _signature(fn, skip_first)
+    if signature is None:
+        return
+    try:
+        signature.bind(*args)
+    except TypeError as exc:
+        shown = ", ".join(str(p.replace(annotation=p.empty)) for p in signature.parameters.values())
+        raise TypeError(
+            f"{what} cannot be called with {len(args)} argument(s): {exc}; its parameters are "
+            f"({shown})"
+        ) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _signature(fn: Callable[..., Any], skip_first: bool) -> inspect.Signature | None:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return None
+    params = list(signature.parameters.values())
+    return signature.replace(parameters=params[1:] if skip_first else params)
+
+
 def return_hint(fn: Callable[..., Any]) -> Any:
     """The type a call of ``fn`` produces: its return annotation, ``Awaitable[X]`` unwrapped.
 

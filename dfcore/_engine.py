@@ -40,6 +40,23 @@ PayloadCheck = Callable[[Any, str], None]
 """Raises SerializationError or PayloadTooLargeError if a value cannot be sent."""
 
 
+class UnregisteredWorkflowError(RegistrationError):
+    """A run was started under a name no workflow of this worker has.
+
+    Nothing is written for the run: the worker notes ``WorkflowTaskFailed`` (the run shows as
+    ``failing``, with this message) and hands the task back with backoff, so the run starts as
+    soon as workers that have the workflow serve its queue (a web deploy that landed before
+    the workers' does this). It is never failed for it.
+    """
+
+    def __init__(self, name: str, task_queue: str) -> None:
+        super().__init__(
+            f"workflow {name!r} is not registered on the workers of task queue {task_queue!r}; "
+            "it waits until they have it: define it with @app.workflow in a module the "
+            "workers import and restart them (or check the name it was started with)"
+        )
+
+
 class WorkflowCodeError(DFError):
     """The workflow code raised an exception that is not a deliberate failure: a bug.
 
@@ -244,8 +261,7 @@ class WorkflowRun:
         info.start_time_ms = self._now_ms
         defn = self._resolve_workflow(info.workflow_type)
         if defn is None:
-            self._fail_unregistered(info.workflow_type)
-            return
+            raise UnregisteredWorkflowError(info.workflow_type, info.task_queue)
         try:
             args, _ = decode_call_args(defn.fn, list(body["args"]), {}, skip_first=True)
         except SerializationError as exc:
@@ -442,15 +458,6 @@ class WorkflowRun:
         """End the workflow with ``exc`` before its code could run."""
         self._produce({"t": h.WORKFLOW_FAILED, "error": _error_json(exc)})
         self.closed = True
-
-    def _fail_unregistered(self, name: str) -> None:
-        self._fail_workflow(
-            RegistrationError(
-                f"workflow {name!r} is not registered on the workers of task queue "
-                f"{self.info.task_queue!r}; define it with @app.workflow in a module the worker "
-                "imports, restart the workers, and start the workflow again"
-            )
-        )
 
     def _lookup_activity(self, ref: Any) -> tuple[str, ActivityOptions, Any]:
         if self._activity_lookup is not None:

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 
 from . import _history as h
 from ._context import WorkflowContext
-from ._engine import RunInfo, WorkflowCodeError, WorkflowRun
+from ._engine import RunInfo, UnregisteredWorkflowError, WorkflowCodeError, WorkflowRun
 from ._errors import (
     CodecUnavailableError,
     DFError,
@@ -346,7 +346,7 @@ class WorkflowProcessor:
             self._drop(entry)
             await self._reject(msg, str(exc))
             return False
-        except (NondeterminismError, WorkflowCodeError) as exc:
+        except (NondeterminismError, WorkflowCodeError, UnregisteredWorkflowError) as exc:
             self._drop(entry)
             log.error("%s", exc)
             await self._note_task_failure(entry, exc, msg.metadata.num_delivered)

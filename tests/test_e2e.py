@@ -18,17 +18,19 @@ from dfcore import (
     ApplicationError,
     DFConnectionError,
     PayloadTooLargeError,
+    RegistrationError,
     RetryPolicy,
     SerializationError,
     WorkflowAlreadyStartedError,
     WorkflowFailureError,
+    WorkflowStatus,
     activity,
 )
 from dfcore._loopthread import run_sync
 from dfcore._server import free_port
 
 from .apps.orders import ORDER_EVENTS, build_app
-from .workerkit import WorkerThread
+from .workerkit import WorkerThread, wait_until
 
 
 def close(app: App) -> None:
@@ -338,11 +340,50 @@ def test_parallel_activities(make_app: Any) -> None:
 # -- clear errors ---------------------------------------------------------------------------
 
 
-def test_unknown_workflow_name_fails_clearly(orders: App) -> None:
-    with pytest.raises(WorkflowFailureError) as info:
-        orders.start("no_such_workflow").result(timeout=30)
-    assert info.value.cause_type == "RegistrationError"
-    assert "@app.workflow" in info.value.cause_message
+def test_a_name_this_app_lacks_raises_at_the_call_with_the_nearest_name(orders: App) -> None:
+    with pytest.raises(
+        RegistrationError, match=r"no workflow named 'ordr' \(did you mean 'order'\?\)"
+    ):
+        orders.start("ordr", "ada", 10.0, 1)
+    with pytest.raises(RegistrationError, match="order_with_approval"):  # it lists what it has
+        orders.prepare_start("no_such_workflow")
+
+
+def test_arguments_are_checked_against_the_workflow_at_the_call(orders: App) -> None:
+    with pytest.raises(TypeError, match=r"workflow 'order' cannot be called with 2 argument"):
+        orders.start("order", "ada", 10.0)
+    with pytest.raises(TypeError, match=r"parameters are \(customer_id, amount, quantity\)"):
+        orders.prepare_start("order", "ada", 10.0, 1, "extra")
+
+
+def test_a_workflow_no_worker_has_waits_as_failing_and_runs_once_one_has_it(
+    make_app: Any,
+) -> None:
+    """The web deploy landed first: its App has a workflow the running workers do not."""
+    web = make_app()
+
+    @web.workflow
+    async def welcome(ctx: Any, name: str) -> str:
+        return f"welcome {name}"
+
+    old = make_app()  # the workers of the previous deploy
+
+    @old.workflow
+    async def other(ctx: Any) -> None: ...
+
+    handle = web.start(welcome, "ada")
+    with WorkerThread(old):
+
+        def failing() -> WorkflowStatus | None:
+            status = handle.status()
+            return status if status.status == "failing" else None
+
+        status = wait_until(failing, what="the workflow to show as failing")
+        assert status.failure is not None
+        assert "UnregisteredWorkflowError: workflow 'welcome' is not registered" in status.failure
+    with WorkerThread(web):  # the new deploy's workers
+        assert handle.result(timeout=90) == "welcome ada"
+    assert [event.type for event in handle.history()].count("WorkflowFailed") == 0
 
 
 def test_unregistered_activity_fails_clearly(make_app: Any) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from dfcore import _history as h
 from dfcore._definitions import RetryPolicy
+from dfcore._engine import UnregisteredWorkflowError
 from dfcore._errors import ActivityError, NondeterminismError
 
 from .enginekit import History, kinds
@@ -301,13 +302,15 @@ def test_random_and_uuid_are_replay_safe() -> None:
     assert replayed[0] == result
 
 
-def test_unknown_workflow_fails_with_a_clear_error() -> None:
+def test_an_unknown_workflow_decides_nothing_and_says_why() -> None:
+    """The worker hands the task back (a worker that has the workflow may come): no command."""
     hist = History()
     run = hist.new_run()
     hist.start("nope")
-    cmds = hist.decide(run)
-    assert kinds(cmds) == [h.WORKFLOW_FAILED]
-    assert "not registered" in cmds[0]["error"]["message"]
+    with pytest.raises(UnregisteredWorkflowError, match="'nope' is not registered") as info:
+        hist.decide(run)
+    assert "it waits until they have it" in str(info.value)
+    assert run.pending_commands() == []
 
 
 def test_execution_timeout_ends_the_workflow() -> None:
