@@ -7,22 +7,27 @@ Parsers are built by small ``add_*_arguments`` functions so that framework integ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import orjson
 
 from ._app import App
+from ._config import Advice, Settings
 from ._dlq import render_list as render_dead_letters
 from ._dlq import render_one as render_dead_letter
-from ._errors import DFError
+from ._errors import ConfigurationError, DFError
 from ._inspect import render_history
-from ._server import EmbeddedServer
+from ._server import EmbeddedServer, port_in_use
 from ._supervisor import is_child, processes_option, supervise
 
 
@@ -57,6 +62,15 @@ def add_app_argument(parser: argparse.ArgumentParser, required: bool = False) ->
         required=required,
         metavar="MODULE[:APP]",
         help="the module defining your App (and its workflows and activities)",
+    )
+
+
+def add_nats_only_argument(parser: argparse.ArgumentParser) -> None:
+    """``--nats-only`` of the dev commands."""
+    parser.add_argument(
+        "--nats-only",
+        action="store_true",
+        help="run only the NATS server (start the worker and the web server yourself)",
     )
 
 
@@ -158,20 +172,137 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dev(args: argparse.Namespace) -> int:
-    setup_logging(args.loglevel)
-    data = Path(args.data_dir)
+# --- the dev commands' server -------------------------------------------------------------
+
+_PORT_FILE = "port"  # in the data folder: the port of the last run, used again
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def start_dev_server(data: Path, settings: Settings, port: int = 0) -> tuple[EmbeddedServer, str]:
+    """Start the embedded server of a dev command (``df dev``, ``df_dev``, ``flask df dev``).
+
+    Its port stays the same from run to run, so what other terminals were told keeps working:
+    ``port`` when given; else the port of the configured URL, when the settings name one on
+    this machine (then every process of the project reaches the server through its settings);
+    else the port of the last run with this data folder, if it is free; else a free one.
+
+    Returns:
+        The running server, and what to tell the user about reaching it from other
+        terminals, in the framework's terms (``settings.advice``).
+
+    Raises:
+        ConfigurationError: the server could not start (the port is taken, ...).
+    """
     data.mkdir(parents=True, exist_ok=True)
+    configured = _configured_local_port(settings)
+    remembered = _remembered_port(data)
+    chosen = port or configured or remembered
+    if not port and configured and port_in_use("127.0.0.1", configured):
+        raise ConfigurationError(
+            f"{settings.advice.name('nats_url')} points at {settings.display_url}, where a "
+            "server already listens, so the embedded one cannot start there: use that server "
+            f"(run {settings.advice.run('worker')} against it), or give the embedded one "
+            "another port with --port / --nats-port"
+        )
     server = EmbeddedServer(
-        data / "nats", port=args.port, log_file=str(data / "nats.log"), kill_with_parent=True
+        data / "nats",
+        port=chosen,
+        log_file=str(data / "nats.log"),
+        kill_with_parent=True,  # a crashed dev command leaves no server behind (Linux)
     )
     server.start()
+    (data / _PORT_FILE).write_text(f"{server.port}\n")
+    return server, _reaching_it(settings, server, configured)
+
+
+def _url_configured(settings: Settings) -> bool:
+    """Whether the settings name a server: set, and not the default (which the Flask
+    extension writes into the config; a real NATS server's usual port besides)."""
+    return "nats_url" in settings.sources and settings.nats_url != Settings().nats_url
+
+
+def _configured_local_port(settings: Settings) -> int:
+    """The port of a configured single URL on this machine (0: none was configured)."""
+    if not _url_configured(settings) or len(settings.servers) != 1:
+        return 0
+    parts = urlsplit(settings.servers[0])
+    try:
+        configured = parts.port
+    except ValueError:
+        return 0
+    if parts.scheme != "nats" or parts.hostname not in _LOOPBACK or not configured:
+        return 0
+    return configured
+
+
+def _remembered_port(data: Path) -> int:
+    try:
+        port = int((data / _PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    return port if 0 < port < 65536 and not port_in_use("127.0.0.1", port) else 0
+
+
+def _reaching_it(settings: Settings, server: EmbeddedServer, configured: int) -> str:
+    where = settings.advice.name("nats_url")
+    if configured == server.port:
+        return f"Other processes of the project reach it through {where}."
+    if _url_configured(settings):
+        return (
+            f"{where} points at {settings.display_url}, so the project's other processes use "
+            f"that server, not this one; set it to {server.url} to use this one."
+        )
+    return (
+        f"Other terminals reach it after `export DF_NATS_URL={server.url}` (the port stays the "
+        "same from run to run)."
+    )
+
+
+def dev_banner(server: EmbeddedServer, data: Path, reach: str, advice: Advice) -> str:
+    """What ``--nats-only`` prints: the server, how to reach it, and what to run beside it."""
+    lines = [
+        f"\nNATS JetStream  {server.url}  (data in {data}), and nothing else (--nats-only)",
+        reach,
+        f"Run a worker:   {advice.run('worker')}",
+    ]
+    if advice.web:
+        lines.append(f"Run the site:   `{advice.web}`")
+    lines.append("Ctrl-C stops the server.\n")
+    return "\n".join(lines)
+
+
+def wait_for_interrupt(announce: Callable[[], None]) -> None:
+    """Call ``announce``, then block until Ctrl-C or SIGTERM (``--nats-only``, once the server
+    runs). The signals are caught from before the announcement, which may prompt them."""
+    stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in signals}
+    try:
+        announce()
+        stop.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    setup_logging(args.loglevel)
+    if not args.app and not args.nats_only:
+        raise DFError("df dev needs -A/--app MODULE[:APP] (or --nats-only to run only NATS)")
+    app = load_app(args.app)
+    advice = app.settings.advice
+    if args.app:  # the commands to suggest are this one's
+        advice = dataclasses.replace(advice, command=f"df {{}} -A {args.app}")
+    data = Path(args.data_dir)
+    server, reach = start_dev_server(data, app.settings, args.port)
     os.environ["DF_NATS_URL"] = server.url
     try:
-        app = load_app(args.app)
+        if args.nats_only:
+            wait_for_interrupt(lambda: print(dev_banner(server, data, reach, advice), flush=True))
+            return 0
         app.configure(nats_url=server.url)
         print(f"\nEmbedded NATS JetStream running at {server.url} (data in {data}/nats).")
-        print(f"Point other processes at it with:  export DF_NATS_URL={server.url}\n", flush=True)
+        print(f"{reach}\nTry it:  {advice.run('workflow list')}\n", flush=True)
         app.run_worker(**worker_options(args))
     finally:
         server.stop()
@@ -285,12 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     dev = sub.add_parser("dev", help="start an embedded NATS JetStream server and a worker")
-    add_app_argument(dev, required=True)
+    add_app_argument(dev)
     add_worker_arguments(dev, processes=False)
     dev.add_argument("--data-dir", default=".df", help="where the server keeps its data (.df)")
     dev.add_argument(
-        "--port", type=int, default=0, help="port for the server (default: a free one)"
+        "--port",
+        type=int,
+        default=0,
+        help="port for the server (default: the configured URL's, else the last run's)",
     )
+    add_nats_only_argument(dev)
     dev.set_defaults(func=cmd_dev)
 
     demo = sub.add_parser("demo", help="run the order demo on an embedded server")

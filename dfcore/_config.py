@@ -292,10 +292,12 @@ class Advice:
             (``"python manage.py df_{}"``).
         setting: where a setting is set, with ``{upper}`` and ``{lower}`` where its name goes
             (``'DFCORE["{upper}"]'``).
+        web: the command that runs the development web server, if the framework has one.
     """
 
     command: str = "df {} -A yourmodule:app"
     setting: str = "DF_{upper} or App({lower}=...)"
+    web: str = ""
 
     def run(self, words: str) -> str:
         """The command line that runs ``words`` (``"dlq list"``), quoted for a message."""

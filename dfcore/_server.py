@@ -128,7 +128,7 @@ def _read_ports_file(store_dir: Path, pid: int) -> int | None:
     return None
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         try:
@@ -375,7 +375,7 @@ class EmbeddedServer:
         """After an early exit: did the server fail because its port was in use?"""
         if self._log_path is not None:
             return "address already in use" in _tail(self._log_path, self._log_offset).lower()
-        return self._port != 0 and _port_in_use(self._host, self._port)
+        return self._port != 0 and port_in_use(self._host, self._port)
 
     def _startup_error(self, what: str, *, exited: bool) -> ConfigurationError:
         log = _tail(self._log_path, self._log_offset)

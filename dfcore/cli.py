@@ -14,13 +14,17 @@
 
 from ._cli import (
     add_dlq_arguments,
+    add_nats_only_argument,
     add_worker_arguments,
     add_workflow_arguments,
+    dev_banner,
     main,
     run_dlq_command,
     run_workflow_command,
     setup_logging,
+    start_dev_server,
     supervise_if_asked,
+    wait_for_interrupt,
     worker_options,
 )
 from ._worker_thread import WorkerThread
@@ -28,12 +32,16 @@ from ._worker_thread import WorkerThread
 __all__ = [
     "WorkerThread",
     "add_dlq_arguments",
+    "add_nats_only_argument",
     "add_worker_arguments",
     "add_workflow_arguments",
+    "dev_banner",
     "main",
     "run_dlq_command",
     "run_workflow_command",
     "setup_logging",
+    "start_dev_server",
     "supervise_if_asked",
+    "wait_for_interrupt",
     "worker_options",
 ]

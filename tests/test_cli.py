@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 
 from dfcore import App
 from dfcore._loopthread import run_sync
+from dfcore._server import free_port
 
 from .apps.orders import ORDER_EVENTS, build_app
 from .workerkit import ROOT, WorkerThread
@@ -105,8 +107,8 @@ def test_dev_runs_an_embedded_server_and_a_worker(tmp_path: Path) -> None:
         url = None
         assert proc.stdout is not None
         for line in proc.stdout:
-            if "export DF_NATS_URL=" in line:
-                url = line.split("DF_NATS_URL=")[1].strip()
+            if found := re.search(r"running at (nats://\S+) ", line):
+                url = found.group(1)
             if "serving" in line:
                 break
         assert url and url.startswith("nats://127.0.0.1:")
@@ -118,6 +120,48 @@ def test_dev_runs_an_embedded_server_and_a_worker(tmp_path: Path) -> None:
         rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, rest
     assert (tmp_path / "df" / "nats" / "jetstream").is_dir()
+
+
+def dev_nats_only(data: Path, **env: str) -> tuple[str, str]:
+    """Run ``df dev --nats-only`` until it serves; stop it; its URL and what it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dfcore", "dev", "--nats-only", "--data-dir", str(data)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**{k: v for k, v in os.environ.items() if k != "DF_NATS_URL"}, **env},
+    )
+    printed = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            printed.append(line)
+            if line.startswith("Ctrl-C stops the server"):
+                break
+    finally:
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=30)
+    output = "".join(printed) + rest
+    assert proc.returncode == 0, output
+    found = re.search(r"^NATS JetStream +(nats://\S+)", output, re.M)
+    assert found, output
+    return found.group(1), output
+
+
+def test_dev_keeps_its_port_from_run_to_run_and_can_run_nats_alone(tmp_path: Path) -> None:
+    url, output = dev_nats_only(tmp_path / "df")
+    assert "Run a worker:   `df worker -A yourmodule:app`" in output
+    assert f"after `export DF_NATS_URL={url}`" in output
+    again, _ = dev_nats_only(tmp_path / "df")
+    assert again == url  # what other terminals were told still holds
+
+
+def test_dev_serves_on_the_configured_local_url(tmp_path: Path) -> None:
+    configured = f"nats://127.0.0.1:{free_port()}"
+    url, output = dev_nats_only(tmp_path / "df", DF_NATS_URL=configured)
+    assert url == configured
+    assert "reach it through DF_NATS_URL" in output
 
 
 def test_demo_runs_the_order_workflow_with_a_retry(tmp_path: Path) -> None:

@@ -24,7 +24,11 @@ _current: tuple[DjangoSettings, App] | None = None
 
 
 #: What DurableFuture's messages suggest in a Django project.
-ADVICE = Advice(command="python manage.py df_{}", setting=SETTING + '["{upper}"] in settings.py')
+ADVICE = Advice(
+    command="python manage.py df_{}",
+    setting=SETTING + '["{upper}"] in settings.py',
+    web="python manage.py runserver",
+)
 
 
 def get_app() -> App:

@@ -167,8 +167,13 @@ def _add_dev_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the NATS server keeps its data (default: df/ in the app's instance folder)",
     )
     parser.add_argument(
-        "--nats-port", type=int, default=0, help="client port of the NATS server (a free one)"
+        "--nats-port",
+        type=int,
+        default=0,
+        help="client port of the NATS server (default: that of DF_NATS_URL when it is on "
+        "this machine, else the last run's)",
     )
+    cli.add_nats_only_argument(parser)
     _add_worker_arguments(parser, processes=False)
 
 

@@ -17,7 +17,7 @@ import click
 from flask import Flask
 from werkzeug.serving import make_server
 
-from dfcore import EmbeddedServer, cli
+from dfcore import ConfigurationError, cli
 
 from .extension import DFState
 
@@ -25,13 +25,19 @@ from .extension import DFState
 def run_dev(app: Flask, state: DFState, args: argparse.Namespace) -> None:
     """Serve ``app`` with NATS, a worker and the relay until Ctrl-C or SIGTERM."""
     data = Path(args.data_dir or Path(app.instance_path) / "df").resolve()
-    server = EmbeddedServer(
-        data / "nats",
-        port=args.nats_port,
-        log_file=str(data / "nats.log"),
-        kill_with_parent=True,  # a crashed `flask df dev` leaves no server behind (Linux)
-    )
-    server.start()
+    settings = state.app.settings
+    try:
+        server, reach = cli.start_dev_server(data, settings, args.nats_port)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if args.nats_only:
+        try:
+            cli.wait_for_interrupt(
+                lambda: click.echo(cli.dev_banner(server, data, reach, settings.advice))
+            )
+        finally:
+            server.stop()
+        return
     stop_relay = threading.Event()
     worker: cli.WorkerThread | None = None
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -49,7 +55,7 @@ def run_dev(app: Flask, state: DFState, args: argparse.Namespace) -> None:
             f"Worker          namespace {state.app.settings.namespace!r}, queues "
             f"{', '.join(worker.worker.queues)}{relay}\n"
             f"Site            http://{args.host}:{web.server_port}/\n"
-            f"Other processes can use this server:  export DF_NATS_URL={server.url}\n"
+            f"{reach}\n"
         )
         try:
             web.serve_forever()

@@ -27,7 +27,7 @@ R = TypeVar("R")
 EXTENSION = "dfcore"
 
 #: What DurableFuture's messages suggest in a Flask app.
-ADVICE = Advice(command="flask df {}", setting="DF_{upper} in the Flask config")
+ADVICE = Advice(command="flask df {}", setting="DF_{upper} in the Flask config", web="flask run")
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -27,8 +28,8 @@ from dfcore._server import free_port
 from dfcore.integrations.django import make_relay
 from dfcore.integrations.django.models import OutboxEntry
 from dfcore.outbox import flush_committed
-from tests.django.conftest import django_process, manage_py
-from tests.workerkit import WorkerThread, wait_until
+from tests.django.conftest import SHOP, django_process, manage_py
+from tests.workerkit import ROOT, WorkerThread, wait_until
 
 ORDER = {"customer": "ada", "product": "book", "quantity": "2", "amount": "12.50"}
 
@@ -250,3 +251,42 @@ def test_df_dev_runs_server_worker_and_site_in_one_command(
     port = int(nats_url.rsplit(":", 1)[1])
     with pytest.raises(ConnectionRefusedError):  # the embedded server stopped with it
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_df_dev_nats_only_serves_where_dfcore_points_so_df_workflow_reaches_it(
+    tmp_path: Path, stop_on_exit: list[subprocess.Popen[bytes]]
+) -> None:
+    """The advice of df_dev holds for the project: with DFCORE["NATS_URL"] set to a local
+    port, the server runs there, and a second terminal's df_workflow finds it."""
+    port = free_port()
+    (tmp_path / "dev_settings.py").write_text(
+        "from tests.django_settings import *  # noqa: F403\n"
+        f'DFCORE = {{"NATS_URL": "nats://127.0.0.1:{port}", "NAMESPACE": "devonly"}}\n'
+    )
+    env = {
+        "DJANGO_SETTINGS_MODULE": "dev_settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), str(SHOP)]),
+    }
+    log = tmp_path / "df_dev.log"
+    data = tmp_path / "df"
+    dev = django_process(
+        *manage_py("df_dev", "--nats-only", "--data-dir", str(data)), output=log, **env
+    )
+    stop_on_exit.append(dev)
+
+    def announced() -> str | None:
+        assert dev.poll() is None, log.read_text()
+        text = log.read_text()
+        return text if "Ctrl-C stops the server" in text else None
+
+    banner = wait_until(announced, timeout=60, what="df_dev --nats-only to serve")
+    assert f"NATS JetStream  nats://127.0.0.1:{port}" in banner
+    assert 'reach it through DFCORE["NATS_URL"] in settings.py' in banner
+    assert "Run a worker:   `python manage.py df_worker`" in banner
+    assert "Run the site:   `python manage.py runserver`" in banner
+
+    second = django_process(*manage_py("df_workflow", "list"), **env)  # another terminal
+    out, _ = second.communicate(timeout=60)
+    assert second.returncode == 0, out.decode()
+    assert "WORKFLOW ID" in out.decode()
+    sigterm(dev, log)

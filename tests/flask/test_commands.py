@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,3 +135,27 @@ def test_a_worker_without_a_server_ends_with_one_line_of_flask_advice(
     assert "Error: could not connect to NATS" in output
     assert "`flask df dev`" in output and "DF_NATS_URL in the Flask config" in output
     assert "df dev -A" not in output and "Traceback" not in output
+
+
+def test_dev_can_run_nats_alone_and_says_what_to_run_beside_it(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    log = tmp_path / "dev.log"
+    unset = {key: value for key, value in env.items() if key != "DF_NATS_URL"}
+    dev = flask_process(
+        "df", "dev", "--nats-only", "--data-dir", str(tmp_path / "df"), env=unset, output=log
+    )
+    try:
+        banner = wait_until(
+            lambda: "Ctrl-C stops the server" in log.read_text() and log.read_text(),
+            timeout=60,
+            what="flask df dev --nats-only to serve",
+        )
+        assert "Run a worker:   `flask df worker`" in banner
+        assert "Run the site:   `flask run`" in banner
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(30) == 0, log.read_text()
+    finally:
+        if dev.poll() is None:
+            sigkill(dev)
+    assert "Traceback" not in log.read_text()

@@ -47,8 +47,10 @@ class Command(BaseCommand):
             "--nats-port",
             type=int,
             default=0,
-            help="client port of the NATS server (default: a free one)",
+            help='client port of the NATS server (default: that of DFCORE["NATS_URL"] when it '
+            "is on this machine, else the last run's)",
         )
+        cli.add_nats_only_argument(parser)
         parser.add_argument(
             "--no-relay", action="store_true", help="do not relay the transactional outbox"
         )
@@ -57,16 +59,22 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         cli.setup_logging(options["loglevel"])
         data = Path(options["data_dir"] or _project_dir() / ".df").resolve()
-        server = EmbeddedServer(
-            data / "nats",
-            port=options["nats_port"],
-            log_file=str(data / "nats.log"),
-            kill_with_parent=True,  # a crashed df_dev leaves no server behind (Linux)
-        )
+        settings = runtime.get_app().settings
         try:
-            server.start()
+            server, reach = cli.start_dev_server(data, settings, options["nats_port"])
         except ConfigurationError as exc:
             raise CommandError(str(exc)) from exc
+        if options["nats_only"]:
+            try:
+
+                def announce() -> None:
+                    self.stdout.write(cli.dev_banner(server, data, reach, settings.advice))
+                    self.stdout.flush()
+
+                cli.wait_for_interrupt(announce)
+            finally:
+                server.stop()
+            return
         stop_relay = threading.Event()
         app: App | None = None
         worker: cli.WorkerThread | None = None
@@ -87,7 +95,7 @@ class Command(BaseCommand):
                 f"namespace {app.settings.namespace!r}, queues {', '.join(worker.worker.queues)}"
             )
             serving += ", with the outbox relay" if relay else ", no outbox relay"
-            self._runserver(options["addrport"], server, data, serving)
+            self._runserver(options["addrport"], server, data, serving, reach)
         finally:
             signal.signal(signal.SIGTERM, previous)
             stop_relay.set()
@@ -111,7 +119,9 @@ class Command(BaseCommand):
             app.configure(nats_url=server.url)
         return app
 
-    def _runserver(self, addrport: str, server: EmbeddedServer, data: Path, serving: str) -> None:
+    def _runserver(
+        self, addrport: str, server: EmbeddedServer, data: Path, serving: str, reach: str
+    ) -> None:
         """Run ``runserver`` (the project's, e.g. staticfiles') until Ctrl-C or SIGTERM."""
         command = load_command_class(get_commands()["runserver"], "runserver")
         announce = command.on_bind
@@ -125,7 +135,7 @@ class Command(BaseCommand):
                 f"\nNATS JetStream  {server.url}  (data in {data})\n"
                 f"Worker          {serving}\n"
                 f"Site            {site}  (admin: {site}admin/)\n"
-                f"Other processes can use this server:  export DF_NATS_URL={server.url}\n"
+                f"{reach}\n"
             )
             self.stdout.flush()
 
