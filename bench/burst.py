@@ -38,6 +38,7 @@ from bench.order_throughput import ceiling, latency, step_cost  # noqa: E402
 from dfcore import EmbeddedServer  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
+LOGLEVEL = "INFO"  # the worker command's default: a line per workflow and activity attempt
 
 
 def cpu_ms(pid: int) -> float:
@@ -81,16 +82,20 @@ class Workers:
     otherwise K separate ``df worker`` commands.
     """
 
-    def __init__(self, url: str, processes: int, *, supervised: bool) -> None:
+    def __init__(self, url: str, processes: int, *, supervised: bool, log: Path) -> None:
         env = {**os.environ, "DF_NATS_URL": url, "DF_NAMESPACE": "bench"}
         command = [sys.executable, "-m", "dfcore", "worker", "-A", "bench.order_app:app"]
-        command += ["-l", "WARNING"]
+        command += ["-l", LOGLEVEL]
         supervised = supervised and processes > 1  # --processes 1 runs the worker itself
-        if supervised:
-            command += ["--processes", str(processes)]
-            self.procs = [subprocess.Popen(command, cwd=ROOT, env=env)]
-        else:
-            self.procs = [subprocess.Popen(command, cwd=ROOT, env=env) for _ in range(processes)]
+        with log.open("ab") as out:  # as a service manager keeps a worker's output
+            if supervised:
+                command += ["--processes", str(processes)]
+                self.procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)]
+            else:
+                self.procs = [
+                    subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+                    for _ in range(processes)
+                ]
         self.supervised = supervised
         self.processes = processes
 
@@ -156,7 +161,7 @@ async def burst(n: int, tag: str) -> tuple[float, list[float]]:
 async def run_cell(k: int, n: int, supervised: bool) -> Cell:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(tmp) as server:
         app.configure(nats_url=server.url, namespace="bench")
-        workers = Workers(server.url, k, supervised=supervised)
+        workers = Workers(server.url, k, supervised=supervised, log=Path(tmp) / "workers.log")
         try:
             await workers.ready()
             await burst(20, "warm")  # connections, streams and consumers in place
@@ -184,7 +189,7 @@ async def run_cell(k: int, n: int, supervised: bool) -> Cell:
 async def single(samples: int, steps: int, supervised: bool) -> tuple[float, float, float, float]:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(tmp) as server:
         app.configure(nats_url=server.url, namespace="bench")
-        workers = Workers(server.url, 1, supervised=supervised)
+        workers = Workers(server.url, 1, supervised=supervised, log=Path(tmp) / "workers.log")
         try:
             await workers.ready()
             await burst(20, "warm")
@@ -198,7 +203,10 @@ async def single(samples: int, steps: int, supervised: bool) -> tuple[float, flo
 
 def print_cells(cells: list[Cell]) -> None:
     print(f"order workflows (2 activities), default settings, file storage, {os.cpu_count()} cores")
-    print("N started at once with astart, then every result awaited; CPU ms per workflow")
+    print(
+        "N started at once with astart, then every result awaited; CPU ms per workflow; "
+        f"workers at -l {LOGLEVEL}, their output to a file"
+    )
     print(
         f"{'K':>2} {'burst':>6} {'wf/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'worker':>7} {'server':>7} {'client':>7} {'ceiling/s':>10} {'ratio':>7}"
@@ -249,4 +257,9 @@ if __name__ == "__main__":
         "--separate", action="store_true", help="K separate `df worker` commands, no --processes"
     )
     parser.add_argument("--verbose", action="store_true", help="print each cell as it ends")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--loglevel", default="INFO", help="the workers' -l (INFO, their default; WARNING: quiet)"
+    )
+    arguments = parser.parse_args()
+    LOGLEVEL = arguments.loglevel
+    asyncio.run(main(arguments))

@@ -474,7 +474,8 @@ class WorkflowStatus:
     status: str  # "running", "failing", "completed", "failed", "cancelled", "timed_out"
     last_event_time: datetime | None
     failure: str | None = None
-    """While ``status`` is ``"failing"``: the error the workflow's code keeps raising."""
+    """``"Type: message"``: while ``status`` is ``"failing"``, the error the workflow keeps
+    hitting; once it is ``"failed"`` or ``"timed_out"``, the error that ended it."""
 
 
 def status_of(
@@ -490,6 +491,10 @@ def status_of(
     if status is None and last.type == h.WORKFLOW_TASK_FAILED:
         error = last.body.get("error") or {}
         status, failure = "failing", f"{error.get('type')}: {error.get('message')}"
+    elif status in ("failed", "timed_out") and ended is not None:
+        ending = next((cmd for cmd in ended.commands if cmd.get("error")), None)
+        if ending is not None:
+            failure = f"{ending['error'].get('type')}: {ending['error'].get('message')}"
     when = datetime.fromtimestamp(last.time_ms / 1000, tz=UTC) if last.time_ms else None
     return WorkflowStatus(workflow_id, kind, status or "running", when, failure)
 

@@ -125,12 +125,18 @@ class WorkflowContext:
         Signals that arrived earlier are buffered, so none is missed.
 
         Raises:
-            TimeoutError: no signal arrived within ``timeout`` seconds (a durable timer).
+            TimeoutError: no signal arrived within ``timeout`` seconds (a durable timer,
+                labelled ``signal 'NAME' timeout`` in the history). A signal sent later is
+                kept for the next wait.
         """
         future = self._run.signal_future(name)
         if timeout is None:
             return await future
-        return await asyncio.wait_for(future, timeout)
+        self._run.label_next_timer(f"signal {name!r} timeout")  # wait_for starts it at once
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._run.label_next_timer(None)
 
     @overload
     async def gather(self, *aws: Awaitable[_T]) -> list[_T]: ...

@@ -140,6 +140,7 @@ class WorkflowRun:
         self.started = False
         self.closed = False
         self.decided = False  # a decision of this run has been recorded
+        self._timer_label: str | None = None
         self.replaying = False
         self.evicting = False
         self._resolve_workflow = resolve_workflow
@@ -521,14 +522,25 @@ class WorkflowRun:
             call.done = True
             self._produce({"t": h.ACTIVITY_CANCEL_REQUESTED, "seq": call.seq})
 
+    def label_next_timer(self, label: str | None) -> None:
+        """Say in the history what the next timer the code starts is for (shown, not replayed)."""
+        self._timer_label = label
+
     def _start_user_timer(self, handle: asyncio.TimerHandle) -> None:
         seq = self._allocate_seq()
         delay = max(handle.when() - self._clock(), 0.0)
-        state = self._start_timer(str(seq), "timer", delay, seq=seq)
+        label, self._timer_label = self._timer_label, None
+        state = self._start_timer(str(seq), "timer", delay, seq=seq, label=label)
         state.handle = handle
 
     def _start_timer(
-        self, timer_id: str, purpose: str, delay: float, *, seq: int | None = None
+        self,
+        timer_id: str,
+        purpose: str,
+        delay: float,
+        *,
+        seq: int | None = None,
+        label: str | None = None,
     ) -> TimerState:
         state = TimerState(timer_id, purpose, seq)
         self._timers[timer_id] = state
@@ -541,6 +553,8 @@ class WorkflowRun:
         }
         if seq is not None:
             cmd["seq"] = seq
+        if label is not None:
+            cmd["label"] = label
         self._produce(cmd)
         return state
 

@@ -216,9 +216,8 @@ class HistoryEvent:
             head = f"#{a.get('seq')} attempt={a.get('attempt')}"
             return f"{head} {err.get('type')}: {err.get('message')}"
         if self.type in (TIMER_STARTED, TIMER_FIRED):
-            extra = (
-                f" {a.get('duration')}s ({a.get('purpose')})" if self.type == TIMER_STARTED else ""
-            )
+            what = a.get("label") or a.get("purpose")
+            extra = f" {a.get('duration')}s ({what})" if self.type == TIMER_STARTED else ""
             return f"timer {a.get('timer')}{extra}"
         if self.type == SIGNAL_RECEIVED:
             return f"{a.get('name')} {_short(a.get('payload'))}"

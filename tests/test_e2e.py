@@ -483,3 +483,18 @@ def test_abandoned_sync_activities_do_not_starve_later_ones(make_app: Any) -> No
             assert app.start("wf").result(timeout=30) == "ran"
     finally:
         release.set()
+
+
+def test_the_status_of_a_failed_workflow_carries_the_failure(make_app: Any) -> None:
+    app = make_app()
+
+    @app.workflow
+    async def refuses(ctx: Any) -> None:
+        raise ApplicationError("out of stock", type="StockError")
+
+    with WorkerThread(app):
+        handle = app.start(refuses)
+        with pytest.raises(WorkflowFailureError):
+            handle.result(timeout=30)
+    status = handle.status()
+    assert (status.status, status.failure) == ("failed", "StockError: out of stock")

@@ -229,8 +229,30 @@ def test_signals_are_buffered_and_wait_signal_times_out_durably() -> None:
     hist.fact(h.SIGNAL_RECEIVED, name="approve", payload={"by": "ann"})
     cmds = hist.decide(run)
     assert kinds(cmds) == [h.TIMER_STARTED]
+    assert cmds[0]["label"] == "signal 'second' timeout"  # what the history table shows
     hist.fact(h.TIMER_FIRED, timer=cmds[0]["timer"])
     assert hist.decide(run)[0]["result"] == [{"by": "ann"}, "timed out"]
+
+
+def test_a_signal_after_a_wait_timed_out_is_kept_for_the_next_wait() -> None:
+    async def wf(ctx: Any) -> Any:
+        try:
+            await ctx.wait_signal("go", timeout=5)
+        except TimeoutError:
+            pass
+        await ctx.sleep(1)  # a plain timer: no label carried over from the wait
+        return await ctx.wait_signal("go")
+
+    hist = History(wf)
+    run = hist.new_run()
+    hist.start("wf")
+    [wait] = hist.decide(run)
+    hist.fact(h.TIMER_FIRED, timer=wait["timer"])
+    [sleep] = hist.decide(run)
+    assert "label" not in sleep
+    hist.fact(h.SIGNAL_RECEIVED, name="go", payload=7)
+    hist.fact(h.TIMER_FIRED, timer=sleep["timer"])
+    assert hist.decide(run)[0]["result"] == 7
 
 
 def test_cancellation_lets_the_workflow_compensate() -> None:

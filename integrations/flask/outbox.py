@@ -39,10 +39,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from dfcore import App, PreparedStart, WorkflowFunction, WorkflowHandle
+from dfcore import App, ConfigurationError, PreparedStart, WorkflowFunction, WorkflowHandle
 from dfcore.outbox import OutboxRelay, OutboxRow, OutboxSettings
 
 log = logging.getLogger("dfcore.flask.outbox")
@@ -115,6 +115,8 @@ def start_in_transaction(
     Raises:
         SerializationError: an argument cannot be encoded.
         PayloadTooLargeError: the arguments are too large for the server.
+        ConfigurationError: the outbox table does not exist (the message says how to create
+            it).
     """
     settings = settings or OutboxSettings()
     start = app.prepare_start(
@@ -133,7 +135,17 @@ def start_in_transaction(
         attempts=0,
         last_error="",
     )
-    key = session.execute(statement).inserted_primary_key[0]
+    try:
+        key = session.execute(statement).inserted_primary_key[0]
+    except DBAPIError as exc:
+        if _missing_table(exc):
+            raise ConfigurationError(
+                f"the outbox table {outbox_table.name} does not exist in this database "
+                f"({exc.orig}): create it with `flask df create-outbox`, or add "
+                "dfcore.integrations.flask.outbox.metadata to your migrations (Alembic's "
+                "target_metadata)"
+            ) from exc
+        raise
     if settings.publish_on_commit:
         engine = _engine_of(session.get_bind(clause=statement))
         _pending(session).add(app, engine, settings, key, start.workflow_id)
@@ -368,6 +380,15 @@ def _as_row(row: Any) -> OutboxRow:
         row["workflow_id"], row["workflow_type"], row["task_queue"], bytes(row["payload"])
     )
     return OutboxRow(row["id"], start, row["attempts"])
+
+
+def _missing_table(exc: DBAPIError) -> bool:
+    """Whether the database said the outbox table is not there (SQLite, PostgreSQL, MySQL)."""
+    text = str(exc.orig).lower()
+    named = outbox_table.name in text
+    return named and (
+        "no such table" in text or "does not exist" in text or "doesn't exist" in text
+    )
 
 
 def _engine_of(bind: Any) -> Engine:

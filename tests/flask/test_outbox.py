@@ -9,7 +9,7 @@ from flask import Flask
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from dfcore import App, SerializationError, WorkflowNotFoundError
+from dfcore import App, ConfigurationError, SerializationError, WorkflowNotFoundError
 from dfcore.integrations.flask.outbox import (
     SQLAlchemyOutboxSource,
     create_outbox_tables,
@@ -141,3 +141,12 @@ def test_a_plain_sqlalchemy_session_works_without_flask(make_app: Any, tmp_path:
     assert starts_of(app, "greet-pat") == 1
     relay = make_relay(app, [engine])
     assert relay.relay_once() == 0
+
+
+def test_a_missing_outbox_table_says_how_to_create_it(make_app: Any, tmp_path: Any) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'bare.sqlite3'}")  # no create_outbox_tables
+    app: App = make_app()
+    with Session(engine) as session, pytest.raises(ConfigurationError) as info:
+        start_in_transaction(session, app, "greet", "pat", workflow_id="greet-pat")
+    assert "`flask df create-outbox`" in str(info.value)
+    assert "dfcore_outbox" in str(info.value)
