@@ -175,7 +175,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # --- the dev commands' server -------------------------------------------------------------
 
 _PORT_FILE = "port"  # in the data folder: the port of the last run, used again
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+_LOOPBACK = {"127.0.0.1", "localhost"}  # where the embedded server listens
 
 
 def start_dev_server(data: Path, settings: Settings, port: int = 0) -> tuple[EmbeddedServer, str]:

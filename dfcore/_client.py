@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from . import _history as h
 from ._codec import JSONConverter, PayloadCodec, check_size, safe_encode
 from ._config import Settings
-from ._connection import close_connection, connect
+from ._connection import close_connection, connect, is_unreachable
 from ._convert import convert
 from ._errors import (
     DFConnectionError,
@@ -88,8 +88,7 @@ class Client:
             return store
         if store is not None:
             return await self._reconnected(store)
-        if self._failure is not None:
-            self._retry_in_background()
+        if self._failure is not None and self._connecting is not None:
             raise DFConnectionError(f"{self._failure} [{_FAILING_FAST}]")
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
@@ -102,7 +101,8 @@ class Client:
             store = await self._open()
         except DFConnectionError as exc:
             self._connecting, self._failure = None, exc
-            self._retry_in_background()
+            if is_unreachable(exc):  # a refused login or TLS handshake is not retried
+                self._retry_in_background()
             raise
         except BaseException:
             self._connecting = None
@@ -141,6 +141,7 @@ class Client:
         loop = asyncio.get_running_loop()
         if self._down_since is None:  # dropped, and nats-py has not told us yet
             self._down_since = loop.time()
+            self._up.clear()
         left = self._down_since + self.app.settings.connect_timeout - loop.time()
         if left > 0:
             with contextlib.suppress(TimeoutError):
@@ -539,8 +540,9 @@ class WorkflowHandle(Generic[R]):
             subjects = store.layout.history_any_queue(self.workflow_id)
             found = await store.last_subject(subjects)
             if found is None and UNSENT.holds(self.workflow_id):
-                # Committed to an outbox moments ago: wait for the thread that sends it.
-                timeout = store.settings.connect_timeout
+                # Committed to an outbox moments ago: wait for the thread that sends it, for
+                # half the call's time at most (the look that follows needs some).
+                timeout = store.settings.connect_timeout / 2
                 await asyncio.to_thread(UNSENT.wait, self.workflow_id, timeout)
                 found = await store.last_subject(subjects)
             if found is None:

@@ -104,9 +104,9 @@ async def connect(settings: Settings, name: str, listener: Listener | None = Non
     Each server of the list is tried in turn (twice over), so a cluster with a node down still
     connects; when none accepts a connection, that is known at once. A refused login or failed
     TLS handshake stops at once too, since another attempt cannot help. The whole of it takes
-    at most ``settings.connect_timeout`` seconds: each attempt gets an equal share of the time
-    left, so a server that accepts the connection and never answers cannot take the other
-    servers' turns. The client keeps the whole list for its reconnects.
+    at most ``settings.connect_timeout`` seconds: each server of the first pass gets an equal
+    share of the time left, so a server that accepts the connection and never answers cannot
+    take the other servers' turns. The client keeps the whole list for its reconnects.
 
     Raises:
         ConfigurationError: a TLS certificate, key or CA file cannot be loaded.
@@ -125,7 +125,10 @@ async def connect(settings: Settings, name: str, listener: Listener | None = Non
     attempts = 2 * len(servers)
     for attempt in range(attempts):
         first = attempt % len(servers)
-        share = (deadline - loop.time()) / (attempts - attempt)
+        # The first pass shares the time among the servers not tried yet; the second pass
+        # (for servers that refused fast, as one restarting does) gets what is left.
+        left = len(servers) - attempt if attempt < len(servers) else attempts - attempt
+        share = (deadline - loop.time()) / left
         try:
             return await _connect_once(
                 settings, name, servers[first:] + servers[:first], listener, share
@@ -212,6 +215,9 @@ async def _connect_once(
                 pending_size=8 * 1024 * 1024,
                 **options,
             )
+    except asyncio.CancelledError:
+        await _discard(nc, None)  # the caller gave up: leave no socket behind
+        raise
     except Exception as exc:
         await _discard(nc, exc)
         error = _connect_error(settings, nc, [*errors, exc])
@@ -232,6 +238,13 @@ async def _connect_once(
     nc.options["max_reconnect_attempts"] = -1
     nc.options["reconnect_time_wait"] = 0.5
     return nc
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether a connect error means that no server answered (worth trying again later), as
+    opposed to one that refused the credentials or the TLS handshake."""
+    cause = error.__cause__
+    return isinstance(cause, Exception) and _is_unreachable(cause)
 
 
 def _is_unreachable(exc: Exception) -> bool:

@@ -522,7 +522,9 @@ def _signature(fn: Callable[..., Any], skip_first: bool) -> inspect.Signature | 
     except (TypeError, ValueError):  # a builtin without a signature: nothing to check
         return None
     params = list(signature.parameters.values())
-    return signature.replace(parameters=params[1:] if skip_first else params)
+    if skip_first and params and params[0].kind is not inspect.Parameter.VAR_POSITIONAL:
+        params = params[1:]  # a ``*args`` first takes ``ctx`` and the arguments alike
+    return signature.replace(parameters=params)
 
 
 def return_hint(fn: Callable[..., Any]) -> Any:

@@ -141,6 +141,7 @@ class WorkflowRun:
         self.closed = False
         self.decided = False  # a decision of this run has been recorded
         self._timer_label: str | None = None
+        self._unregistered = False  # started under a name this worker has no workflow for
         self.replaying = False
         self.evicting = False
         self._resolve_workflow = resolve_workflow
@@ -182,6 +183,8 @@ class WorkflowRun:
                 self._apply_fact(record)
             self.last_seq = record.seq
         self.replaying = False
+        if self._unregistered and not self.closed:
+            raise UnregisteredWorkflowError(self.info.workflow_type, self.info.task_queue)
 
     def skip_to(self, seq: int) -> None:
         """Step over records that could not be read (they were reported and are ignored)."""
@@ -262,7 +265,8 @@ class WorkflowRun:
         info.start_time_ms = self._now_ms
         defn = self._resolve_workflow(info.workflow_type)
         if defn is None:
-            raise UnregisteredWorkflowError(info.workflow_type, info.task_queue)
+            self._unregistered = True  # apply() raises, unless a cancel request ends it
+            return
         try:
             args, _ = decode_call_args(defn.fn, list(body["args"]), {}, skip_first=True)
         except SerializationError as exc:
@@ -331,6 +335,10 @@ class WorkflowRun:
         self._signals.setdefault(name, deque()).append(body.get("payload"))
 
     def _apply_cancel_requested(self, body: Mapping[str, Any]) -> None:
+        if self._unregistered:  # no code ran: nothing to unwind
+            self._produce({"t": h.WORKFLOW_CANCELLED})
+            self.closed = True
+            return
         if self._main is not None and not self._main.done() and not self._cancel_requested:
             self._cancel_requested = True
             self._main.cancel()

@@ -129,8 +129,11 @@ def _read_ports_file(store_dir: Path, pid: int) -> int | None:
 
 
 def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port`` (a port a stopped server left in TIME_WAIT
+    is free, as nats-server, which reuses addresses, sees it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._client import UNSENT, PreparedStart
 from ._errors import ConfigurationError, PayloadError
-from ._loopthread import run_sync
+from ._loopthread import SYNC_LOOP, run_sync
 
 if TYPE_CHECKING:
     from ._app import App
@@ -408,6 +408,9 @@ class _Publisher:
 
     def _start(self) -> None:
         self._started = True
+        # The thread publishes through the sync loop; start that here too, on the committing
+        # thread: at interpreter exit (the exit flush) no thread may be started any more.
+        _ = SYNC_LOOP.loop
         threading.Thread(target=self._run, name="dfcore-outbox-publisher", daemon=True).start()
 
     def _run(self) -> None:
@@ -419,6 +422,9 @@ class _Publisher:
                 self._dropped = False
             try:
                 self._publish(batch)
+            except Exception:  # the thread must outlive any batch: the relay has the rows
+                log.exception("publishing outbox rows after their commit failed")
+                UNSENT.discard(id_ for rows in batch for id_ in rows.workflow_ids)
             finally:
                 with self._lock:
                     self._busy = False
@@ -432,8 +438,10 @@ class _Publisher:
             same.keys.extend(rows.keys)
             same.workflow_ids.extend(rows.workflow_ids)
         for rows in merged.values():
+            size = rows.relay.batch_size  # one claim query per batch, as the relay's
             try:
-                rows.relay.publish(rows.source, rows.keys)
+                for first in range(0, len(rows.keys), size):
+                    rows.relay.publish(rows.source, rows.keys[first : first + size])
             except Exception as exc:
                 log.warning(
                     "could not publish outbox rows %s of %s after their commit (%s: %s); the "

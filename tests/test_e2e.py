@@ -498,3 +498,11 @@ def test_the_status_of_a_failed_workflow_carries_the_failure(make_app: Any) -> N
             handle.result(timeout=30)
     status = handle.status()
     assert (status.status, status.failure) == ("failed", "StockError: out of stock")
+
+
+def test_a_workflow_taking_star_args_accepts_any_arguments(make_app: Any) -> None:
+    from dfcore._convert import check_call_args
+
+    async def wrapper(*args: Any) -> None: ...  # ctx and the arguments alike
+
+    check_call_args(wrapper, [1, 2, 3], skip_first=True, what="workflow 'wrapper'")

@@ -335,6 +335,14 @@ def test_an_unknown_workflow_decides_nothing_and_says_why() -> None:
     assert run.pending_commands() == []
 
 
+def test_an_unknown_workflow_can_be_cancelled() -> None:
+    hist = History()
+    run = hist.new_run()
+    hist.start("nope")
+    hist.fact(h.CANCEL_REQUESTED, reason="typo in the name")
+    assert kinds(hist.decide(run)) == [h.WORKFLOW_CANCELLED]
+
+
 def test_execution_timeout_ends_the_workflow() -> None:
     async def wf(ctx: Any) -> Any:
         await ctx.wait_signal("never")

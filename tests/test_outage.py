@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -157,3 +159,42 @@ def test_a_frozen_server_fails_calls_at_once_after_the_first_until_it_answers(
         assert handle.status().status == "running"
     finally:
         server.stop()
+
+
+_COMMIT_AND_EXIT = """
+import contextlib, sys
+from dfcore import App
+from dfcore.outbox import OutboxRelay, OutboxRow
+
+class Source:  # an outbox table of one row, in memory
+    name, concurrent = "memory", True
+    def __init__(self, rows): self.rows = rows
+    @contextlib.contextmanager
+    def claim(self, limit, *, keys=None, min_age=0.0): yield [r for r in self.rows if r.key in keys]
+    def mark_published(self, keys): print("published", keys, flush=True)
+    def mark_failed(self, key, error, retry_in): print("failed", key, error, flush=True)
+    def take_lease(self, holder, ttl): return True
+    def purge(self, before): return 0
+    def release(self): pass
+
+app = App("script", nats_url=sys.argv[1], namespace=sys.argv[2])
+start = app.prepare_start("greet", "ada", workflow_id="greet-ada")
+OutboxRelay(app, []).publish_committed(Source([OutboxRow(1, start)]), [1], ["greet-ada"])
+"""
+
+
+def test_a_script_that_commits_and_exits_at_once_still_publishes(
+    nats_url: str, namespace: str, make_app: Any
+) -> None:
+    """The exit flush: the process waits for its publishing thread (which must not need a
+    thread started at exit, which Python 3.12 forbids)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _COMMIT_AND_EXIT, nats_url, namespace],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "published [1]" in done.stdout, done.stdout + done.stderr
+    assert make_app().get_handle("greet-ada").status().status == "running"

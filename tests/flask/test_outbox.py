@@ -150,3 +150,24 @@ def test_a_missing_outbox_table_says_how_to_create_it(make_app: Any, tmp_path: A
         start_in_transaction(session, app, "greet", "pat", workflow_id="greet-pat")
     assert "`flask df create-outbox`" in str(info.value)
     assert "dfcore_outbox" in str(info.value)
+
+
+def test_a_burst_of_commits_is_published_in_batches(make_app: Any, tmp_path: Any) -> None:
+    """Commits queue their rows while the thread publishes; it takes them in batches of the
+    relay's size, and every row ends published."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'burst.sqlite3'}")
+    create_outbox_tables(engine)
+    app: App = make_app()
+    for i in range(250):
+        with Session(engine) as session:
+            start_in_transaction(session, app, "greet", f"n{i}", workflow_id=f"greet-{i}")
+            session.commit()
+    assert flush_committed(timeout=60)
+    with engine.connect() as connection:
+        pending = connection.execute(
+            select(func.count())
+            .select_from(outbox_table)
+            .where(outbox_table.c.published_at.is_(None))
+        ).scalar()
+    assert pending == 0
+    assert app.get_handle("greet-249").status().status == "running"  # no worker: started
