@@ -403,6 +403,8 @@ _TASK_FIELDS: Mapping[str, type] = {
 
 def _log_attempt(info: ActivityInfo, outcome: Mapping[str, Any], took: float) -> None:
     """The worker's line for an attempt it ran (``-l INFO``), as Celery's "succeeded in"."""
+    if not log.isEnabledFor(logging.INFO):
+        return  # quiet workers build no lines
     fields = {"workflow_id": info.workflow_id, "activity": info.activity, "attempt": info.attempt}
     name = f"{info.activity}[{info.workflow_id} #{info.seq}]"
     if outcome["t"] == h.ACTIVITY_COMPLETED:

@@ -671,6 +671,9 @@ def _log_progress(
     info: RunInfo, first: bool, status: str | None, cmds: list[dict[str, Any]]
 ) -> None:
     """The worker's lines for a run it started or ended (``-l INFO``)."""
+    ended_badly = status not in (None, "completed")
+    if not log.isEnabledFor(logging.WARNING if ended_badly else logging.INFO):
+        return  # quiet workers build no lines
     fields = {"workflow_id": info.workflow_id, "workflow_type": info.workflow_type}
     name = f"{info.workflow_type}[{info.workflow_id}]"
     if first:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import uuid4
@@ -123,3 +124,14 @@ def orders_client(nats_url: str, namespace: str) -> Iterator[App]:
     app = build_app(nats_url=nats_url, namespace=namespace)
     yield app
     run_sync(app.aclose())
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes to kill if the test fails before stopping them itself."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -15,7 +15,6 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
@@ -67,16 +66,6 @@ class Shop:
 
     def completed(self, order_url: str) -> bool:
         return self.state(order_url)["workflow"]["status"] == "completed"
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_orders_placed_while_nats_is_killed_or_hung_start_once_it_is_back(

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
@@ -156,17 +155,6 @@ def test_an_order_without_a_workflow(client: Client) -> None:
 # -- real processes ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def stop_on_exit() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes to kill if the test fails before stopping them itself."""
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
 def sigterm(proc: subprocess.Popen[bytes], log: Path) -> str:
     """Stop ``proc`` as a process manager does; it must exit cleanly. Returns its output."""
     proc.send_signal(signal.SIGTERM)
@@ -183,14 +171,14 @@ def test_a_real_df_worker_process_fulfils_an_order_from_the_form(
     nats_url: str,
     namespace: str,
     tmp_path: Path,
-    stop_on_exit: list[subprocess.Popen[bytes]],
+    processes: list[subprocess.Popen[bytes]],
 ) -> None:
     order = place_order(client)
     log = tmp_path / "df_worker.log"
     worker = django_process(
         *manage_py("df_worker"), output=log, DF_NATS_URL=nats_url, DF_NAMESPACE=namespace
     )
-    stop_on_exit.append(worker)
+    processes.append(worker)
 
     wait_until(
         lambda: workflow_on_page(client, order) == "completed", timeout=60, what="completion"
@@ -210,12 +198,12 @@ def test_a_real_df_worker_process_fulfils_an_order_from_the_form(
 
 
 def test_df_dev_runs_server_worker_and_site_in_one_command(
-    tmp_path: Path, stop_on_exit: list[subprocess.Popen[bytes]]
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     log = tmp_path / "df_dev.log"
     data = tmp_path / "df"
     dev = django_process(*manage_py("df_dev", "127.0.0.1:0", "--data-dir", str(data)), output=log)
-    stop_on_exit.append(dev)
+    processes.append(dev)
 
     banner = re.compile(r"^NATS JetStream +(nats://\S+).*\n.*\nSite +(http://\S+)", re.M)
 
@@ -254,7 +242,7 @@ def test_df_dev_runs_server_worker_and_site_in_one_command(
 
 
 def test_df_dev_nats_only_serves_where_dfcore_points_so_df_workflow_reaches_it(
-    tmp_path: Path, stop_on_exit: list[subprocess.Popen[bytes]]
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     """The advice of df_dev holds for the project: with DFCORE["NATS_URL"] set to a local
     port, the server runs there, and a second terminal's df_workflow finds it."""
@@ -272,7 +260,7 @@ def test_df_dev_nats_only_serves_where_dfcore_points_so_df_workflow_reaches_it(
     dev = django_process(
         *manage_py("df_dev", "--nats-only", "--data-dir", str(data)), output=log, **env
     )
-    stop_on_exit.append(dev)
+    processes.append(dev)
 
     def announced() -> str | None:
         assert dev.poll() is None, log.read_text()

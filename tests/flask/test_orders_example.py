@@ -147,17 +147,6 @@ def flask_orders(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen
     return popen(command, environ, log, cwd=PROJECT)
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes to kill if the test fails before stopping them itself."""
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
 def sigterm(proc: subprocess.Popen[bytes], log: Path) -> str:
     """Stop ``proc`` as a process manager does; it must exit cleanly. Returns its output."""
     proc.send_signal(signal.SIGTERM)
