@@ -107,7 +107,7 @@ class Workers:
 
     async def ready(self, timeout: float = 60.0) -> None:
         """Wait until every worker process is pulling activity tasks."""
-        store = await app._client().store()
+        store = await app.client.store()
         deadline = time.monotonic() + timeout
         lay = store.layout
         while time.monotonic() < deadline:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.order_app import app, long_steps, order  # noqa: E402
 from dfcore import EmbeddedServer  # noqa: E402
-from dfcore._history import DECIDED  # noqa: E402
+from dfcore.core._history import DECIDED  # noqa: E402
 
 
 async def throughput(n: int, in_flight: int) -> float:
@@ -61,7 +61,7 @@ async def latency(samples: int) -> tuple[float, float]:
 async def step_cost(steps: int) -> tuple[float, float]:
     handle = await long_steps.astart(steps)
     await handle.aresult(timeout=600)
-    store = await app._client().store()
+    store = await app.client.store()
     _, subject = await handle._locate()
     decisions = [r.ts for r in await store.load(subject) if r.type == DECIDED]
     gaps = [b - a for a, b in itertools.pairwise(decisions)]

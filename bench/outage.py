@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.burst import cpu_ms  # noqa: E402
 from dfcore import EmbeddedServer  # noqa: E402
-from dfcore._server import free_port  # noqa: E402
+from dfcore.jetstream._server import free_port  # noqa: E402
 
 ORDER = {"customer": "ada", "product": "book", "quantity": "1", "amount": "5.00"}
 

@@ -17,15 +17,15 @@ Quick start::
     handle.result(timeout=30)
 """
 
-from . import activity
-from ._app import ActivityFunction, App, WorkflowFunction
-from ._client import PreparedStart, WorkflowHandle, WorkflowStatus
-from ._codec import IdentityCodec, JSONConverter, PayloadCodec
-from ._config import Advice, Settings
-from ._context import WorkflowContext, WorkflowInfo
-from ._definitions import RetryPolicy
-from ._dlq import DeadLetter
-from ._errors import (
+from dfcore import activity
+from dfcore._app import App, WorkflowFunction
+from dfcore.client._handle import WorkflowHandle, WorkflowStatus
+from dfcore.client._start import PreparedStart
+from dfcore.core._codec import IdentityCodec, JSONConverter, PayloadCodec
+from dfcore.core._config import Advice, Settings
+from dfcore.core._context import WorkflowContext, WorkflowInfo
+from dfcore.core._definitions import RetryPolicy
+from dfcore.core._errors import (
     ActivityError,
     ApplicationError,
     CancelledError,
@@ -43,9 +43,11 @@ from ._errors import (
     WorkflowFailureError,
     WorkflowNotFoundError,
 )
-from ._history import HistoryEvent
-from ._server import EmbeddedServer
-from ._worker import Worker
+from dfcore.core._history import HistoryEvent
+from dfcore.core._registry import ActivityFunction
+from dfcore.jetstream._dlq import DeadLetter
+from dfcore.jetstream._server import EmbeddedServer
+from dfcore.worker._worker import Worker
 
 __version__ = "0.1.0"
 

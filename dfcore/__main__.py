@@ -2,6 +2,6 @@
 
 import sys
 
-from ._cli import main
+from dfcore.cli._argparse import main
 
 sys.exit(main())

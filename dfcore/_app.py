@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import difflib
 import functools
 import os
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from ._client import Client, IfExists, PreparedStart, WorkflowHandle, WorkflowStatus, prepare_start
-from ._codec import IdentityCodec, PayloadCodec
-from ._config import Advice, Settings, read_config_object, resolve_settings
-from ._convert import check_call_args, return_hint
-from ._definitions import ActivityDefinition, ActivityOptions, RetryPolicy, WorkflowDefinition
-from ._dlq import DeadLetter
-from ._errors import ConfigurationError, DFError, RegistrationError
-from ._inspect import list_workflows
-from ._loopthread import SYNC_LOOP, on_exit, run_sync
-from ._naming import check_queue
-
-if TYPE_CHECKING:
-    from ._worker import Worker
-    from .activity import ActivityInfo
-
-DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
+from dfcore.client._client import Client
+from dfcore.client._handle import WorkflowHandle, WorkflowStatus
+from dfcore.client._loopthread import on_exit, run_sync
+from dfcore.client._start import IfExists, PreparedStart, prepare_start
+from dfcore.core._activity import ActivityInfo
+from dfcore.core._codec import PayloadCodec
+from dfcore.core._config import Advice, Settings, read_config_object, resolve_settings
+from dfcore.core._convert import check_call_args, return_hint
+from dfcore.core._definitions import (
+    ActivityDefinition,
+    ActivityOptions,
+    RetryPolicy,
+    WorkflowDefinition,
+)
+from dfcore.core._errors import ConfigurationError
+from dfcore.core._registry import ActivityFunction, Registry
+from dfcore.jetstream._dlq import DeadLetter
+from dfcore.jetstream._naming import check_queue
+from dfcore.worker._worker import Worker
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -111,25 +112,7 @@ class WorkflowFunction(Generic[P, R]):
 
     def get_handle(self, workflow_id: str) -> WorkflowHandle[R]:
         """A handle to an existing run of this workflow, typed with its result."""
-        return WorkflowHandle(self.app, workflow_id, result_hint=self._result_hint)
-
-
-class ActivityFunction(Generic[P, T]):
-    """A registered activity. Calling it runs the function directly (not durably)."""
-
-    def __init__(self, definition: ActivityDefinition) -> None:
-        self.definition = definition
-        functools.update_wrapper(self, definition.fn)
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self.definition.fn(*args, **kwargs)  # type: ignore[no-any-return]
-
-    def __repr__(self) -> str:
-        return f"<activity {self.name!r}>"
+        return self.app.client.get_handle(workflow_id, result_hint=self._result_hint)
 
 
 class App:
@@ -151,7 +134,12 @@ class App:
     """
 
     def __init__(
-        self, name: str = "default", *, codec: PayloadCodec | str | None = None, **settings: Any
+        self,
+        name: str = "default",
+        *,
+        codec: PayloadCodec | str | None = None,
+        registry: Registry | None = None,
+        **settings: Any,
     ) -> None:
         self.name = name
         self._kwargs = dict(settings)
@@ -160,16 +148,11 @@ class App:
         self._from_object: dict[str, Any] | None = None
         self._advice: Advice | None = None
         self._settings: Settings | None = None
-        self._codec: PayloadCodec | None = None
-        self.workflows: dict[str, WorkflowDefinition] = {}
-        self.activities: dict[str, ActivityDefinition] = {}
-        self._by_fn: dict[Any, ActivityDefinition] = {}
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Client] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._loops_are_short_lived = False
+        #: The workflows and activities, by name; several Apps may share one (Flask does).
+        self.registry = registry if registry is not None else Registry()
         self.activity_contexts: list[Callable[[ActivityInfo], AbstractContextManager[Any]]] = []
-        _ = self.settings  # validate now: a bad value fails at start-up, naming the key
+        #: The connections to NATS, one per event loop, and the calls made over them.
+        self.client = Client(self.settings, name=name)  # validates: a bad value fails now
         on_exit(self.aclose)
 
     def __repr__(self) -> str:
@@ -195,9 +178,7 @@ class App:
 
     def _reload(self) -> None:
         self._settings = None
-        self._codec = None
-        _ = self.settings
-        self._drop_clients()
+        self.client.reconfigure(self.settings)
 
     def config_from_object(
         self,
@@ -224,33 +205,20 @@ class App:
         self._advice = advice or self._advice
         self._reload()
 
-    def derive(self, name: str | None = None, **settings: Any) -> App:
-        """A new App with this App's workflows and activities, and its own settings.
-
-        The registry is shared, not copied: whatever is registered on either App later is on
-        both. Settings start from this App's keyword arguments (``settings`` override them);
-        connections and activity contexts are the new App's own. The Flask extension gives
-        each Flask application its own App this way.
-        """
-        other = App(name or self.name, **{**self._kwargs, **settings})
-        other.workflows = self.workflows
-        other.activities = self.activities
-        other._by_fn = self._by_fn
-        return other
-
-    @property
-    def _max_payload(self) -> int:
-        """The connected server's max_payload, or the NATS default before any connection."""
-        for client in list(self._clients.values()):
-            if client.nc is not None:
-                return int(client.nc.max_payload)
-        return DEFAULT_MAX_PAYLOAD
-
     @property
     def codec(self) -> PayloadCodec:
-        if self._codec is None:
-            self._codec = self.settings.load_codec() or IdentityCodec()
-        return self._codec
+        """The payload codec the settings name (``codec``), or the identity codec."""
+        return self.client.codec
+
+    @property
+    def workflows(self) -> dict[str, WorkflowDefinition]:
+        """The registered workflows, by name."""
+        return self.registry.workflows
+
+    @property
+    def activities(self) -> dict[str, ActivityDefinition]:
+        """The registered activities, by name."""
+        return self.registry.activities
 
     # -- registration -----------------------------------------------------------------------
 
@@ -287,7 +255,7 @@ class App:
                 task_queue=check_queue(task_queue) if task_queue else None,
                 execution_timeout=execution_timeout,
             )
-            _register(self.workflows, wf_name, defn, "workflow")
+            self.registry.add_workflow(defn)
             return WorkflowFunction(self, defn)
 
         return register(fn) if fn is not None else register
@@ -332,90 +300,15 @@ class App:
         def register(fn: Callable[..., Any]) -> ActivityFunction[..., Any]:
             act_name = name or fn.__name__
             options.validate(act_name)
-            defn = ActivityDefinition(act_name, fn, options)
-            _register(self.activities, act_name, defn, "activity")
-            wrapper: ActivityFunction[..., Any] = ActivityFunction(defn)
-            self._by_fn[fn] = defn
-            self._by_fn[wrapper] = defn
-            return wrapper
+            return self.registry.add_activity(ActivityDefinition(act_name, fn, options))
 
         return register(fn) if fn is not None else register
 
     def lookup_activity(self, ref: Any) -> tuple[str, ActivityOptions, Any]:
         """Resolve what workflow code passed to ``ctx.activity``: name, options, result type."""
-        if isinstance(ref, ActivityFunction):
-            defn = ref.definition
-        elif isinstance(ref, str):
-            found = self.activities.get(ref)
-            if found is None:
-                return ref, ActivityOptions(), None  # may live on other workers
-            defn = found
-        elif (found := _hashable_get(self._by_fn, ref)) is not None:
-            defn = found
-        else:
-            raise RegistrationError(
-                f"{getattr(ref, '__qualname__', ref)!r} is not an activity: decorate it with "
-                "@app.activity, or pass the registered activity name as a string"
-            )
-        return defn.name, defn.options, return_hint(defn.fn)
+        return self.registry.lookup_activity(ref)
 
     # -- clients ----------------------------------------------------------------------------
-
-    def _client(self) -> Client:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = Client(self)
-            client.watch_loop()  # a short-lived loop drops its client when it ends
-        return client
-
-    async def _on_client_loop(
-        self, call: Callable[[Client], Awaitable[T]], action: str | None, note: str = ""
-    ) -> T:
-        """Run ``call(client)`` with this loop's client, or on the shared sync loop.
-
-        With an ``action`` (what the call does, for the error), the call is given up with
-        :class:`DFConnectionError` after ``connect_timeout`` seconds (``Client.bounded``).
-
-        Async calls use a connection on the caller's loop, which suits long-lived loops (an
-        ASGI server, a worker). Once a loop that held a connection has ended, this process
-        runs loops per call (``asyncio.run`` in a script, asgiref's ``async_to_sync`` for an
-        async Django view under WSGI); from then on, a new loop borrows the shared
-        connection of the sync loop instead of opening one per call.
-        """
-
-        async def run() -> T:
-            client = self._client()
-            if action is None:
-                return await call(client)
-            return await client.bounded(call, action, note)
-
-        loop = asyncio.get_running_loop()
-        if not self._loops_are_short_lived or loop in self._clients or SYNC_LOOP.owns(loop):
-            return await run()
-
-        future = asyncio.run_coroutine_threadsafe(run(), SYNC_LOOP.loop)
-        return await asyncio.wrap_future(future)
-
-    def _loop_ended(self, loop: asyncio.AbstractEventLoop, client: Client) -> None:
-        if self._clients.get(loop) is client:
-            del self._clients[loop]
-        self._loops_are_short_lived = True
-
-    def _drop_clients(self) -> None:
-        """Close every connection (after a settings change): the next call reconnects."""
-        for loop, client in list(self._clients.items()):
-            del self._clients[loop]
-            if loop.is_closed():
-                continue
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                loop.create_task(client.close())
-            elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(client.close(), loop)
 
     def add_activity_context(
         self, factory: Callable[[ActivityInfo], AbstractContextManager[Any]]
@@ -430,9 +323,7 @@ class App:
 
     async def aclose(self) -> None:
         """Close this loop's connection (sync callers' connection closes at exit)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()
+        await self.client.aclose()
 
     def close(self) -> None:
         """Close the sync callers' connection now rather than at exit (the next call reopens it)."""
@@ -440,7 +331,7 @@ class App:
 
     def get_handle(self, workflow_id: str) -> WorkflowHandle[Any]:
         """A handle to the workflow with this id (whatever its type)."""
-        return WorkflowHandle(self, workflow_id)
+        return self.client.get_handle(workflow_id)
 
     async def astart(
         self,
@@ -497,12 +388,7 @@ class App:
     async def _apublish(self, start: PreparedStart, if_exists: IfExists) -> WorkflowHandle[Any]:
         defn = self.workflows.get(start.workflow_type)
         hint = return_hint(defn.fn) if defn else None
-        return await self._on_client_loop(
-            lambda client: client.start(start, if_exists=if_exists, result_hint=hint),
-            f"start workflow {start.workflow_id!r}",
-            "It may or may not have started: starting it again with the same workflow_id is "
-            "safe (it runs once). ",
-        )
+        return await self.client.start(start, if_exists=if_exists, result_hint=hint)
 
     def _prepare(
         self,
@@ -521,7 +407,7 @@ class App:
             TypeError: the arguments do not fit the workflow's parameters.
         """
         if defn is None and self.workflows:
-            raise RegistrationError(self._unknown_workflow(name))
+            raise self.registry.unknown_workflow(name, f"App {self.name!r}")
         if defn is not None:
             check_call_args(defn.fn, args, skip_first=True, what=f"workflow {name!r}")
         queue = task_queue or (defn.task_queue if defn else None) or self.settings.task_queue
@@ -532,18 +418,7 @@ class App:
             workflow_id=workflow_id,
             task_queue=check_queue(queue),
             execution_timeout=execution_timeout or (defn.execution_timeout if defn else None),
-            max_payload=self._max_payload,
-        )
-
-    def _unknown_workflow(self, name: str) -> str:
-        known = sorted(self.workflows)
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
-        return (
-            f"App {self.name!r} has no workflow named {name!r}{hint}; its workflows are: "
-            f"{shown}. Define it with @app.workflow in a module this process imports, or "
-            "start it by its function"
+            max_payload=self.client.max_payload,
         )
 
     def prepare_start(
@@ -593,11 +468,7 @@ class App:
 
     async def alist_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
         """The most recently active workflows, newest first."""
-
-        async def run(client: Client) -> list[WorkflowStatus]:
-            return await list_workflows(await client.store(), limit)
-
-        return await self._on_client_loop(run, "list workflows")
+        return await self.client.list_workflows(limit)
 
     def list_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
         """Sync twin of :meth:`alist_workflows`."""
@@ -605,11 +476,7 @@ class App:
 
     async def adead_letters(self, limit: int = 50) -> list[DeadLetter]:
         """The newest messages workers could not use (oldest of them first), with reasons."""
-
-        async def run(client: Client) -> list[DeadLetter]:
-            return await (await client.store()).dead_letters(limit)
-
-        return await self._on_client_loop(run, "list dead letters")
+        return await self.client.dead_letters(limit)
 
     def dead_letters(self, limit: int = 50) -> list[DeadLetter]:
         """Sync twin of :meth:`adead_letters`."""
@@ -621,18 +488,7 @@ class App:
         Raises:
             DFError: there is no dead letter ``seq`` (it never existed or has expired).
         """
-
-        async def run(client: Client) -> DeadLetter:
-            store = await client.store()
-            letter = await store.dead_letter_at(seq)
-            if letter is None:
-                raise DFError(
-                    f"there is no dead letter {seq} in {store.layout.dlq_stream}; "
-                    f"{self.settings.advice.run('dlq list')} shows the ones kept"
-                )
-            return letter
-
-        return await self._on_client_loop(run, f"read dead letter {seq}")
+        return await self.client.dead_letter(seq)
 
     def dead_letter(self, seq: int) -> DeadLetter:
         """Sync twin of :meth:`adead_letter`."""
@@ -642,9 +498,9 @@ class App:
 
     def worker(self, **options: Any) -> Worker:
         """A worker for this app; see :class:`dfcore.Worker` for the options."""
-        from ._worker import Worker
-
-        return Worker(self, **options)
+        return Worker(
+            self.client, self.registry, activity_contexts=self.activity_contexts, **options
+        )
 
     async def arun_worker(self, **options: Any) -> None:
         """Run a worker on the current loop until cancelled or SIGTERM/SIGINT."""
@@ -675,24 +531,6 @@ def _worker_loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEve
             ) from None
         return None
     return uvloop.new_event_loop
-
-
-def _register(registry: dict[str, Any], name: str, defn: Any, kind: str) -> None:
-    existing = registry.get(name)
-    if existing is not None and existing.fn is not defn.fn:
-        where = f"{existing.fn.__module__}.{existing.fn.__qualname__}"
-        raise RegistrationError(
-            f"{kind} name {name!r} is already registered by {where}; "
-            f"pass name='...' to @app.{kind} to give one of them another name"
-        )
-    registry[name] = defn
-
-
-def _hashable_get(mapping: dict[Any, ActivityDefinition], key: Any) -> ActivityDefinition | None:
-    try:
-        return mapping.get(key)
-    except TypeError:
-        return None
 
 
 __all__ = ["ActivityFunction", "App", "WorkflowFunction"]

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._client import UNSENT, PreparedStart
-from ._errors import ConfigurationError, PayloadError
-from ._loopthread import SYNC_LOOP, run_sync
+from dfcore.client._loopthread import SYNC_LOOP, run_sync
+from dfcore.client._start import UNSENT, PreparedStart
+from dfcore.core._errors import ConfigurationError, PayloadError
 
 if TYPE_CHECKING:
-    from ._app import App
+    from dfcore._app import App
 
 __all__ = [
     "OutboxRelay",

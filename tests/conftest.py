@@ -12,8 +12,8 @@ from uuid import uuid4
 import pytest
 
 from dfcore import App
-from dfcore._loopthread import run_sync
-from dfcore._server import EmbeddedServer
+from dfcore.client._loopthread import run_sync
+from dfcore.jetstream._server import EmbeddedServer
 
 POSTGRES_DSN = os.environ.get("DF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -103,16 +103,16 @@ def make_app(nats_url: str, namespace: str) -> Iterator[Callable[..., App]]:
 @pytest.fixture
 def nats_connects(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Records every NATS connection the client opens during the test."""
-    import dfcore._client
+    import dfcore.client._loop_client
 
     connects: list[Any] = []
-    real_connect = dfcore._client.connect
+    real_connect = dfcore.client._loop_client.connect
 
     async def counting_connect(*args: Any, **kwargs: Any) -> Any:
         connects.append(args)
         return await real_connect(*args, **kwargs)
 
-    monkeypatch.setattr(dfcore._client, "connect", counting_connect)
+    monkeypatch.setattr(dfcore.client._loop_client, "connect", counting_connect)
     return connects
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dfcore import _history as h
-from dfcore._context import WorkflowContext
-from dfcore._definitions import ActivityOptions, WorkflowDefinition
-from dfcore._engine import WorkflowRun
+from dfcore.core import _history as h
+from dfcore.core._context import WorkflowContext
+from dfcore.core._definitions import ActivityOptions, WorkflowDefinition
+from dfcore.core._engine import WorkflowRun
 
 
 class History:

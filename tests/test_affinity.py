@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from dfcore._naming import PARTITIONS
-from dfcore._partitions import assign
-from dfcore._store import Store
+from dfcore.jetstream._naming import PARTITIONS
+from dfcore.jetstream._store import Store
+from dfcore.worker._partitions import assign
 
 from .workerkit import WorkerThread, wait_until
 

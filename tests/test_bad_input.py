@@ -22,8 +22,8 @@ import orjson
 import pytest
 
 from dfcore import App, EmbeddedServer, PayloadTooLargeError
-from dfcore import _history as h
-from dfcore._naming import PARTITIONS, Layout, partition_of
+from dfcore.core import _history as h
+from dfcore.jetstream._naming import PARTITIONS, Layout, partition_of
 
 from .workerkit import ROOT, WorkerThread, wait_until
 

@@ -10,8 +10,8 @@ from typing import Any
 import nats
 
 from dfcore import App
-from dfcore import _history as h
-from dfcore._naming import PARTITIONS, Layout
+from dfcore.core import _history as h
+from dfcore.jetstream._naming import PARTITIONS, Layout
 
 from .workerkit import WorkerThread, wait_until
 
@@ -115,7 +115,7 @@ async def test_a_malformed_admission_message_is_dead_lettered(
 
 
 def test_only_a_start_the_server_checked_as_first_counts_as_opening_its_history() -> None:
-    from dfcore._store import Store
+    from dfcore.jetstream._store import Store
 
     store = Store.__new__(Store)  # is_first_record reads the layout only
     store.layout = Layout("ns")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from dfcore import App
-from dfcore._loopthread import run_sync
-from dfcore._server import free_port
+from dfcore.client._loopthread import run_sync
+from dfcore.jetstream._server import free_port
 
 from .apps.orders import ORDER_EVENTS, build_app
 from .workerkit import ROOT, WorkerThread
@@ -75,7 +75,7 @@ def test_bad_setting_names_the_variable() -> None:
 
 
 def test_unreachable_server_says_how_to_start_one() -> None:
-    from dfcore._server import free_port
+    from dfcore.jetstream._server import free_port
 
     out = df(
         "workflow",

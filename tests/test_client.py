@@ -15,8 +15,8 @@ import pydantic
 import pytest
 
 from dfcore import App, ConfigurationError, PayloadCodec, WorkflowFailureError
-from dfcore._loopthread import SYNC_LOOP, run_sync
-from dfcore._server import free_port
+from dfcore.client._loopthread import SYNC_LOOP, run_sync
+from dfcore.jetstream._server import free_port
 
 from .workerkit import WorkerThread
 
@@ -41,8 +41,8 @@ def test_sync_calls_share_one_loop_and_connection(make_app: Any) -> None:
     with WorkerThread(app):
         for _ in range(3):
             assert noop.start().result(timeout=30) == 1
-    assert list(app._clients) == [SYNC_LOOP.loop]
-    assert app._clients[SYNC_LOOP.loop].nc is not None
+    assert list(app.client._loop_clients) == [SYNC_LOOP.loop]
+    assert app.client._loop_clients[SYNC_LOOP.loop].nc is not None
 
 
 async def test_a_custom_codec_transforms_every_stored_byte(
@@ -136,7 +136,7 @@ async def test_async_worker_entry_point(make_app: Any) -> None:
 def test_chained_records_spare_the_worker_a_history_read(
     make_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dfcore._store import Store
+    from dfcore.jetstream._store import Store
 
     app = make_app()
     loads: list[str] = []
@@ -162,7 +162,7 @@ def test_chained_records_spare_the_worker_a_history_read(
     assert loads == []  # every record named the one before it: no read-back was needed
 
     async def records() -> Any:
-        store = await app._client().store()
+        store = await app.client.store()
         _, subject = await handle._locate()
         return await store.load(subject)
 
@@ -186,7 +186,7 @@ def test_a_loop_per_call_does_not_leak_connections(make_app: Any) -> None:
     ids = [asyncio.run(start_one(n)) for n in range(1, 11)]
     assert len(set(ids)) == 10
     assert open_fds() <= before + 2  # not one socket per loop
-    assert not [loop for loop in app._clients if loop.is_closed()]
+    assert not [loop for loop in app.client._loop_clients if loop.is_closed()]
 
 
 @dataclasses.dataclass
@@ -244,7 +244,7 @@ def test_a_server_too_old_for_the_engine_is_refused_clearly(
     from nats.aio.client import ServerVersion
 
     from dfcore import DFError
-    from dfcore._store import Store
+    from dfcore.jetstream._store import Store
 
     real = Store._check_server_version
 

@@ -1,4 +1,4 @@
-"""Unit tests for dfcore._codec: JSON round-trips, type-directed decoding, codecs, sizes."""
+"""Unit tests for dfcore.core._codec: JSON round-trips, type-directed decoding, codecs, sizes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, NamedTuple, NewType, Optional, Typed
 import pydantic
 import pytest
 
-from dfcore._codec import (
+from dfcore.core._codec import (
     IdentityCodec,
     JSONConverter,
     PayloadCodec,
@@ -24,8 +24,8 @@ from dfcore._codec import (
     safe_decode,
     safe_encode,
 )
-from dfcore._convert import convert, decode_call_args, return_hint
-from dfcore._errors import CodecUnavailableError, PayloadTooLargeError, SerializationError
+from dfcore.core._convert import convert, decode_call_args, return_hint
+from dfcore.core._errors import CodecUnavailableError, PayloadTooLargeError, SerializationError
 
 
 class Color(enum.Enum):

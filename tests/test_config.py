@@ -1,4 +1,4 @@
-"""Unit tests for dfcore._config: defaults, precedence, coercion, errors, config objects."""
+"""Unit tests for dfcore.core._config: defaults, precedence, coercion, errors, config objects."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from dfcore._codec import IdentityCodec, PayloadCodec
-from dfcore._config import (
+from dfcore.core._codec import IdentityCodec, PayloadCodec
+from dfcore.core._config import (
     Settings,
     SourcedValue,
     load_codec,
     read_config_object,
     resolve_settings,
 )
-from dfcore._errors import ConfigurationError
+from dfcore.core._errors import ConfigurationError
 
 
 def resolve(
@@ -296,7 +296,7 @@ def test_plain_dict_from_object_is_accepted_and_checked() -> None:
 # --- codecs -----------------------------------------------------------------------------------
 
 CODEC_MODULE = """
-from dfcore._codec import PayloadCodec
+from dfcore.core._codec import PayloadCodec
 
 class Rot(PayloadCodec):
     def encode(self, data: bytes) -> bytes:

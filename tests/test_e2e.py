@@ -26,8 +26,8 @@ from dfcore import (
     WorkflowStatus,
     activity,
 )
-from dfcore._loopthread import run_sync
-from dfcore._server import free_port
+from dfcore.client._loopthread import run_sync
+from dfcore.jetstream._server import free_port
 
 from .apps.orders import ORDER_EVENTS, build_app
 from .workerkit import WorkerThread, wait_until
@@ -501,7 +501,7 @@ def test_the_status_of_a_failed_workflow_carries_the_failure(make_app: Any) -> N
 
 
 def test_a_workflow_taking_star_args_accepts_any_arguments(make_app: Any) -> None:
-    from dfcore._convert import check_call_args
+    from dfcore.core._convert import check_call_args
 
     async def wrapper(*args: Any) -> None: ...  # ctx and the arguments alike
 

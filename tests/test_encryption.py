@@ -12,10 +12,10 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from dfcore import App, CodecKeyError, CodecUnavailableError, ConfigurationError, PayloadError
-from dfcore._codec import safe_decode
-from dfcore._config import load_codec
-from dfcore._naming import Layout
 from dfcore.contrib.encryption import AESGCMCodec, DecryptionError
+from dfcore.core._codec import safe_decode
+from dfcore.core._config import load_codec
+from dfcore.jetstream._naming import Layout
 
 from .workerkit import WorkerThread, wait_until
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from dfcore import _history as h
-from dfcore._definitions import RetryPolicy
-from dfcore._engine import UnregisteredWorkflowError
-from dfcore._errors import ActivityError, NondeterminismError
+from dfcore.core import _history as h
+from dfcore.core._definitions import RetryPolicy
+from dfcore.core._engine import UnregisteredWorkflowError
+from dfcore.core._errors import ActivityError, NondeterminismError
 
 from .enginekit import History, kinds
 
@@ -454,7 +454,7 @@ def test_a_result_of_the_wrong_type_raises_at_the_await() -> None:
             return type(exc).__name__
 
     def lookup(ref: Any) -> Any:
-        from dfcore._definitions import ActivityOptions
+        from dfcore.core._definitions import ActivityOptions
 
         return "count", ActivityOptions(), int
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from dfcore import DFError
-from dfcore._naming import Layout
+from dfcore.jetstream._naming import Layout
 
 from .workerkit import WorkerThread, wait_until
 
@@ -240,7 +240,7 @@ async def test_a_repeated_header_cannot_pass_for_what_the_server_checked(
     with WorkerThread(app):
         handle = await quick.astart(1, workflow_id="once-1")
         assert await handle.aresult(timeout=30) == 2
-        store = await app._client().store()
+        store = await app.client.store()
         subject = lay.history_subject("default", "once-1")
         last = await store.last_seq(subject)
         start = {"t": "WorkflowStarted", "ts": 1, "workflow": "quick", "args": [41], "prev": 0}

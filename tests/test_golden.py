@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from dfcore import NondeterminismError
-from dfcore import _history as h
-from dfcore._context import WorkflowContext
-from dfcore._definitions import ActivityOptions, WorkflowDefinition
-from dfcore._engine import WorkflowRun
+from dfcore.core import _history as h
+from dfcore.core._context import WorkflowContext
+from dfcore.core._definitions import ActivityOptions, WorkflowDefinition
+from dfcore.core._engine import WorkflowRun
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dfcore import App
-from dfcore import _history as h
-from dfcore._loopthread import run_sync
-from dfcore._naming import PARTITIONS, Layout, partition_of
+from dfcore.client._loopthread import run_sync
+from dfcore.core import _history as h
+from dfcore.jetstream._naming import PARTITIONS, Layout, partition_of
 
 from .test_bad_input import df
 from .workerkit import WorkerThread, wait_until

@@ -11,9 +11,9 @@ import nats
 import pytest
 
 from dfcore import App, EmbeddedServer
-from dfcore import _history as h
-from dfcore._loopthread import run_sync
-from dfcore._naming import Layout
+from dfcore.client._loopthread import run_sync
+from dfcore.core import _history as h
+from dfcore.jetstream._naming import Layout
 
 from .workerkit import WorkerThread, wait_until
 
@@ -105,7 +105,7 @@ def test_facts_after_the_end_do_not_reopen_a_workflow(make_app: Any) -> None:
         assert handle.result(timeout=30) == 7
 
     async def late_signal_and_timers() -> Any:
-        store = await app._client().store()
+        store = await app.client.store()
         _, subject = await handle._locate()
         last = await store.last_seq(subject)  # a fact that arrives after the end
         await store.append_fact(
@@ -152,7 +152,7 @@ def test_a_decision_larger_than_max_payload_is_split(make_app: Any) -> None:
         assert handle.result(timeout=60) == [300_000] * 4
 
     async def decisions() -> Any:
-        store = await app._client().store()
+        store = await app.client.store()
         _, subject = await handle._locate()
         return [r.body for r in await store.load(subject) if r.type == h.DECIDED]
 

@@ -10,7 +10,13 @@ import pytest
 from nats.js import api
 
 from dfcore import App, ConfigurationError
-from dfcore._naming import PARTITIONS, Layout, partition_of, workflow_id_from_token, workflow_token
+from dfcore.jetstream._naming import (
+    PARTITIONS,
+    Layout,
+    partition_of,
+    workflow_id_from_token,
+    workflow_token,
+)
 
 from .workerkit import WorkerThread
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from dfcore import App, DFConnectionError, EmbeddedServer, WorkflowNotFoundError
-from dfcore._server import free_port
+from dfcore.jetstream._server import free_port
 from tests.workerkit import wait_until
 
 

@@ -1,8 +1,8 @@
 """Least-privilege NATS users for each role (docs/security.md, "Permissions").
 
-A nats-server runs with the ``authorization`` block ``dfcore._permissions.render`` prints. Each
-role does its job with exactly those permissions, and what a role must not do is refused by
-the server.
+A nats-server runs with the ``authorization`` block ``dfcore.jetstream._permissions.render``
+prints. Each role does its job with exactly those permissions, and what a role must not do is
+refused by the server.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import nats
 import pytest
 
 from dfcore import App, DFError, EmbeddedServer
-from dfcore._naming import Layout
-from dfcore._permissions import ROLES, render
+from dfcore.jetstream._naming import Layout
+from dfcore.jetstream._permissions import ROLES, render
 
 from .workerkit import WorkerThread, wait_until
 

@@ -17,9 +17,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from dfcore._errors import ConfigurationError
-from dfcore._pull import PullConsumer
-from dfcore._server import EmbeddedServer
+from dfcore.core._errors import ConfigurationError
+from dfcore.jetstream._pull import PullConsumer
+from dfcore.jetstream._server import EmbeddedServer
 
 DEADLINE = 30.0  # seconds any single wait in these tests may take before it counts as a hang
 

@@ -7,14 +7,14 @@ from typing import Any
 
 import nats
 
-from dfcore import _history as h
+from dfcore.core import _history as h
 
 
 async def test_read_recent_matches_a_full_read_around_interleaving_and_timers(
     make_app: Any, nats_url: str, namespace: str
 ) -> None:
     app = make_app()
-    store = await app._client().store()
+    store = await app.client.store()
     lay = store.layout
     mine, other = lay.history_subject("default", "mine"), lay.history_subject("default", "other")
     start = {"t": h.WORKFLOW_STARTED, "workflow": "w", "args": [], "ts": 1}

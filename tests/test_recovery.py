@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from dfcore import App, EmbeddedServer, _store
-from dfcore._loopthread import run_sync
+from dfcore import App, EmbeddedServer
+from dfcore.client._loopthread import run_sync
+from dfcore.jetstream import _store
 
 from .workerkit import WorkerThread, sigkill, spawn_worker, wait_until
 
@@ -185,7 +186,7 @@ async def test_a_call_whose_answer_died_with_the_server_is_sent_again_on_reconne
 
         try:
             handle = await gate.astart(workflow_id="again-1")
-            store = await app._client().store()
+            store = await app.client.store()
             assert server.pid is not None
             os.kill(server.pid, signal.SIGSTOP)  # it takes the signal in, and never answers
             sending = asyncio.ensure_future(handle.asignal("go", "once", signal_id="s1"))

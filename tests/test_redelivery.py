@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 
-from dfcore import _history as h
-from dfcore._loopthread import run_sync
+from dfcore.client._loopthread import run_sync
+from dfcore.core import _history as h
 
 from .workerkit import WorkerThread, wait_until
 
@@ -63,7 +63,7 @@ def _nothing_pending(app: Any) -> bool:
     """Whether the activity consumer of queue ``default`` has nothing delivered unacked."""
 
     async def info() -> Any:
-        store = await app._client().store()
+        store = await app.client.store()
         lay = store.layout
         return await store.js.consumer_info(lay.tasks_stream, lay.activity_consumer("default"))
 

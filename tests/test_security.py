@@ -21,9 +21,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from dfcore import App, ConfigurationError, DFConnectionError, EmbeddedServer
-from dfcore._config import Settings
-from dfcore._connection import connect, tls_context
-from dfcore._loopthread import run_sync
+from dfcore.client._loopthread import run_sync
+from dfcore.core._config import Settings
+from dfcore.jetstream._connection import connect, tls_context
 
 from . import natsauth
 from .workerkit import WorkerThread

@@ -18,8 +18,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from dfcore._errors import ConfigurationError
-from dfcore._server import EmbeddedServer, free_port, nats_server_binary
+from dfcore.core._errors import ConfigurationError
+from dfcore.jetstream._server import EmbeddedServer, free_port, nats_server_binary
 
 
 def _info(url_port: int) -> dict[str, object]:
@@ -170,7 +170,7 @@ def test_stop_is_idempotent_and_repr_shows_url_and_store(tmp_path: Path) -> None
 def test_kill_with_parent_stops_the_server_when_its_parent_dies(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
-        "from dfcore._server import EmbeddedServer\n"
+        "from dfcore.jetstream._server import EmbeddedServer\n"
         "s = EmbeddedServer(sys.argv[1], kill_with_parent=True).start()\n"
         "print(s.pid, flush=True)\n"
         "time.sleep(60)\n"

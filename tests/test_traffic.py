@@ -13,7 +13,7 @@ from typing import Any
 
 import nats
 
-from dfcore._naming import PARTITIONS, Layout
+from dfcore.jetstream._naming import PARTITIONS, Layout
 
 from .workerkit import WorkerThread
 

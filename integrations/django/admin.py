@@ -36,7 +36,7 @@ from django.views.decorators.http import require_safe
 
 from dfcore import App, DFConnectionError, DFError, HistoryEvent, WorkflowNotFoundError
 from dfcore import WorkflowStatus as CoreStatus
-from dfcore._naming import MAX_WORKFLOW_ID
+from dfcore.jetstream._naming import MAX_WORKFLOW_ID
 
 from .conf import SETTING
 from .models import OutboxEntry, Workflow

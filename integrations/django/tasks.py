@@ -85,7 +85,7 @@ from dfcore import (
     WorkflowNotFoundError,
     activity,
 )
-from dfcore._naming import check_queue
+from dfcore.jetstream._naming import check_queue
 
 from .runtime import get_app
 

@@ -127,16 +127,18 @@ class DurableFuture:
     """
 
     def __init__(self, app: Flask | None = None, *, dfapp: App | None = None) -> None:
-        self._registry = dfapp or App("flask")
+        # Registers what @df.workflow and @df.activity define; each Flask app gets an App of
+        # its own over the same registry, with a client configured from its config.
+        self._base = dfapp or App("flask")
         self._wraps_app = dfapp is not None
         self._bound: weakref.WeakValueDictionary[int, Flask] = weakref.WeakValueDictionary()
         #: Register an activity: ``@df.activity`` or ``@df.activity(retry=..., timeout=...)``.
-        self.activity = self._registry.activity
+        self.activity = self._base.activity
         if app is not None:
             self.init_app(app)
 
     def __repr__(self) -> str:
-        return f"<DurableFuture registry={self._registry!r}>"
+        return f"<DurableFuture on {self._base!r}>"
 
     # -- registration -----------------------------------------------------------------------
 
@@ -163,7 +165,7 @@ class DurableFuture:
         The result starts on the current Flask app's App: ``order.start(...)``,
         ``await order.astart(...)``, ``order.delay(...)``.
         """
-        register = self._registry.workflow(
+        register = self._base.workflow(
             name=name, task_queue=task_queue, execution_timeout=execution_timeout
         )
 
@@ -189,7 +191,7 @@ class DurableFuture:
         where = f"the config of Flask app {app.name!r}"
         set_defaults(app.config, Settings.from_environment())
         settings = read_config(app.config, where)
-        dfapp = self._registry if self._wraps_app else self._registry.derive(app.name)
+        dfapp = self._base if self._wraps_app else App(app.name, registry=self._base.registry)
         if self._wraps_app:
             self._configure_shared(app, dfapp, where)
         else:

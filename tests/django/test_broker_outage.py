@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from dfcore import App, EmbeddedServer
-from dfcore._server import free_port
 from dfcore.integrations.django.models import OutboxEntry
+from dfcore.jetstream._server import free_port
 from tests.django.conftest import django_process, manage_py
 from tests.workerkit import starts_of, wait_until
 

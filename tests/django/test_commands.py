@@ -11,10 +11,10 @@ from django.core.management import CommandError, call_command, load_command_clas
 from django.db import transaction
 
 from dfcore import App, DFConnectionError, WorkflowNotFoundError
-from dfcore._server import free_port
 from dfcore.cli import add_worker_arguments
 from dfcore.integrations.django import start_on_commit
 from dfcore.integrations.django.models import OutboxEntry
+from dfcore.jetstream._server import free_port
 from tests.django.conftest import django_process, manage_py, on_all_databases
 from tests.djangoapp.workflows import greeting
 from tests.workerkit import WorkerThread, wait_until

@@ -23,9 +23,9 @@ from orders import views
 from orders.models import Order
 
 from dfcore import App
-from dfcore._server import free_port
 from dfcore.integrations.django import make_relay
 from dfcore.integrations.django.models import OutboxEntry
+from dfcore.jetstream._server import free_port
 from dfcore.outbox import flush_committed
 from tests.django.conftest import SHOP, django_process, manage_py
 from tests.workerkit import ROOT, WorkerThread, wait_until

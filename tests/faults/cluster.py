@@ -1,8 +1,9 @@
 """A three-node JetStream cluster on loopback, for fault tests.
 
-Each node is an :class:`~dfcore._server.EmbeddedServer` with its own store and a config that
-names it and routes it to the other two. Client ports are picked by the servers themselves and
-kept across restarts; route ports are picked up front (every config must name its peers').
+Each node is an :class:`~dfcore.jetstream._server.EmbeddedServer` with its own store and a
+config that names it and routes it to the other two. Client ports are picked by the servers
+themselves and kept across restarts; route ports are picked up front (every config must name
+its peers').
 
 Example::
 
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 import nats
 import orjson
 
-from dfcore._server import EmbeddedServer, free_port
+from dfcore.jetstream._server import EmbeddedServer, free_port
 
 CLUSTER_NAME = "df-test"
 _PROBE_STREAM = "LOCALCLUSTER_PROBE"

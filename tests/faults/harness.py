@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dfcore import DFError, WorkflowFailureError
-from dfcore import _history as h
+from dfcore import App, DFError, WorkflowFailureError
+from dfcore.core import _history as h
 
 from ..workerkit import spawn_worker, wait_until
 from .orderapp import app as order_app
@@ -127,8 +127,12 @@ class OrderBatch:
             "DF_WORKFLOW_ACK_WAIT": "3",
             **(env or {}),
         }
-        self.client = order_app.derive(
-            f"faults-client-{namespace}", nats_url=nats_url, namespace=namespace, **settings
+        self.client = App(
+            f"faults-client-{namespace}",
+            registry=order_app.registry,
+            nats_url=nats_url,
+            namespace=namespace,
+            **settings,
         )
         self.order_ids = [f"order-{i:04d}" for i in range(count)]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}

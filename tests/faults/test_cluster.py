@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dfcore._naming import PARTITIONS, Layout
+from dfcore.jetstream._naming import PARTITIONS, Layout
 
 from .cluster import ClusterError, LocalCluster
 from .harness import OrderBatch

@@ -15,7 +15,7 @@ from flask import Flask
 from sqlalchemy import create_engine, inspect, select
 
 from dfcore import WorkflowNotFoundError, cli
-from dfcore._server import free_port
+from dfcore.jetstream._server import free_port
 from dfcore.outbox import flush_committed
 from tests.flask.conftest import Factory, flask_process
 from tests.flaskapp import Delivery, db, greet

@@ -24,8 +24,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from dfcore._server import free_port
 from dfcore.integrations.flask.outbox import outbox_table
+from dfcore.jetstream._server import free_port
 from tests.flask.conftest import close_flask_app
 from tests.workerkit import ROOT, popen, wait_until
 

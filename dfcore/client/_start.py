@@ -1,0 +1,118 @@
+"""A workflow start: encoded without I/O (for a transactional outbox), sent later."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from dfcore.core import _history as h
+from dfcore.core._codec import JSONConverter, PayloadCodec, check_size, safe_encode
+from dfcore.core._errors import SerializationError
+from dfcore.core._history import now_ms
+from dfcore.jetstream._store import HEADROOM
+
+IfExists = Literal["use_existing", "fail"]
+
+
+class UnsentStarts:
+    """The workflow starts this process committed to an outbox and has not sent yet.
+
+    The outbox's publishing thread sends them moments after their commit. Until it has, a
+    handle that does not find one of those workflows waits for the thread rather than raise
+    :class:`WorkflowNotFoundError` for a workflow its own process has just started.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # the parent's thread sends them
+
+    def _reset(self) -> None:
+        self._changed = threading.Condition()
+        self._ids: collections.Counter[str] = collections.Counter()
+
+    def add(self, workflow_ids: Iterable[str]) -> None:
+        with self._changed:
+            self._ids.update(workflow_ids)
+
+    def discard(self, workflow_ids: Iterable[str]) -> None:
+        """These were sent, or left to the relay: nobody should wait for them any longer."""
+        with self._changed:
+            self._ids.subtract(workflow_ids)
+            self._ids += collections.Counter()  # drops the ids counted down to zero
+            self._changed.notify_all()
+
+    def holds(self, workflow_id: str) -> bool:
+        return workflow_id in self._ids
+
+    def wait(self, workflow_id: str, timeout: float) -> bool:
+        """Block until ``workflow_id`` is no longer unsent; False after ``timeout`` seconds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: workflow_id not in self._ids, timeout)
+
+
+UNSENT = UnsentStarts()
+
+
+@dataclass(frozen=True)
+class PreparedStart:
+    """A workflow start, encoded but not yet sent: what a transactional outbox stores.
+
+    Made by :meth:`dfcore.App.prepare_start`, sent by :meth:`dfcore.App.publish_start`.
+    Sending the same prepared start again (a relay retrying) starts the workflow once.
+
+    Attributes:
+        workflow_id: the id of the workflow it starts.
+        workflow_type: the registered workflow name.
+        task_queue: the queue whose workers run it.
+        data: the encoded start record (the app's codec applied).
+    """
+
+    workflow_id: str
+    workflow_type: str
+    task_queue: str
+    data: bytes
+
+    @property
+    def what(self) -> str:
+        return f"the start of workflow {self.workflow_type!r}"
+
+
+def prepare_start(
+    codec: PayloadCodec,
+    workflow: str,
+    args: Sequence[Any],
+    *,
+    workflow_id: str | None,
+    task_queue: str,
+    execution_timeout: float | None,
+    max_payload: int,
+) -> PreparedStart:
+    """Build and encode a start record (no I/O); an unserialisable argument is named."""
+    body: dict[str, Any] = {
+        "t": h.WORKFLOW_STARTED,
+        "ts": now_ms(),
+        "workflow": workflow,
+        "args": list(args),
+        "task_queue": task_queue,
+        "run_id": uuid.uuid4().hex,
+        "prev": 0,
+    }
+    if execution_timeout:
+        body["execution_timeout"] = execution_timeout
+    start = PreparedStart(workflow_id or str(uuid.uuid4()), workflow, task_queue, b"")
+    converter = JSONConverter()
+    try:
+        raw = converter.dumps(body, what=start.what)
+    except SerializationError:
+        for i, arg in enumerate(body["args"], 1):
+            converter.dumps(arg, what=f"argument {i} of workflow {workflow!r}")
+        raise
+    data = safe_encode(codec, raw, start.what)
+    check_size(len(data) + HEADROOM, max_payload, start.what)
+    return dataclasses.replace(start, data=data)

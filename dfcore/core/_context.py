@@ -1,0 +1,159 @@
+"""``ctx``: what workflow code uses to do anything durable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random as _random
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar, overload
+
+from dfcore.core._definitions import ActivityOptions, RetryPolicy
+from dfcore.core._engine import WorkflowRun
+
+_T = TypeVar("_T")
+
+_log = logging.getLogger("dfcore.workflow")
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """Facts about the running workflow (``ctx.info``)."""
+
+    workflow_id: str
+    workflow_type: str
+    run_id: str
+    task_queue: str
+    namespace: str
+    attempt: int  # always 1: a workflow is not retried as a whole, its activities are
+    start_time: datetime
+
+
+class _ReplaySafeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Drops records while the workflow replays history, so each line is logged once."""
+
+    def __init__(self, logger: logging.Logger, run: WorkflowRun) -> None:
+        super().__init__(logger, {})
+        self._run = run
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's API
+        return not self._run.replaying and self.logger.isEnabledFor(level)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        info = self._run.info
+        extra = {"workflow_id": info.workflow_id, "workflow_type": info.workflow_type}
+        kwargs["extra"] = {**extra, **(kwargs.get("extra") or {})}
+        return f"[{info.workflow_type} {info.workflow_id}] {msg}", kwargs
+
+
+class WorkflowContext:
+    """The first argument of every workflow.
+
+    Everything here is replay-safe: it returns the same values when the workflow is replayed
+    from its history after a restart. Use it instead of ``time``, ``random``, ``uuid`` and
+    ``logging`` inside workflow code.
+    """
+
+    def __init__(self, run: WorkflowRun) -> None:
+        self._run = run
+        self._random = _random.Random(run.info.run_id or run.info.workflow_id)
+        self.logger: logging.LoggerAdapter = _ReplaySafeLogger(_log, run)  # type: ignore[type-arg]
+        run.context = self
+
+    @property
+    def info(self) -> WorkflowInfo:
+        """The workflow's id, type, run id, task queue, namespace, attempt and start time."""
+        i = self._run.info
+        return WorkflowInfo(
+            workflow_id=i.workflow_id,
+            workflow_type=i.workflow_type,
+            run_id=i.run_id,
+            task_queue=i.task_queue,
+            namespace=i.namespace,
+            attempt=i.attempt,
+            start_time=datetime.fromtimestamp(i.start_time_ms / 1000, tz=UTC),
+        )
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the code re-runs to catch up with recorded history."""
+        return self._run.replaying
+
+    def activity(
+        self,
+        fn: Callable[..., Awaitable[_T]] | Callable[..., _T] | str,
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        schedule_to_close: float | None = None,
+        heartbeat_timeout: float | None = None,
+        task_queue: str | None = None,
+    ) -> asyncio.Future[_T]:
+        """Run an activity and return an awaitable for its result.
+
+        Args:
+            fn: an ``@app.activity`` function, or the registered name of one.
+            *args: its positional arguments (JSON-serialisable).
+            retry: overrides the activity's retry policy.
+            timeout: start-to-close timeout per attempt, in seconds.
+            schedule_to_close: limit for all attempts together, in seconds.
+            heartbeat_timeout: an attempt that does not heartbeat this often is retried.
+            task_queue: run it on workers of this queue (default: the workflow's queue).
+
+        Raises (when awaited):
+            ActivityError: the activity failed for good.
+        """
+        options = ActivityOptions(
+            retry=retry,
+            start_to_close=timeout,
+            schedule_to_close=schedule_to_close,
+            heartbeat_timeout=heartbeat_timeout,
+            task_queue=task_queue,
+        )
+        return self._run.schedule_activity(fn, args, options)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait durably: the timer survives restarts of every process."""
+        await asyncio.sleep(seconds)
+
+    async def wait_signal(self, name: str, timeout: float | None = None) -> Any:
+        """Wait for the next signal ``name`` sent with ``handle.signal(name, payload)``.
+
+        Signals that arrived earlier are buffered, so none is missed.
+
+        Raises:
+            TimeoutError: no signal arrived within ``timeout`` seconds (a durable timer,
+                labelled ``signal 'NAME' timeout`` in the history). A signal sent later is
+                kept for the next wait.
+        """
+        future = self._run.signal_future(name)
+        if timeout is None:
+            return await future
+        self._run.label_next_timer(f"signal {name!r} timeout")  # wait_for starts it at once
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._run.label_next_timer(None)
+
+    @overload
+    async def gather(self, *aws: Awaitable[_T]) -> list[_T]: ...
+    @overload
+    async def gather(self, *aws: Awaitable[Any], return_exceptions: bool) -> list[Any]: ...
+    async def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
+        """Await several activities (or other awaitables) in parallel, like ``asyncio.gather``."""
+        return list(await asyncio.gather(*aws, return_exceptions=return_exceptions))
+
+    def now(self) -> datetime:
+        """The workflow's current time (UTC), as recorded in its history."""
+        return datetime.fromtimestamp(self._run.now_ms / 1000, tz=UTC)
+
+    def random(self) -> _random.Random:
+        """A random generator seeded from the run id: same numbers on replay."""
+        return self._random
+
+    def uuid4(self) -> uuid.UUID:
+        """A UUID that stays the same on replay."""
+        return uuid.UUID(int=self._random.getrandbits(128), version=4)

@@ -1,0 +1,661 @@
+"""The replay engine: history records in, commands out. No I/O, no clock, no globals.
+
+A :class:`WorkflowRun` owns one workflow's code, running on a :class:`DeterministicLoop`.
+The worker feeds it records in stream order with :meth:`WorkflowRun.apply`; after each fact the
+code runs until it blocks, and what it asks for becomes *commands*. Commands the history already
+holds (in a later ``Decided`` record) are matched, not repeated; the rest are returned by
+:meth:`WorkflowRun.pending_commands` for the worker to append as the next decision.
+
+Replay is therefore the same code path as live execution: a cache miss just applies more records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dfcore.core import _history as h
+from dfcore.core._convert import convert, decode_call_args, return_hint
+from dfcore.core._definitions import ActivityOptions, RetryPolicy, WorkflowDefinition
+from dfcore.core._errors import (
+    ActivityError,
+    ApplicationError,
+    DFError,
+    NondeterminismError,
+    PayloadError,
+    RegistrationError,
+    SerializationError,
+)
+from dfcore.core._sync_workflow import run_sync_workflow
+from dfcore.core._workflow_loop import DeterministicLoop
+
+log = logging.getLogger("dfcore.engine")
+
+WorkflowResolver = Callable[[str], WorkflowDefinition | None]
+PayloadCheck = Callable[[Any, str], None]
+"""Raises SerializationError or PayloadTooLargeError if a value cannot be sent."""
+
+
+class UnregisteredWorkflowError(RegistrationError):
+    """A run was started under a name no workflow of this worker has.
+
+    Nothing is written for the run: the worker notes ``WorkflowTaskFailed`` (the run shows as
+    ``failing``, with this message) and hands the task back with backoff, so the run starts as
+    soon as workers that have the workflow serve its queue (a web deploy that landed before
+    the workers' does this). It is never failed for it.
+    """
+
+    def __init__(self, name: str, task_queue: str) -> None:
+        super().__init__(
+            f"workflow {name!r} is not registered on the workers of task queue {task_queue!r}; "
+            "it waits until they have it: define it with @app.workflow in a module the "
+            "workers import and restart them (or check the name it was started with)"
+        )
+
+
+class WorkflowCodeError(DFError):
+    """The workflow code raised an exception that is not a deliberate failure: a bug.
+
+    The worker writes nothing for the step, records a ``WorkflowTaskFailed`` note and retries
+    the task with backoff, so once the code is fixed (and workers restarted) the workflow
+    continues where it was. Deliberate failures end the workflow instead: any
+    :class:`DFError` (``ApplicationError``, an ``ActivityError`` left uncaught, ...),
+    ``TimeoutError`` from a durable timeout, and cancellation.
+    """
+
+    def __init__(self, info: RunInfo, exc: BaseException) -> None:
+        self.traceback = "".join(traceback.format_exception(exc)[-8:])
+        super().__init__(
+            f"workflow {info.workflow_id!r} ({info.workflow_type}): its code raised "
+            f"{type(exc).__name__}: {exc}. Treated as a bug: the step is retried with backoff "
+            "and the workflow shows as failing until the code is fixed and the workers "
+            "restarted (to fail a workflow on purpose, raise dfcore.ApplicationError).\n"
+            + self.traceback
+        )
+
+
+class _Abort(BaseException):
+    """Unwinds workflow code after a non-determinism was found; user code must not catch it."""
+
+
+@dataclass
+class ActivityCall:
+    """Everything the engine knows about one ``ctx.activity`` call."""
+
+    seq: int
+    name: str
+    args: list[Any]
+    task_queue: str
+    options: ActivityOptions
+    retry: RetryPolicy
+    result_hint: Any
+    future: asyncio.Future[Any]
+    attempt: int = 1
+    done: bool = False
+    first_scheduled_ms: int = 0
+    heartbeat: Any = None
+
+
+@dataclass
+class TimerState:
+    timer: str
+    purpose: str
+    seq: int | None = None
+    handle: asyncio.TimerHandle | None = None
+    fired: bool = False
+
+
+@dataclass
+class RunInfo:
+    """Facts about the run, exposed to workflow code as ``ctx.info``."""
+
+    workflow_id: str
+    workflow_type: str = ""
+    run_id: str = ""
+    task_queue: str = ""
+    namespace: str = ""
+    attempt: int = 1
+    start_time_ms: int = 0
+
+
+class WorkflowRun:
+    """One workflow's live state, rebuilt by applying its history."""
+
+    def __init__(
+        self,
+        workflow_id: str,
+        resolve_workflow: WorkflowResolver,
+        *,
+        namespace: str = "",
+        default_activity_timeout: float = 300.0,
+        activity_lookup: Callable[[Any], tuple[str, ActivityOptions, Any]] | None = None,
+        check_payload: PayloadCheck | None = None,
+    ) -> None:
+        self.info = RunInfo(workflow_id=workflow_id, namespace=namespace)
+        self.last_seq = 0
+        self.started = False
+        self.closed = False
+        self.decided = False  # a decision of this run has been recorded
+        self._timer_label: str | None = None
+        self._unregistered = False  # started under a name this worker has no workflow for
+        self.replaying = False
+        self.evicting = False
+        self._resolve_workflow = resolve_workflow
+        self._default_timeout = default_activity_timeout
+        self._activity_lookup = activity_lookup
+        self._check_payload = check_payload
+        self._now_ms = 0
+        self._next_seq = 0
+        self._loop = DeterministicLoop(  # type: ignore[abstract]  # I/O methods are unused
+            self._clock, self._start_user_timer, self._loop_error
+        )
+        self._main: asyncio.Task[Any] | None = None
+        self._cancel_requested = False
+        self._activities: dict[int, ActivityCall] = {}
+        self._timers: dict[str, TimerState] = {}
+        self._signals: dict[str, deque[Any]] = {}
+        self._signal_waiters: dict[str, deque[asyncio.Future[Any]]] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._recorded: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+        self._recorded_user: dict[int, Mapping[str, Any]] = {}
+        self._awaiting: set[tuple[Any, ...]] = set()
+        self._nondeterminism: NondeterminismError | None = None
+        self.context: Any = None  # set by the WorkflowContext that wraps this run
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    def apply(self, records: Iterable[h.Record]) -> None:
+        """Apply records in stream order; raise NondeterminismError if code and history disagree."""
+        batch = [r for r in records if r.seq > self.last_seq]
+        self._prescan(batch)
+        replay_until = max((r.seq for r in batch if r.type == h.DECIDED), default=0)
+        for record in batch:
+            self.replaying = record.seq < replay_until
+            if record.type == h.DECIDED:
+                self._apply_decided(record)
+            elif record.type == h.WORKFLOW_TASK_FAILED:
+                pass  # a note for people: not an input of the workflow
+            elif not self.closed:
+                self._apply_fact(record)
+            self.last_seq = record.seq
+        self.replaying = False
+        if self._unregistered and not self.closed:
+            raise UnregisteredWorkflowError(self.info.workflow_type, self.info.task_queue)
+
+    def skip_to(self, seq: int) -> None:
+        """Step over records that could not be read (they were reported and are ignored)."""
+        self.last_seq = max(self.last_seq, seq)
+
+    def pending_commands(self) -> list[dict[str, Any]]:
+        """Commands produced by the code that the history does not hold yet."""
+        return list(self._pending)
+
+    def activity(self, seq: int) -> ActivityCall | None:
+        return self._activities.get(seq)
+
+    def timer(self, timer_id: str) -> TimerState | None:
+        return self._timers.get(timer_id)
+
+    def has_pending_timers(self) -> bool:
+        """Whether any durable timer was started and has not fired."""
+        return any(not t.fired for t in self._timers.values())
+
+    @property
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    def evict(self) -> None:
+        """Release the workflow's code (it is being dropped from the worker's cache)."""
+        self.evicting = True
+        self.closed = True  # nothing the unwinding code does is a command
+        if self._main is not None and not self._main.done():
+            self._main.cancel()
+            try:
+                self._loop.run_until_idle()
+            except BaseException:
+                log.debug("workflow %s: error while unwinding", self.info.workflow_id)
+
+    # -- records ----------------------------------------------------------------------------
+
+    def _prescan(self, batch: Sequence[h.Record]) -> None:
+        for record in batch:
+            for cmd in record.commands:
+                self._recorded[h.command_key(cmd)] = cmd
+                if _is_user_command(cmd):
+                    self._recorded_user[int(cmd["seq"])] = cmd
+
+    def _apply_decided(self, record: h.Record) -> None:
+        self.decided = True
+        pending_keys = {h.command_key(c): c for c in self._pending}
+        for cmd in record.commands:
+            key = h.command_key(cmd)
+            self._recorded.pop(key, None)
+            if _is_user_command(cmd):
+                self._recorded_user.pop(int(cmd["seq"]), None)
+            if key in self._awaiting:
+                self._awaiting.discard(key)
+            elif key in pending_keys:
+                self._pending.remove(pending_keys.pop(key))
+            else:
+                self._nondeterministic(_step(cmd), _describe(cmd), "nothing at that point")
+        if self._pending and not self.closed and not record.body.get("more"):
+            first = self._pending[0]
+            self._nondeterministic(_step(first), "no such command", _describe(first))
+        self._raise_nondeterminism()
+
+    def _apply_fact(self, record: h.Record) -> None:
+        self._now_ms = max(self._now_ms, record.time_ms)  # the server's time, not the writer's
+        body = record.body
+        handler = _FACT_HANDLERS[record.type]
+        handler(self, body)
+        self._run_code()
+
+    def _apply_workflow_started(self, body: Mapping[str, Any]) -> None:
+        if self._main is not None:
+            return
+        self.started = True
+        info = self.info
+        info.workflow_type = str(body["workflow"])
+        info.run_id = str(body.get("run_id", ""))
+        info.task_queue = str(body.get("task_queue", ""))
+        info.start_time_ms = self._now_ms
+        defn = self._resolve_workflow(info.workflow_type)
+        if defn is None:
+            self._unregistered = True  # apply() raises, unless a cancel request ends it
+            return
+        try:
+            args, _ = decode_call_args(defn.fn, list(body["args"]), {}, skip_first=True)
+        except SerializationError as exc:
+            self._fail_workflow(exc)
+            return
+        timeout = body.get("execution_timeout") or defn.execution_timeout
+        self._main = self._loop.create_task(self._run_workflow(defn, args))
+        if timeout:
+            self._start_timer("x", "execution_timeout", float(timeout))
+
+    def _apply_activity_completed(self, body: Mapping[str, Any]) -> None:
+        call = self._activities.get(int(body["seq"]))
+        if call is None or call.done or int(body["attempt"]) != call.attempt:
+            return  # a duplicate, or an attempt the history did not schedule (or gave up on)
+        call.done = True
+        if call.future.done():
+            return
+        try:
+            call.future.set_result(convert(body.get("result"), call.result_hint))
+        except SerializationError as exc:
+            call.future.set_exception(exc)
+
+    def _apply_activity_failed(self, body: Mapping[str, Any]) -> None:
+        call = self._activities.get(int(body["seq"]))
+        if call is None or call.done or int(body["attempt"]) != call.attempt:
+            return
+        error = dict(body.get("error") or {})
+        call.heartbeat = body.get("heartbeat", call.heartbeat)
+        delay = self._retry_delay(call, error)
+        if delay is None:
+            self._fail_activity(call, error)
+            return
+        call.attempt += 1
+        if delay <= 0:
+            self._schedule_attempt(call)
+        else:
+            self._start_timer(f"{call.seq}r{call.attempt}", "retry", delay, seq=call.seq)
+
+    def _apply_timer_fired(self, body: Mapping[str, Any]) -> None:
+        timer = self._timers.get(str(body.get("timer")))
+        if timer is None or timer.fired:
+            return
+        timer.fired = True
+        if timer.purpose == "timer" and timer.handle is not None:
+            self._loop.fire(timer.handle)
+        elif timer.purpose == "retry":
+            call = self._activities[timer.seq or 0]
+            if not call.done:
+                self._schedule_attempt(call)
+        elif timer.purpose == "schedule_to_close":
+            call = self._activities[timer.seq or 0]
+            if not call.done:
+                error = {"type": "TimeoutError", "message": "schedule_to_close timeout exceeded"}
+                self._fail_activity(call, {**error, "non_retryable": True})
+        elif timer.purpose == "execution_timeout":
+            self._time_out_workflow()
+
+    def _apply_signal_received(self, body: Mapping[str, Any]) -> None:
+        name = str(body["name"])
+        waiters = self._signal_waiters.get(name)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(body.get("payload"))
+                return
+        self._signals.setdefault(name, deque()).append(body.get("payload"))
+
+    def _apply_cancel_requested(self, body: Mapping[str, Any]) -> None:
+        if self._unregistered:  # no code ran: nothing to unwind
+            self._produce({"t": h.WORKFLOW_CANCELLED})
+            self.closed = True
+            return
+        if self._main is not None and not self._main.done() and not self._cancel_requested:
+            self._cancel_requested = True
+            self._main.cancel()
+
+    # -- what workflow code calls (through WorkflowContext) ----------------------------------
+
+    def schedule_activity(
+        self, ref: Any, args: Sequence[Any], options: ActivityOptions
+    ) -> asyncio.Future[Any]:
+        """Start an activity; the returned future resolves with its result or ActivityError."""
+        name, defaults, hint = self._lookup_activity(ref)
+        opts = defaults.merged(options)
+        opts.validate(name)
+        self._check_args(name, args)
+        seq = self._allocate_seq()
+        call = ActivityCall(
+            seq=seq,
+            name=name,
+            args=list(args),
+            task_queue=opts.task_queue or self.info.task_queue,
+            options=opts,
+            retry=opts.retry or RetryPolicy(),
+            result_hint=hint,
+            future=self._loop.create_future(),
+            first_scheduled_ms=self._now_ms,
+        )
+        self._adopt_recorded_options(call)
+        self._activities[seq] = call
+        call.future.add_done_callback(lambda fut: self._on_activity_future_done(call))
+        self._schedule_attempt(call)
+        if call.options.schedule_to_close:
+            self._start_timer(
+                f"{seq}s", "schedule_to_close", call.options.schedule_to_close, seq=seq
+            )
+        return call.future
+
+    def _adopt_recorded_options(self, call: ActivityCall) -> None:
+        """On replay, retries and timeouts follow what was recorded, not today's code.
+
+        Changing an activity's retry policy or timeouts is then safe for running workflows:
+        attempts already scheduled keep the options they were scheduled with.
+        """
+        recorded = self._recorded_user.get(call.seq)
+        if recorded is None or recorded.get("activity") != call.name:
+            return
+        if isinstance(recorded.get("retry"), Mapping):
+            call.retry = RetryPolicy.from_json(recorded["retry"])
+        call.options = replace(
+            call.options,
+            start_to_close=recorded.get("start_to_close"),
+            schedule_to_close=recorded.get("schedule_to_close"),
+            heartbeat_timeout=recorded.get("heartbeat_timeout"),
+        )
+
+    def signal_future(self, name: str) -> asyncio.Future[Any]:
+        """A future for the next signal called ``name`` (resolved now if one is buffered)."""
+        future = self._loop.create_future()
+        buffered = self._signals.get(name)
+        if buffered:
+            future.set_result(buffered.popleft())
+        else:
+            self._signal_waiters.setdefault(name, deque()).append(future)
+        return future
+
+    # -- internals --------------------------------------------------------------------------
+
+    async def _run_workflow(self, defn: WorkflowDefinition, args: list[Any]) -> Any:
+        if defn.is_async:
+            return await defn.fn(self.context, *args)
+        return await run_sync_workflow(
+            self.context, self.info.workflow_id, lambda: self.evicting, defn.fn, args
+        )
+
+    def _run_code(self) -> None:
+        self._loop.run_until_idle()
+        self._raise_nondeterminism()
+        main = self._main
+        if main is not None and main.done() and not self.closed:
+            self._close_with(main)
+
+    def _close_with(self, main: asyncio.Task[Any]) -> None:
+        if main.cancelled():
+            self._produce({"t": h.WORKFLOW_CANCELLED})
+        elif (exc := main.exception()) is not None:
+            if isinstance(exc, asyncio.CancelledError):
+                self._produce({"t": h.WORKFLOW_CANCELLED})
+            elif isinstance(exc, DFError | TimeoutError):
+                self._produce({"t": h.WORKFLOW_FAILED, "error": _error_json(exc)})
+            else:
+                raise WorkflowCodeError(self.info, exc) from exc
+        else:
+            self._complete(main.result())
+        self.closed = True
+
+    def _check_args(self, name: str, args: Sequence[Any]) -> None:
+        """Fail at the ``ctx.activity`` call, not later in the worker, naming the argument."""
+        if self._check_payload is None:
+            return
+        try:
+            self._check_payload(list(args), f"the arguments of activity {name!r}")
+        except SerializationError:
+            for i, arg in enumerate(args, 1):
+                self._check_payload(arg, f"argument {i} of activity {name!r}")
+            raise
+
+    def _complete(self, result: Any) -> None:
+        if self._check_payload is not None:
+            try:
+                self._check_payload(result, f"the result of workflow {self.info.workflow_type!r}")
+            except PayloadError as exc:
+                self._fail_workflow(exc)
+                return
+        self._produce({"t": h.WORKFLOW_COMPLETED, "result": result})
+
+    def _time_out_workflow(self) -> None:
+        if self.closed:
+            return
+        error = {"type": "TimeoutError", "message": "workflow execution timeout exceeded"}
+        self._produce({"t": h.WORKFLOW_TIMED_OUT, "error": error})
+        self.closed = True
+        if self._main is not None and not self._main.done():
+            self._main.cancel()
+            self._loop.run_until_idle()
+
+    def _fail_workflow(self, exc: BaseException) -> None:
+        """End the workflow with ``exc`` before its code could run."""
+        self._produce({"t": h.WORKFLOW_FAILED, "error": _error_json(exc)})
+        self.closed = True
+
+    def _lookup_activity(self, ref: Any) -> tuple[str, ActivityOptions, Any]:
+        if self._activity_lookup is not None:
+            return self._activity_lookup(ref)
+        if isinstance(ref, str):
+            return ref, ActivityOptions(), None
+        raise RegistrationError(f"{ref!r} is not an activity; decorate it with @app.activity")
+
+    def _allocate_seq(self) -> int:
+        self._next_seq += 1
+        return self._next_seq
+
+    def _schedule_attempt(self, call: ActivityCall) -> None:
+        opts = call.options
+        cmd: dict[str, Any] = {
+            "t": h.ACTIVITY_SCHEDULED,
+            "seq": call.seq,
+            "attempt": call.attempt,
+            "activity": call.name,
+            "args": call.args,
+            "task_queue": call.task_queue,
+            "start_to_close": opts.start_to_close or self._default_timeout,
+            "heartbeat_timeout": opts.heartbeat_timeout,
+            "schedule_to_close": opts.schedule_to_close,
+            "retry": call.retry.to_json(),
+        }
+        if call.heartbeat is not None:
+            cmd["heartbeat"] = call.heartbeat
+        self._produce(cmd)
+
+    def _retry_delay(self, call: ActivityCall, error: Mapping[str, Any]) -> float | None:
+        policy = call.retry
+        if error.get("non_retryable") or error.get("type") in policy.non_retryable_names():
+            return None
+        if not policy.allows(call.attempt):
+            return None
+        explicit = error.get("next_retry_delay")
+        delay = float(explicit) if explicit is not None else policy.delay(call.attempt)
+        deadline = call.options.schedule_to_close
+        if deadline and self._now_ms + delay * 1000 >= call.first_scheduled_ms + deadline * 1000:
+            return None
+        return delay
+
+    def _fail_activity(self, call: ActivityCall, error: Mapping[str, Any]) -> None:
+        call.done = True
+        if call.future.done():
+            return
+        call.future.set_exception(
+            ActivityError(
+                call.name,
+                str(error.get("type", "Error")),
+                str(error.get("message", "")),
+                call.attempt,
+                non_retryable=bool(error.get("non_retryable")),
+                details=tuple(error.get("details") or ()),
+            )
+        )
+
+    def _on_activity_future_done(self, call: ActivityCall) -> None:
+        if call.future.cancelled() and not call.done:
+            call.done = True
+            self._produce({"t": h.ACTIVITY_CANCEL_REQUESTED, "seq": call.seq})
+
+    def label_next_timer(self, label: str | None) -> None:
+        """Say in the history what the next timer the code starts is for (shown, not replayed)."""
+        self._timer_label = label
+
+    def _start_user_timer(self, handle: asyncio.TimerHandle) -> None:
+        seq = self._allocate_seq()
+        delay = max(handle.when() - self._clock(), 0.0)
+        label, self._timer_label = self._timer_label, None
+        state = self._start_timer(str(seq), "timer", delay, seq=seq, label=label)
+        state.handle = handle
+
+    def _start_timer(
+        self,
+        timer_id: str,
+        purpose: str,
+        delay: float,
+        *,
+        seq: int | None = None,
+        label: str | None = None,
+    ) -> TimerState:
+        state = TimerState(timer_id, purpose, seq)
+        self._timers[timer_id] = state
+        cmd: dict[str, Any] = {
+            "t": h.TIMER_STARTED,
+            "timer": timer_id,
+            "purpose": purpose,
+            "duration": round(delay, 3),
+            "fire_at": self._now_ms + int(delay * 1000),
+        }
+        if seq is not None:
+            cmd["seq"] = seq
+        if label is not None:
+            cmd["label"] = label
+        self._produce(cmd)
+        return state
+
+    def _produce(self, cmd: dict[str, Any]) -> None:
+        if self.closed or self._nondeterminism is not None:
+            return
+        key = h.command_key(cmd)
+        if _is_user_command(cmd):
+            recorded = self._recorded_user.pop(int(cmd["seq"]), None)
+            if recorded is not None and not _same_command(recorded, cmd):
+                self._nondeterministic(cmd["seq"], _describe(recorded), _describe(cmd))
+                raise _Abort
+        if key in self._recorded:
+            self._recorded.pop(key)
+            self._awaiting.add(key)
+        else:
+            self._pending.append(cmd)
+
+    def _nondeterministic(self, step: int, recorded: str, produced: str) -> None:
+        if self._nondeterminism is None:
+            self._nondeterminism = NondeterminismError(
+                self.info.workflow_id, step, recorded, produced
+            )
+
+    def _raise_nondeterminism(self) -> None:
+        if self._nondeterminism is not None:
+            raise self._nondeterminism
+
+    def _clock(self) -> float:
+        return self._now_ms / 1000.0
+
+    def _loop_error(self, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        message = str(context.get("message", ""))
+        if isinstance(exc, _Abort | asyncio.CancelledError) or self.evicting:
+            return  # expected while a run unwinds or is discarded
+        if message.startswith("Task was destroyed but it is pending"):
+            return  # a parked workflow that was dropped from memory; its history has it all
+        log.warning("workflow %s: %s", self.info.workflow_id, context.get("message"), exc_info=exc)
+
+
+_FACT_HANDLERS: dict[str, Callable[[WorkflowRun, Mapping[str, Any]], None]] = {
+    h.WORKFLOW_STARTED: WorkflowRun._apply_workflow_started,
+    h.ACTIVITY_COMPLETED: WorkflowRun._apply_activity_completed,
+    h.ACTIVITY_FAILED: WorkflowRun._apply_activity_failed,
+    h.TIMER_FIRED: WorkflowRun._apply_timer_fired,
+    h.SIGNAL_RECEIVED: WorkflowRun._apply_signal_received,
+    h.CANCEL_REQUESTED: WorkflowRun._apply_cancel_requested,
+}
+
+
+def _is_user_command(cmd: Mapping[str, Any]) -> bool:
+    """Commands whose seq comes from workflow code (and so must match on replay)."""
+    if cmd["t"] == h.ACTIVITY_SCHEDULED:
+        return int(cmd["attempt"]) == 1
+    return cmd["t"] == h.TIMER_STARTED and cmd.get("purpose") == "timer"
+
+
+def _same_command(recorded: Mapping[str, Any], produced: Mapping[str, Any]) -> bool:
+    same_key = h.command_key(recorded) == h.command_key(produced)
+    return same_key and recorded.get("activity") == produced.get("activity")
+
+
+def _step(cmd: Mapping[str, Any]) -> int:
+    return int(cmd.get("seq", 0))
+
+
+def _describe(cmd: Mapping[str, Any]) -> str:
+    kind = cmd.get("t")
+    if kind == h.ACTIVITY_SCHEDULED:
+        return f"activity {cmd.get('activity')!r} (attempt {cmd.get('attempt')})"
+    if kind == h.TIMER_STARTED:
+        return f"a {cmd.get('duration')}s timer ({cmd.get('purpose')})"
+    if isinstance(kind, str) and kind in h.TERMINAL_STATUS:
+        return f"workflow end ({h.TERMINAL_STATUS[kind]})"
+    if kind == h.ACTIVITY_CANCEL_REQUESTED:
+        return f"cancellation of activity #{cmd.get('seq')}"
+    return str(kind)
+
+
+def _error_json(exc: BaseException) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, ApplicationError):
+        error["type"] = exc.type
+        error["message"] = exc.message
+        error["details"] = list(exc.details)
+    if isinstance(exc, ActivityError):
+        error["cause_type"] = exc.cause_type
+    error["traceback"] = "".join(traceback.format_exception(exc)[-6:])
+    return error
+
+
+def workflow_return_hint(defn: WorkflowDefinition) -> Any:
+    """The type a workflow's result should be converted to for the caller."""
+    return return_hint(defn.fn)

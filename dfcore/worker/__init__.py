@@ -1,0 +1,2 @@
+"""The worker layer: built from a client and a registry, it serves workflow tasks and activity
+tasks of some task queues."""

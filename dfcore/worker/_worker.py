@@ -1,0 +1,191 @@
+"""Workers: serve the workflow tasks (``_workflow_tasks``) and activity tasks
+(``_activity_tasks``) of an App's task queues, over one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from dfcore.client._client import Client
+from dfcore.core._activity import ActivityInfo
+from dfcore.core._errors import DFError
+from dfcore.core._registry import Registry
+from dfcore.jetstream._connection import close_connection, connect
+from dfcore.jetstream._naming import check_queue
+from dfcore.jetstream._pull import PullConsumer
+from dfcore.jetstream._store import Store
+from dfcore.worker._activity_tasks import ActivityRunner, pull_expiry
+from dfcore.worker._partitions import Partitions
+from dfcore.worker._workflow_tasks import WorkflowProcessor
+
+log = logging.getLogger("dfcore.worker")
+
+
+class Worker:
+    """Serves workflow tasks and/or activity tasks on some task queues.
+
+    Args:
+        client: whose settings and codec the worker uses (it opens its own connection).
+        registry: the workflows and activities to run.
+        activity_contexts: context managers entered around each activity attempt
+            (see :meth:`dfcore.App.add_activity_context`).
+        task_queues: queues to serve (default: the ``task_queue`` setting).
+        workflows: serve workflow tasks.
+        activities: serve activity tasks.
+        activity_concurrency: max activities at once (default: the setting).
+        workflow_concurrency: max workflow tasks at once (default: the setting).
+        shutdown_timeout: on stop, how long in-flight work may take before it is handed back.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        registry: Registry,
+        *,
+        activity_contexts: Sequence[Callable[[ActivityInfo], AbstractContextManager[Any]]] = (),
+        task_queues: Sequence[str] | None = None,
+        workflows: bool = True,
+        activities: bool = True,
+        activity_concurrency: int | None = None,
+        workflow_concurrency: int | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        if not workflows and not activities:
+            raise DFError("a worker must serve workflows, activities, or both")
+        settings = client.settings
+        self.client = client
+        self.registry = registry
+        self.activity_contexts = activity_contexts
+        self.queues = [check_queue(q) for q in (task_queues or [settings.task_queue])]
+        self.serve_workflows = workflows
+        self.serve_activities = activities
+        self.activity_concurrency = activity_concurrency or settings.activity_concurrency
+        self.workflow_concurrency = workflow_concurrency or settings.workflow_concurrency
+        self.shutdown_timeout = shutdown_timeout
+        self.store: Store | None = None
+        self._pullers: list[PullConsumer] = []
+        self._activity_runner: ActivityRunner | None = None
+        self._processors: list[WorkflowProcessor] = []
+        self._partitions: list[Partitions] = []
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect, create streams and consumers, and start consuming."""
+        settings = self.client.settings
+        nc = await connect(settings, f"dfcore-worker:{self.client.name}", self)
+        self.store = store = Store(nc, settings, self.client.codec)
+        await store.ensure()
+        lay = store.layout
+        for queue in self.queues:
+            if self.serve_workflows:
+                processor = WorkflowProcessor(self.registry, store)
+                partitions = Partitions(store, processor, queue, self.workflow_concurrency)
+                await partitions.ensure_consumers()
+                self._processors.append(processor)
+                self._partitions.append(partitions)
+            if self.serve_activities:
+                name = lay.activity_consumer(queue)
+                await store.ensure_consumer(
+                    lay.tasks_stream, name, lay.task_subject(queue), settings.activity_ack_wait
+                )
+                runner = self._activity_runner or ActivityRunner(
+                    self.registry, store, self.activity_contexts
+                )
+                self._activity_runner = runner
+                expires, heartbeat = pull_expiry(settings.activity_ack_wait)
+                self._pullers.append(
+                    PullConsumer(
+                        nc,
+                        lay.tasks_stream,
+                        name,
+                        runner.handle,
+                        max_inflight=self.activity_concurrency,
+                        give_back=runner.requeue,
+                        expires=expires,
+                        idle_heartbeat=heartbeat,
+                    )
+                )
+        if self._activity_runner is not None:
+            await self._activity_runner.start()
+        for puller in self._pullers:
+            await puller.start()
+        for partitions in self._partitions:
+            await partitions.start()
+        if self._processors:
+            self._sweeper = asyncio.create_task(self._sweep_idle(settings.workflow_ack_wait / 2))
+        log.info(
+            "worker for app %r serving %s on queues %s (NATS %s, namespace %r)",
+            self.client.name,
+            self._what(),
+            ", ".join(self.queues),
+            settings.display_url,
+            settings.namespace,
+        )
+
+    def _what(self) -> str:
+        parts = ["workflows"] if self.serve_workflows else []
+        return " and ".join(parts + (["activities"] if self.serve_activities else []))
+
+    # -- the connection's listener (``_connection.Listener``) -------------------------------
+
+    def refused(self, subject: str) -> None:
+        if self.store is not None:
+            self.store.refused(subject)
+
+    def connection_lost(self) -> None:
+        if self.store is not None:
+            self.store.connection_lost()
+
+    async def reconnected(self) -> None:
+        if self.store is not None:
+            self.store.reconnected()
+        for puller in self._pullers:
+            puller.on_reconnected()
+        for partitions in self._partitions:
+            partitions.on_reconnected()
+
+    async def _sweep_idle(self, every: float) -> None:
+        """Now and then evict idle runs (their room goes to deferred starts) and count the
+        deferred starts other workers left."""
+        while True:
+            await asyncio.sleep(every)
+            for processor in self._processors:
+                processor.sweep_idle()
+            for partitions in self._partitions:
+                await partitions.count_deferred()
+
+    async def stop(self) -> None:
+        """Stop taking work, let in-flight work finish (up to shutdown_timeout), disconnect."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        try:
+            await asyncio.gather(
+                *(p.stop(self.shutdown_timeout) for p in self._pullers),
+                *(p.stop(self.shutdown_timeout) for p in self._partitions),
+            )
+            if self._activity_runner is not None:
+                await self._activity_runner.stop()
+        finally:
+            for processor in self._processors:
+                processor.close()
+            if self.store is not None:
+                await close_connection(self.store.nc)
+
+    async def run(self, *, handle_signals: bool = False, stop: asyncio.Event | None = None) -> None:
+        """Start, run until ``stop`` is set (or SIGTERM/SIGINT if ``handle_signals``), stop."""
+        stop = stop or asyncio.Event()
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()  # inside: a worker cancelled while starting still disconnects
+            await stop.wait()
+            log.info("stopping: finishing in-flight work (up to %ss)", self.shutdown_timeout)
+        finally:
+            await self.stop()
