@@ -46,6 +46,7 @@ from dfcore.core._errors import (
 from dfcore.core._history import HistoryEvent
 from dfcore.core._registry import ActivityFunction
 from dfcore.jetstream._dlq import DeadLetter
+from dfcore.jetstream._naming import check_task_queue, check_workflow_id
 from dfcore.jetstream._server import EmbeddedServer
 from dfcore.worker._worker import Worker
 
@@ -88,4 +89,6 @@ __all__ = [
     "WorkflowStatus",
     "__version__",
     "activity",
+    "check_task_queue",
+    "check_workflow_id",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -153,7 +154,8 @@ class App:
         self.activity_contexts: list[Callable[[ActivityInfo], AbstractContextManager[Any]]] = []
         #: The connections to NATS, one per event loop, and the calls made over them.
         self.client = Client(self.settings, name=name)  # validates: a bad value fails now
-        on_exit(self.aclose)
+        on_exit(self.aclose)  # held weakly: an App dropped early closes its connections now
+        weakref.finalize(self, self.client.drop_connections).atexit = False
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} namespace={self.settings.namespace!r}>"

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dfcore.client._loopthread import SYNC_LOOP, run_sync
 from dfcore.client._start import UNSENT, PreparedStart
+from dfcore.core._definitions import RetryPolicy
 from dfcore.core._errors import ConfigurationError, PayloadError
 
 if TYPE_CHECKING:
@@ -195,9 +196,13 @@ _OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+#: A row whose publish failed waits 2, 4, 8 ... MAX_RETRY_DELAY seconds before the next try.
+_BACKOFF = RetryPolicy(max_attempts=0, initial_interval=2.0, max_interval=MAX_RETRY_DELAY)
+
+
 def retry_delay(attempts: int) -> float:
     """Seconds before the next publish of a row that has failed ``attempts`` times."""
-    return float(min(2.0 ** max(attempts, 1), MAX_RETRY_DELAY))
+    return _BACKOFF.delay(attempts)
 
 
 class OutboxRelay:

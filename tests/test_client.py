@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import datetime
 import decimal
+import time
 import uuid
 from typing import Any
 
@@ -189,6 +190,30 @@ def test_a_loop_per_call_does_not_leak_connections(make_app: Any) -> None:
     assert not [loop for loop in app.client._loop_clients if loop.is_closed()]
 
 
+def test_a_short_lived_app_is_freed(nats_url: str, namespace: str) -> None:
+    import gc
+    import weakref
+
+    app = App("freed", nats_url=nats_url, namespace=namespace)
+    app.start("nothing_runs_it", 1)  # connects on the sync loop
+    loop_clients = list(app.client._loop_clients.values())
+    assert loop_clients
+    freed, client = weakref.ref(app), app.client
+    del app
+    gc.collect()
+    assert freed() is None
+
+    def connections_closed() -> bool:
+        return not client._loop_clients and all(
+            c.nc is None or c.nc.is_closed for c in loop_clients
+        )
+
+    deadline = time.monotonic() + 10
+    while not connections_closed() and time.monotonic() < deadline:
+        time.sleep(0.01)  # poll interval; the deadline bounds the wait
+    assert connections_closed()
+
+
 @dataclasses.dataclass
 class Address:
     city: str
@@ -244,17 +269,16 @@ def test_a_server_too_old_for_the_engine_is_refused_clearly(
     from nats.aio.client import ServerVersion
 
     from dfcore import DFError
-    from dfcore.jetstream._store import Store
+    from dfcore.jetstream._streams import Streams
 
-    real = Store._check_server_version
+    real = Streams.check_server_version
 
-    def as_if_old(self: Store) -> None:
-        monkeypatch.setattr(
-            type(self.nc), "connected_server_version", property(lambda nc: ServerVersion("2.9.10"))
-        )
+    def as_if_old(self: Streams) -> None:
+        old = property(lambda nc: ServerVersion("2.9.10"))
+        monkeypatch.setattr(type(self.api.nc), "connected_server_version", old)
         real(self)
 
-    monkeypatch.setattr(Store, "_check_server_version", as_if_old)
+    monkeypatch.setattr(Streams, "check_server_version", as_if_old)
     app = make_app()
     with pytest.raises(
         DFError, match=r"is version 2\.9\.10, but DurableFuture needs nats-server 2\.12"

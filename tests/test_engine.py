@@ -502,3 +502,16 @@ def test_plain_def_workflow_runs_activities_in_parallel() -> None:
     hist.fact(h.ACTIVITY_COMPLETED, seq=2, attempt=1, result="B")
     hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result="A")
     assert hist.decide(run)[0]["result"] == ["A", "B"]
+
+
+def test_one_backoff_formula_serves_activities_redeliveries_and_the_outbox() -> None:
+    from dfcore.outbox import MAX_RETRY_DELAY
+    from dfcore.outbox import retry_delay as outbox_delay
+    from dfcore.worker._workflow_tasks import retry_delay as redelivery_delay
+
+    policy = RetryPolicy(max_attempts=0, initial_interval=1.0, backoff=2.0, max_interval=100.0)
+    assert [policy.delay(n) for n in (1, 2, 3, 8)] == [1.0, 2.0, 4.0, 100.0]
+    assert policy.delay(5000) == 100.0  # an unlimited policy's thousandth failure: no overflow
+    assert [redelivery_delay(n) for n in (1, 2, 3, 7, 10**6)] == [1.0, 2.0, 4.0, 60.0, 60.0]
+    assert [outbox_delay(n) for n in (0, 1, 2, 3)] == [2.0, 2.0, 4.0, 8.0]
+    assert outbox_delay(10**6) == MAX_RETRY_DELAY

@@ -42,6 +42,8 @@ def test_exported_members() -> None:
             "WorkflowStatus",
             "__version__",
             "activity",
+            "check_task_queue",
+            "check_workflow_id",
         ]
     )
     for name in dfcore.__all__:
@@ -75,3 +77,27 @@ def test_core_never_imports_integrations_or_contrib() -> None:
                 assert not name.startswith(
                     ("dfcore.integrations", "dfcore.contrib", ".integrations", ".contrib")
                 ), (path, name)
+
+
+def test_integrations_and_contrib_use_only_the_public_api() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(dfcore.__file__).parent.parent
+    for folder in ("integrations", "contrib", "example_projects"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                modules: list[str] = []
+                if isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                    modules += [f"{node.module}.{a.name}" for a in node.names]
+                for module in modules:
+                    parts = module.split(".")
+                    if parts[0] != "dfcore" or len(parts) < 2:
+                        continue
+                    inner = parts[1:]  # dfcore.cli is public; its _modules are not
+                    assert not any(p.startswith("_") or p in LAYER_PACKAGES for p in inner), (
+                        f"{path.relative_to(root)} imports {module}, which is private"
+                    )

@@ -124,3 +124,24 @@ def test_the_checker_sees_hidden_imports(tmp_path):
     )
     found = set(imports("dfcore.client._mod", source, modules()))
     assert found == {"typing", "dfcore._app", "dfcore.worker._worker"}
+
+
+#: The only modules that build the JetStream store; the rest of the client and the worker use
+#: the storage protocols (dfcore/client/_storage.py, dfcore/worker/_storage.py).
+STORE_BUILDERS = {"dfcore.client._loop_client", "dfcore.worker._worker"}
+
+
+def test_the_client_and_the_worker_use_the_store_through_its_protocols():
+    offenders = sorted(
+        module
+        for module, path in modules().items()
+        if layer_of(module) in ("client", "worker") and module not in STORE_BUILDERS
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        and node.module == "dfcore.jetstream._store"
+        and "Store" in {alias.name for alias in node.names}
+    )
+    assert offenders == []
+    assert all(  # and the test sees an import of it
+        "Store" in path.read_text() for path in map(modules().get, STORE_BUILDERS) if path
+    )

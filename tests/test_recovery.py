@@ -13,7 +13,7 @@ import pytest
 
 from dfcore import App, EmbeddedServer
 from dfcore.client._loopthread import run_sync
-from dfcore.jetstream import _store
+from dfcore.jetstream import _requests
 
 from .workerkit import WorkerThread, sigkill, spawn_worker, wait_until
 
@@ -175,7 +175,9 @@ async def test_a_call_whose_answer_died_with_the_server_is_sent_again_on_reconne
     tmp_path: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Requests wait far longer than the test does, so only the reconnect can end the wait.
-    monkeypatch.setattr(_store._Replies.request, "__kwdefaults__", {"batch": False, "timeout": 600})
+    monkeypatch.setattr(
+        _requests.Replies.request, "__kwdefaults__", {"batch": False, "timeout": 600}
+    )
     server = EmbeddedServer(tmp_path / "nats", log_file=str(tmp_path / "nats.log"))
     with server:
         app = App("again", nats_url=server.url, namespace=namespace)

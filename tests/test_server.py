@@ -83,6 +83,15 @@ def test_starts_on_a_free_port_when_4222_is_busy(tmp_path: Path) -> None:
     assert server.pid is None
 
 
+def test_the_server_runs_in_its_own_process_group(tmp_path: Path) -> None:
+    # Ctrl-C in a terminal signals the foreground process group; the server must not be in it,
+    # so the command running it gets to stop it in order.
+    with EmbeddedServer(tmp_path) as server:
+        assert server.pid is not None
+        assert os.getpgid(server.pid) == server.pid
+        assert os.getpgid(server.pid) != os.getpgrp()
+
+
 def test_two_servers_get_different_ports(tmp_path: Path) -> None:
     with EmbeddedServer(tmp_path / "a") as a, EmbeddedServer(tmp_path / "b") as b:
         assert a.port != b.port

@@ -2,67 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dfcore import App, Worker
+from dfcore import App
+from dfcore.worker import _worker_thread as worker_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class WorkerThread:
-    """A worker on its own thread and event loop, like a separate worker process."""
+class WorkerThread(worker_thread.WorkerThread):
+    """A worker of ``app`` on its own thread and event loop, like a separate worker process."""
 
     def __init__(self, app: App, **options: Any) -> None:
+        super().__init__(lambda: app.worker(**options))
         self.app = app
-        self.options = options
-        self.worker: Worker | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, daemon=True)
 
-    def _main(self) -> None:
-        async def run() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            self.worker = self.app.worker(**self.options)
-            await self.worker.start()
-            self._started.set()
-            await self._stop.wait()
-            await self.worker.stop()
-
-        try:
-            asyncio.run(run())
-        except BaseException as exc:
-            self._error = exc
-            self._started.set()
-
-    def start(self) -> WorkerThread:
-        self._thread.start()
-        if not self._started.wait(30) or self._error is not None:
-            raise RuntimeError(f"worker did not start: {self._error!r}")
+    def start(self, timeout: float | None = 30) -> WorkerThread:
+        super().start(timeout)
         return self
 
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(60)
-
-    def __enter__(self) -> WorkerThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def stop(self, timeout: float | None = 60) -> None:
+        super().stop(timeout)
 
 
 def spawn_worker(

@@ -17,13 +17,14 @@ from dfcore.client._inspect import list_workflows
 from dfcore.client._loop_client import LoopClient
 from dfcore.client._loopthread import SYNC_LOOP, run_sync
 from dfcore.client._start import IfExists, PreparedStart
+from dfcore.client._storage import ClientStore
 from dfcore.core import _history as h
 from dfcore.core._codec import IdentityCodec, PayloadCodec, check_size
 from dfcore.core._config import Settings
 from dfcore.core._errors import DFError, WorkflowAlreadyStartedError
 from dfcore.jetstream._dlq import DeadLetter
 from dfcore.jetstream._naming import workflow_token
-from dfcore.jetstream._store import HEADROOM, AppendConflict, Store
+from dfcore.jetstream._store import HEADROOM, AppendConflict
 
 T = TypeVar("T")
 
@@ -69,7 +70,7 @@ class Client:
     def reconfigure(self, settings: Settings, codec: PayloadCodec | None = None) -> None:
         """Use other settings from now on: every connection closes, the next call reconnects."""
         self._settings, self._codec = settings, codec
-        self._drop_loop_clients()
+        self.drop_connections()
 
     @property
     def max_payload(self) -> int:
@@ -90,7 +91,7 @@ class Client:
             client.watch_loop()  # a short-lived loop drops its client when it ends
         return client
 
-    async def store(self) -> Store:
+    async def store(self) -> ClientStore:
         """The running loop's store, connected (see :meth:`LoopClient.store`)."""
         return await self.loop_client().store()
 
@@ -127,7 +128,8 @@ class Client:
             del self._loop_clients[loop]
         self._loops_are_short_lived = True
 
-    def _drop_loop_clients(self) -> None:
+    def drop_connections(self) -> None:
+        """Close every loop's connection without waiting (the next call reconnects)."""
         for loop, client in list(self._loop_clients.items()):
             del self._loop_clients[loop]
             if loop.is_closed():
@@ -179,7 +181,7 @@ class Client:
         self, client: LoopClient, start: PreparedStart, if_exists: IfExists
     ) -> str:
         store = await client.store()
-        check_size(len(start.data) + HEADROOM, store.nc.max_payload, start.what)
+        check_size(len(start.data) + HEADROOM, store.max_payload, start.what)
         lay = store.layout
         subject = lay.history_subject(start.task_queue, start.workflow_id)
         token = workflow_token(start.workflow_id)
@@ -221,7 +223,7 @@ class Client:
         """The newest messages workers could not use (oldest of them first), with reasons."""
 
         async def run(client: LoopClient) -> list[DeadLetter]:
-            return await (await client.store()).dead_letters(limit)
+            return await (await client.store()).dlq.newest(limit)
 
         return await self.call(run, "list dead letters")
 
@@ -234,7 +236,7 @@ class Client:
 
         async def run(client: LoopClient) -> DeadLetter:
             store = await client.store()
-            letter = await store.dead_letter_at(seq)
+            letter = await store.dlq.at(seq)
             if letter is None:
                 raise DFError(
                     f"there is no dead letter {seq} in {store.layout.dlq_stream}; "

@@ -13,13 +13,13 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 from dfcore.client._loop_client import LoopClient
 from dfcore.client._loopthread import run_sync
 from dfcore.client._start import UNSENT
+from dfcore.client._storage import ClientStore
 from dfcore.core import _history as h
 from dfcore.core._config import Settings
 from dfcore.core._convert import convert
 from dfcore.core._errors import DFError, WorkflowFailureError, WorkflowNotFoundError
 from dfcore.core._history import now_ms
 from dfcore.jetstream._naming import workflow_token
-from dfcore.jetstream._store import Store
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -30,7 +30,7 @@ class HandleClient(Protocol):
 
     def loop_client(self) -> LoopClient: ...
 
-    async def store(self) -> Store: ...
+    async def store(self) -> ClientStore: ...
 
     async def call(
         self, call: Callable[[LoopClient], Awaitable[T]], action: str | None, note: str = ""
@@ -140,7 +140,7 @@ class WorkflowHandle(Generic[R]):
     def __hash__(self) -> int:
         return hash(self.workflow_id)
 
-    async def _locate(self) -> tuple[Store, str]:
+    async def _locate(self) -> tuple[ClientStore, str]:
         store = await self.client.store()
         if self._subject is None:
             subjects = store.layout.history_any_queue(self.workflow_id)
@@ -270,7 +270,7 @@ class WorkflowHandle(Generic[R]):
         """Sync twin of :meth:`acancel`."""
         run_sync(self.acancel(reason))
 
-    async def _ensure_open(self, store: Store, subject: str, action: str) -> int:
+    async def _ensure_open(self, store: ClientStore, subject: str, action: str) -> int:
         """The history's last sequence; raises if the workflow already ended."""
         last, ended = await asyncio.gather(store.last_seq(subject), store.outcome(subject))
         if last == 0:

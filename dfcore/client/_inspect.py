@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from dfcore.client._handle import WorkflowStatus, status_of
+from dfcore.client._storage import ClientStore
 from dfcore.core import _history as h
-from dfcore.jetstream._store import Store
 
 
-async def list_workflows(store: Store, limit: int = 50) -> list[WorkflowStatus]:
+async def list_workflows(store: ClientStore, limit: int = 50) -> list[WorkflowStatus]:
     """The most recently active workflows, newest first, with their status.
 
     Subjects that are not histories (stray messages) are left out, and each outcome is
@@ -34,7 +34,7 @@ async def list_workflows(store: Store, limit: int = 50) -> list[WorkflowStatus]:
 
 
 async def _ended(
-    store: Store, status: str, outcomes: dict[str, h.Record], last: h.Record
+    store: ClientStore, status: str, outcomes: dict[str, h.Record], last: h.Record
 ) -> h.Record | None:
     """The verified outcome on ``status``; free when the history's last record is it."""
     candidate = outcomes.get(status)

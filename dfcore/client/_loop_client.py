@@ -10,6 +10,7 @@ from typing import Any, Protocol, TypeVar
 from nats.aio.client import Client as NATS
 
 from dfcore.client._loopthread import SYNC_LOOP
+from dfcore.client._storage import ClientStore
 from dfcore.core import _history as h
 from dfcore.core._codec import PayloadCodec
 from dfcore.core._config import Settings
@@ -64,7 +65,7 @@ class LoopClient:
         self._silent_since: float | None = None  # loop time a call began that got no answer
         self._pinging: asyncio.Task[None] | None = None
 
-    async def store(self) -> Store:
+    async def store(self) -> ClientStore:
         """The store, connected.
 
         Raises:

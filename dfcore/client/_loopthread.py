@@ -10,7 +10,8 @@ import asyncio
 import atexit
 import os
 import threading
-from collections.abc import Coroutine
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -86,18 +87,31 @@ def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
     return SYNC_LOOP.run(coro)
 
 
-_closers: list[Any] = []
+_closers: list[Callable[[], Callable[[], Awaitable[Any]] | None]] = []
 
 
-def on_exit(closer: Any) -> None:
-    """Register an async ``closer()`` run on the sync loop at interpreter exit."""
-    _closers.append(closer)
+def on_exit(closer: Callable[[], Awaitable[Any]]) -> None:
+    """Register an async ``closer()`` run on the sync loop at interpreter exit.
+
+    A bound method is held weakly, so registering ``app.aclose`` does not keep a short-lived
+    App (one per test, say) alive until exit.
+    """
+    ref: Callable[[], Callable[[], Awaitable[Any]] | None]
+    if hasattr(closer, "__self__") and hasattr(closer, "__func__"):
+        ref = weakref.WeakMethod(closer)
+    else:
+        ref = lambda: closer  # noqa: E731
+    _closers[:] = [r for r in _closers if r() is not None]
+    _closers.append(ref)
 
 
 @atexit.register
 def _close_all() -> None:
     async def close() -> None:
-        for closer in _closers:
+        for ref in _closers:
+            closer = ref()
+            if closer is None:
+                continue
             try:
                 await closer()
             except Exception:

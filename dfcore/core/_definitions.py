@@ -41,8 +41,16 @@ class RetryPolicy:
             raise ConfigurationError("RetryPolicy.backoff must be >= 1")
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based) before the next one."""
-        return float(min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval))
+        """Seconds to wait after failed attempt ``attempt`` (1-based) before the next one.
+
+        The one backoff formula of the project: activity retries, and the worker's and the
+        outbox's own retries, use it.
+        """
+        try:
+            interval = self.initial_interval * self.backoff ** max(attempt - 1, 0)
+        except OverflowError:  # attempt ~1000 of an unlimited policy: long past the cap
+            interval = self.max_interval
+        return float(min(interval, self.max_interval))
 
     def allows(self, attempt: int) -> bool:
         """Whether another attempt may follow failed attempt ``attempt``."""

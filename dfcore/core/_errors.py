@@ -137,14 +137,27 @@ class WorkflowAlreadyStartedError(DFError):
 
 
 class WorkflowNotFoundError(DFError):
-    """No history exists for the workflow id."""
+    """No history exists for the workflow id (the one error for "no such workflow").
 
-    def __init__(self, workflow_id: str, namespace: str, setting: str = "DF_NAMESPACE") -> None:
+    ``detail`` replaces the default message where the caller knows more, such as a worker that
+    was handed a message for a workflow that was never started.
+    """
+
+    def __init__(
+        self,
+        workflow_id: str,
+        namespace: str,
+        setting: str = "DF_NAMESPACE",
+        *,
+        detail: str | None = None,
+    ) -> None:
         super().__init__(
-            f"no workflow with id {workflow_id!r} in namespace {namespace!r}; "
+            detail
+            or f"no workflow with id {workflow_id!r} in namespace {namespace!r}; "
             f"check the id and that the client uses the same {setting} as the worker"
         )
         self.workflow_id = workflow_id
+        self.namespace = namespace
 
 
 class NondeterminismError(DFError):

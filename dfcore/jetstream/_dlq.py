@@ -12,12 +12,21 @@ that is a configuration problem of the process, not of the message (see ``CodecK
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from dfcore.jetstream._requests import JetStreamAPI, wrap
+
+log = logging.getLogger("dfcore.store")
 
 HDR_REASON = "Df-Dlq-Reason"
 HDR_SOURCE = "Df-Dlq-Source"
@@ -182,3 +191,92 @@ def _original_headers(value: str | None) -> dict[str, str]:
     except orjson.JSONDecodeError:
         return {"?": value}
     return {str(k): str(v) for k, v in parsed.items()} if isinstance(parsed, dict) else {}
+
+
+class DeadLetters:
+    """The dead-letter stream of one namespace: filing messages in it, and reading it."""
+
+    def __init__(self, api: JetStreamAPI, js: JetStreamContext) -> None:
+        self.api = api
+        self.js = js
+        self.layout = api.layout
+
+    async def keep(
+        self,
+        source: str,
+        subject: str,
+        data: bytes,
+        reason: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        stream_seq: int | None = None,
+    ) -> None:
+        """Keep a message the engine cannot use in the dead-letter stream, with the reason.
+
+        The body is kept as it came (cut to fit next to the headers when it is huge). A
+        message from a stream is deduplicated by its stream sequence, so a worker that dies
+        after this and before acking does not file it twice.
+        """
+        limit = max(self.api.nc.max_payload - HEADER_ROOM, 1024)
+        kept = data[:limit]
+        out = dead_letter_headers(
+            source=source,
+            subject=subject,
+            reason=reason,
+            size=len(data),
+            truncated=len(kept) < len(data),
+            stream_seq=stream_seq,
+            headers=headers,
+        )
+        # A stream message is filed once by its sequence; a core NATS message (which every
+        # subscribed worker receives) once per content, within the dedup window.
+        origin = str(stream_seq) if stream_seq is not None else hashlib.sha256(data).hexdigest()
+        out["Nats-Msg-Id"] = f"{subject}:{origin}"
+        log.error("dead-lettered a message on %s (%s): %s", subject, source, out[HDR_REASON])
+        await self.api.publish(self.layout.dlq_subject(source), kept, out, "keeping a dead letter")
+
+    async def keep_message(self, source: str, msg: Msg, reason: str) -> None:
+        """:meth:`keep` for a message delivered by one of the engine's consumers."""
+        await self.keep(
+            source,
+            msg.subject,
+            msg.data,
+            reason,
+            headers=msg.headers,
+            stream_seq=msg.metadata.sequence.stream,
+        )
+
+    async def newest(self, limit: int = 50) -> list[DeadLetter]:
+        """The newest ``limit`` dead letters, oldest first."""
+        stream = self.layout.dlq_stream
+        try:
+            info = await self.js.stream_info(stream)
+        except NotFoundError:
+            return []
+        except Exception as exc:
+            raise wrap(exc, "reading dead letters") from exc
+        first, last = info.state.first_seq, info.state.last_seq
+        if not info.state.messages:
+            return []
+        start = max(first, last - limit + 1)
+        letters: list[DeadLetter] = []
+        while len(letters) < limit:
+            request = {"seq": start, "next_by_subj": self.layout.dlq_all, "batch": limit}
+            msgs, more = await self.api.direct_get(request, stream=stream)
+            letters += [_letter(msg) for msg in msgs]
+            if not more or not msgs:
+                break
+            start = int(msgs[-1].headers["Nats-Sequence"]) + 1
+        return letters[-limit:]
+
+    async def at(self, seq: int) -> DeadLetter | None:
+        """The dead letter with sequence ``seq``, or None."""
+        msg = await self.api.get_one(
+            {"seq": seq}, f"dead letter {seq}", stream=self.layout.dlq_stream
+        )
+        return None if msg is None else _letter(msg)
+
+
+def _letter(msg: Msg) -> DeadLetter:
+    headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
+    return from_message(int(headers.get("Nats-Sequence", 0)), headers, msg.data)

@@ -26,12 +26,28 @@ def partition_of(workflow_id: str) -> int:
     return zlib.crc32(workflow_id.encode()) % PARTITIONS
 
 
-def workflow_token(workflow_id: str) -> str:
-    """A subject token for a workflow id: the id itself when safe, else ``~`` + base64url."""
+def check_workflow_id(workflow_id: str) -> str:
+    """Return ``workflow_id`` if a workflow can have it, else raise :class:`ConfigurationError`.
+
+    Any characters are allowed; the length is 1 to ``MAX_WORKFLOW_ID``.
+    """
+    if not isinstance(workflow_id, str):
+        raise ConfigurationError(f"workflow_id must be a str, got {type(workflow_id).__name__}")
     if not workflow_id or len(workflow_id) > MAX_WORKFLOW_ID:
         raise ConfigurationError(
             f"workflow_id must be 1 to {MAX_WORKFLOW_ID} characters, got {len(workflow_id)}"
         )
+    return workflow_id
+
+
+def check_task_queue(name: str) -> str:
+    """Return ``name`` if it can name a task queue, else raise :class:`ConfigurationError`."""
+    return check_queue(name)
+
+
+def workflow_token(workflow_id: str) -> str:
+    """A subject token for a workflow id: the id itself when safe, else ``~`` + base64url."""
+    check_workflow_id(workflow_id)
     if _SAFE_TOKEN.fullmatch(workflow_id):
         return workflow_id
     encoded = base64.urlsafe_b64encode(workflow_id.encode()).decode().rstrip("=")
@@ -47,7 +63,7 @@ def workflow_id_from_token(token: str) -> str:
 
 
 def check_queue(name: str, what: str = "task_queue") -> str:
-    if not _SAFE_TOKEN.fullmatch(name) or len(name) > 64:
+    if not isinstance(name, str) or not _SAFE_TOKEN.fullmatch(name) or len(name) > 64:
         raise ConfigurationError(
             f"{what} {name!r} may only contain letters, digits, '_' and '-' (at most 64)"
         )

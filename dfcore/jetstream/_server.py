@@ -347,6 +347,9 @@ class EmbeddedServer:
                 stdout=output,
                 stderr=output,
                 preexec_fn=preexec,
+                # Its own process group: Ctrl-C in a terminal reaches the command that runs
+                # the server, which stops it in order, instead of killing it mid-shutdown.
+                start_new_session=True,
             )
         except OSError as exc:
             self._cleanup()

@@ -31,11 +31,12 @@ from dfcore.core._errors import (
     CodecUnavailableError,
     DFError,
     PayloadError,
+    WorkflowNotFoundError,
 )
 from dfcore.core._history import now_ms
 from dfcore.core._registry import Registry
 from dfcore.jetstream._naming import Layout, workflow_id_from_token, workflow_token
-from dfcore.jetstream._store import NoSuchWorkflow, Store
+from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_tasks import KeepAlive
 
 log = logging.getLogger("dfcore.worker")
@@ -47,7 +48,7 @@ class ActivityRunner:
     def __init__(
         self,
         registry: Registry,
-        store: Store,
+        store: WorkerStore,
         contexts: Sequence[Callable[[ActivityInfo], AbstractContextManager[Any]]] = (),
     ) -> None:
         self.registry = registry
@@ -107,7 +108,7 @@ class ActivityRunner:
         except Exception as exc:
             reason = f"not an activity cancellation ({type(exc).__name__}: {exc})"
             try:
-                await self.store.dead_letter("cancel", msg.subject, msg.data, reason)
+                await self.store.dlq.keep("cancel", msg.subject, msg.data, reason)
             except DFError as error:
                 log.warning("could not dead-letter a cancellation message: %s", error)
             return
@@ -163,7 +164,7 @@ class ActivityRunner:
                 await self._report_patiently(
                     task, info, {"t": h.ACTIVITY_FAILED, "error": error}, msg
                 )
-        except NoSuchWorkflow as exc:
+        except WorkflowNotFoundError as exc:
             await self._reject(msg, str(exc))
             return
         await msg.ack()
@@ -232,7 +233,7 @@ class ActivityRunner:
             try:
                 await self._report(task, info, outcome)
                 return
-            except (NoSuchWorkflow, PayloadError):
+            except (WorkflowNotFoundError, PayloadError):
                 raise
             except DFError as exc:
                 if loop.time() + pause > give_up:
@@ -247,7 +248,7 @@ class ActivityRunner:
 
     async def _reject(self, msg: Msg, reason: str) -> None:
         """Dead-letter an activity task the engine cannot use, then remove it from the queue."""
-        await self.store.dead_letter_message("task", msg, reason)
+        await self.store.dlq.keep_message("task", msg, reason)
         await msg.term()
 
     async def _report(

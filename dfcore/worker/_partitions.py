@@ -34,7 +34,8 @@ from nats.aio.subscription import Subscription
 from dfcore.core._errors import DFError
 from dfcore.jetstream._naming import PARTITIONS
 from dfcore.jetstream._pull import PullConsumer
-from dfcore.jetstream._store import PIN_GROUP, Store
+from dfcore.jetstream._streams import PIN_GROUP
+from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_tasks import WorkflowProcessor
 
 log = logging.getLogger("dfcore.worker")
@@ -191,7 +192,7 @@ class Partitions:
     """
 
     def __init__(
-        self, store: Store, processor: WorkflowProcessor, queue: str, concurrency: int
+        self, store: WorkerStore, processor: WorkflowProcessor, queue: str, concurrency: int
     ) -> None:
         settings = processor.settings
         self.store = store
@@ -220,7 +221,7 @@ class Partitions:
         for p in range(PARTITIONS):
             workflows, admission = lay.workflow_consumer(queue, p), lay.admit_consumer(queue, p)
             creating.append(
-                store.ensure_consumer(
+                store.streams.ensure_consumer(
                     lay.history_stream,
                     workflows,
                     lay.history_filter(queue, p),
@@ -229,7 +230,7 @@ class Partitions:
                 )
             )
             creating.append(
-                store.ensure_consumer(
+                store.streams.ensure_consumer(
                     lay.tasks_stream, admission, lay.admit_subject(queue, p), ack_wait
                 )
             )
@@ -249,7 +250,7 @@ class Partitions:
         lay = self.store.layout
         for p in self.held:
             try:
-                count = await self.store.pending(
+                count = await self.store.streams.pending(
                     lay.tasks_stream, lay.admit_consumer(self.queue, p)
                 )
             except DFError as exc:
@@ -345,7 +346,8 @@ class Partitions:
         if history.pinned:
             lay = self.store.layout
             try:
-                await self.store.unpin(lay.history_stream, lay.workflow_consumer(self.queue, p))
+                consumer = lay.workflow_consumer(self.queue, p)
+                await self.store.streams.unpin(lay.history_stream, consumer)
             except DFError as exc:  # the pin then lapses after pin_timeout
                 log.warning("queue %s: cannot release partition %d: %s", self.queue, p, exc)
         self.processor.release_partition(p)

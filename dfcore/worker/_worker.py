@@ -21,6 +21,7 @@ from dfcore.jetstream._pull import PullConsumer
 from dfcore.jetstream._store import Store
 from dfcore.worker._activity_tasks import ActivityRunner, pull_expiry
 from dfcore.worker._partitions import Partitions
+from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_tasks import WorkflowProcessor
 
 log = logging.getLogger("dfcore.worker")
@@ -67,7 +68,7 @@ class Worker:
         self.activity_concurrency = activity_concurrency or settings.activity_concurrency
         self.workflow_concurrency = workflow_concurrency or settings.workflow_concurrency
         self.shutdown_timeout = shutdown_timeout
-        self.store: Store | None = None
+        self.store: WorkerStore | None = None
         self._pullers: list[PullConsumer] = []
         self._activity_runner: ActivityRunner | None = None
         self._processors: list[WorkflowProcessor] = []
@@ -90,7 +91,7 @@ class Worker:
                 self._partitions.append(partitions)
             if self.serve_activities:
                 name = lay.activity_consumer(queue)
-                await store.ensure_consumer(
+                await store.streams.ensure_consumer(
                     lay.tasks_stream, name, lay.task_subject(queue), settings.activity_ack_wait
                 )
                 runner = self._activity_runner or ActivityRunner(

@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 
 from dfcore.core import _history as h
 from dfcore.core._context import WorkflowContext
+from dfcore.core._definitions import RetryPolicy
 from dfcore.core._engine import RunInfo, UnregisteredWorkflowError, WorkflowCodeError, WorkflowRun
 from dfcore.core._errors import (
     CodecUnavailableError,
@@ -37,21 +38,27 @@ from dfcore.core._errors import (
     NondeterminismError,
     PayloadError,
     PayloadTooLargeError,
+    WorkflowNotFoundError,
 )
 from dfcore.core._history import now_ms
 from dfcore.core._registry import Registry
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._pull import PullConsumer
-from dfcore.jetstream._store import AppendConflict, Store, delivery_stamp, verified_prev
+from dfcore.jetstream._store import AppendConflict, delivery_stamp, verified_prev
+from dfcore.worker._storage import WorkerStore
 
 log = logging.getLogger("dfcore.worker")
 _NO_LIMIT = 1 << 30
 _POINTER_TRIES = 5  # reads of a deferred start that is not there before it is dead-lettered
 
 
+#: Handing a message back: redelivered after 1, 2, 4 ... 60 seconds.
+REDELIVERY_BACKOFF = RetryPolicy(max_attempts=0, initial_interval=1.0, max_interval=60.0)
+
+
 def retry_delay(num_delivered: int) -> float:
-    """Seconds before a handed-back message is delivered again: 1, 2, 4 ... 60."""
-    return float(min(2 ** max(num_delivered - 1, 0), 60))
+    """Seconds before a handed-back message is delivered again."""
+    return REDELIVERY_BACKOFF.delay(num_delivered)
 
 
 @dataclass
@@ -74,7 +81,7 @@ class _StaleRead(DFError):
 class WorkflowProcessor:
     """Handles history messages of one task queue: replays, decides, appends, dispatches."""
 
-    def __init__(self, registry: Registry, store: Store) -> None:
+    def __init__(self, registry: Registry, store: WorkerStore) -> None:
         self.registry = registry
         self.settings = settings = store.settings
         self.store = store
@@ -327,7 +334,7 @@ class WorkflowProcessor:
     async def _reject(self, msg: Msg, reason: str, source: str = "") -> None:
         """Dead-letter a message the engine cannot use, then ack it."""
         admitted = msg.subject.startswith(self.store.layout.admit_all[:-1])
-        await self.store.dead_letter_message(
+        await self.store.dlq.keep_message(
             source or ("admit" if admitted else "history"), msg, reason
         )
         await msg.ack()
@@ -341,7 +348,7 @@ class WorkflowProcessor:
         except _StaleRead:
             await msg.nak(delay=0.2)
             return False
-        except _NoSuchWorkflow as exc:
+        except WorkflowNotFoundError as exc:
             self._drop(entry)
             await self._reject(msg, str(exc))
             return False
@@ -486,9 +493,11 @@ class WorkflowProcessor:
             if run.last_seq < delivered:
                 raise _StaleRead(f"read of {entry.subject} ended before {delivered}")
             if not run.started:
-                raise _NoSuchWorkflow(
-                    f"no workflow {entry.workflow_id!r} exists: its history has no readable "
-                    "WorkflowStarted record, so nothing can use this message"
+                raise WorkflowNotFoundError(
+                    entry.workflow_id,
+                    self.store.settings.namespace,
+                    detail=f"no workflow {entry.workflow_id!r} exists: its history has no "
+                    "readable WorkflowStarted record, so nothing can use this message",
                 )
             for record in records:
                 if record.seq == delivered and record.type == h.DECIDED:
@@ -660,10 +669,6 @@ def _follows(record: h.Record, prev: int | None, last_seq: int) -> bool:
     if record.type in (h.DECIDED, h.WORKFLOW_STARTED) or last_seq < 1:
         return False
     return prev == last_seq
-
-
-class _NoSuchWorkflow(DFError):
-    """A history message for a workflow id that was never started."""
 
 
 def _log_progress(

@@ -34,9 +34,16 @@ from django.utils.http import urlencode
 from django.utils.text import Truncator
 from django.views.decorators.http import require_safe
 
-from dfcore import App, DFConnectionError, DFError, HistoryEvent, WorkflowNotFoundError
+from dfcore import (
+    App,
+    ConfigurationError,
+    DFConnectionError,
+    DFError,
+    HistoryEvent,
+    WorkflowNotFoundError,
+    check_workflow_id,
+)
 from dfcore import WorkflowStatus as CoreStatus
-from dfcore.jetstream._naming import MAX_WORKFLOW_ID
 
 from .conf import SETTING
 from .models import OutboxEntry, Workflow
@@ -417,8 +424,10 @@ class WorkflowAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         workflow_id = unquote(object_id)
-        if len(workflow_id) > MAX_WORKFLOW_ID:  # no such workflow can exist
-            raise Http404(f"workflow ids are at most {MAX_WORKFLOW_ID} characters")
+        try:
+            check_workflow_id(workflow_id)
+        except ConfigurationError as exc:  # no such workflow can exist
+            raise Http404(str(exc)) from None
         error = ""
         info: CoreStatus | None = None
         events: list[HistoryEvent] = []

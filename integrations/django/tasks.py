@@ -84,8 +84,8 @@ from dfcore import (
     WorkflowContext,
     WorkflowNotFoundError,
     activity,
+    check_task_queue,
 )
-from dfcore.jetstream._naming import check_queue
 
 from .runtime import get_app
 
@@ -785,8 +785,8 @@ def _exception_paths(label: str, value: Any) -> tuple[str, ...]:
 
 def _is_queue_name(name: Any) -> bool:
     try:
-        check_queue(name)
-    except (ConfigurationError, TypeError):
+        check_task_queue(name)
+    except ConfigurationError:
         return False
     return True
 

@@ -7,7 +7,8 @@ shared logic lives in ``dfcore.outbox``; this module is the SQLAlchemy glue and 
 
 The tables are the Django integration's (``dfcore_outbox``, ``dfcore_relay_lease``), defined on
 :data:`metadata`. Create them with :func:`create_outbox_tables` (or ``flask df create-outbox``),
-or add :data:`metadata` to Alembic's ``target_metadata``. Times are stored as naive UTC.
+or add :data:`metadata` to Alembic's ``target_metadata``. Times are stored as naive UTC (the
+columns need no time zone support) and are aware UTC in Python, as in Django with ``USE_TZ``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     event,
     insert,
     inspect,
@@ -47,6 +49,27 @@ from dfcore.outbox import OutboxRelay, OutboxRow, OutboxSettings
 
 log = logging.getLogger("dfcore.flask.outbox")
 
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A naive-UTC column that Python sees as aware UTC (the convention of both outboxes).
+
+    A naive value bound to it is taken as UTC already, as rows written before this type were.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 #: Holds the outbox tables; add it to Alembic's ``target_metadata`` to migrate them.
 metadata = MetaData()
 
@@ -58,10 +81,10 @@ outbox_table = Table(
     Column("workflow_type", String(255), nullable=False),
     Column("task_queue", String(255), nullable=False),
     Column("payload", LargeBinary, nullable=False),
-    Column("created_at", DateTime, nullable=False),
-    Column("published_at", DateTime),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("published_at", UTCDateTime()),
     Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", DateTime),
+    Column("next_attempt_at", UTCDateTime()),
     Column("last_error", Text, nullable=False, default=""),
     Index("dfcore_outbox_published", "published_at"),
 )
@@ -71,7 +94,7 @@ lease_table = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("holder", String(255), nullable=False),
-    Column("expires_at", DateTime, nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
 )
 
 _LEASE = "outbox-relay"
@@ -356,7 +379,7 @@ class SQLAlchemyOutboxSource:
         return True
 
     def purge(self, published_before: datetime) -> int:
-        before = published_before.astimezone(UTC).replace(tzinfo=None)
+        before = published_before.astimezone(UTC)  # a naive time is local, as in astimezone()
         statement = outbox_table.delete().where(outbox_table.c.published_at < before)
         with self.engine.begin() as connection:
             return int(connection.execute(statement).rowcount)
@@ -396,7 +419,7 @@ def _engine_of(bind: Any) -> Engine:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(UTC)
 
 
 __all__ = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.db import transaction
 
@@ -68,6 +70,8 @@ def test_publishing_twice_starts_once(
     with transaction.atomic(using=db_alias):
         handle = start_on_commit(greeting, "di", workflow_id="greet-di", using=db_alias)
     wait_until(lambda: OutboxEntry.objects.using(db_alias).get().published_at, what="publish")
+    entry = OutboxEntry.objects.using(db_alias).get()
+    assert entry.created_at.utcoffset() == entry.published_at.utcoffset() == timedelta(0)
     # A relay that died after publishing but before recording it publishes again.
     OutboxEntry.objects.using(db_alias).update(published_at=None)
     assert make_relay([db_alias]).relay_once() == 1

@@ -1,5 +1,5 @@
 """The flask_orders example project itself: its pages with Flask's test client, a real
-``flask --app orders df worker`` process, and ``flask --app orders df dev``."""
+``flask --app flask_orders df worker`` process, and ``flask --app flask_orders df dev``."""
 
 from __future__ import annotations
 
@@ -36,22 +36,13 @@ ORDER = {"customer": "ada", "product": "book", "quantity": "2", "amount": "12.50
 # -- the project in this process ---------------------------------------------------------------
 
 
-def _orders_modules() -> list[str]:
-    return [name for name in sys.modules if name == "orders" or name.startswith("orders.")]
-
-
 @pytest.fixture
-def orders(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    """The project's ``orders`` package, imported from its folder (the Django example's
-    ``orders``, which the Django settings import, is set aside for the test)."""
+def orders(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The project's ``flask_orders`` package, imported from its folder."""
     monkeypatch.syspath_prepend(str(PROJECT))
-    for name in _orders_modules():
-        monkeypatch.delitem(sys.modules, name)
-    package = importlib.import_module("orders")
-    assert Path(package.__file__ or "").parent == PROJECT / "orders"
-    yield package
-    for name in _orders_modules():  # monkeypatch then puts the Django example's back
-        del sys.modules[name]
+    package = importlib.import_module("flask_orders")
+    assert Path(package.__file__ or "").parent == PROJECT / "flask_orders"
+    return package
 
 
 @pytest.fixture
@@ -64,7 +55,7 @@ def database_uri(tmp_path: Path) -> str:
 def make_shop(
     orders: ModuleType, flask_config: dict[str, Any], database_uri: str
 ) -> Iterator[Callable[..., Flask]]:
-    """``orders.create_app`` on this test's server, namespace and database (config added)."""
+    """``flask_orders.create_app`` on this test's server, namespace and database (config added)."""
     apps: list[Flask] = []
 
     def make(**config: Any) -> Flask:
@@ -122,14 +113,14 @@ def status_json(client: FlaskClient, order_id: int) -> dict[str, Any]:
 
 def order_row(shop: Flask, order_id: int) -> Any:
     """The order as the database has it now (activities in other processes change it)."""
-    models = sys.modules["orders.models"]
+    models = sys.modules["flask_orders.models"]
     with shop.app_context():
         return models.db.session.get(models.Order, order_id)
 
 
 def outbox_rows(shop: Flask) -> list[Any]:
     with shop.app_context():
-        db = sys.modules["orders.models"].db
+        db = sys.modules["flask_orders.models"].db
         return list(db.session.execute(select(outbox_table)).all())
 
 
@@ -137,13 +128,14 @@ def outbox_rows(shop: Flask) -> list[Any]:
 
 
 def flask_orders(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``flask --app orders ARGS`` run in the project's folder, as its README says, with ``env``
-    added (and no ``DF_*`` or ``ORDERS_*`` variable of this environment); output to ``log``."""
+    """``flask --app flask_orders ARGS`` run in the project's folder, as its README says, with
+    ``env`` added (and no ``DF_*`` or ``ORDERS_*`` variable of this environment); output to
+    ``log``."""
     environ = {
         key: value for key, value in os.environ.items() if not key.startswith(("DF_", "ORDERS_"))
     }
     environ.update(PYTHONUNBUFFERED="1", **env)
-    command = [sys.executable, "-m", "flask", "--app", "orders", *args]
+    command = [sys.executable, "-m", "flask", "--app", "flask_orders", *args]
     return popen(command, environ, log, cwd=PROJECT)
 
 
@@ -165,7 +157,7 @@ def worker(
     tmp_path: Path,
     processes: list[subprocess.Popen[bytes]],
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``flask --app orders df worker`` on this test's server, namespace and database; stopped
+    """``flask --app flask_orders df worker`` on this test's server, namespace and database; stopped
     with SIGTERM after the test, which it must survive cleanly. Its log is printed (shown when
     the test fails)."""
     log = tmp_path / "worker.log"
@@ -263,7 +255,7 @@ def test_an_invalid_form_saves_nothing(client: FlaskClient, shop: Flask) -> None
     assert "Enter a whole number, not &#39;two&#39;." in response.text
     assert "Use at most two decimal places (cents)." in response.text
     with shop.app_context():
-        models = sys.modules["orders.models"]
+        models = sys.modules["flask_orders.models"]
         assert models.db.session.scalar(select(func.count()).select_from(models.Order)) == 0
     assert outbox_rows(shop) == []
 
@@ -291,7 +283,7 @@ def test_an_unreachable_workflow_server_is_a_message_not_an_error(
     assert workflow_on_page(client, order_id) == "waiting"
     assert "cannot be reached" in client.get(f"/orders/{order_id}").text
 
-    models = sys.modules["orders.models"]
+    models = sys.modules["flask_orders.models"]
     with shop.app_context():  # an order whose start is not in the outbox
         other = models.Order(customer="bo", product="pen", amount_cents=100)
         models.db.session.add(other)
@@ -303,7 +295,7 @@ def test_an_unreachable_workflow_server_is_a_message_not_an_error(
 
 
 def test_an_order_without_a_workflow_shows_as_missing(client: FlaskClient, shop: Flask) -> None:
-    models = sys.modules["orders.models"]
+    models = sys.modules["flask_orders.models"]
     with shop.app_context():
         order = models.Order(customer="cy", product="cup", amount_cents=300)
         models.db.session.add(order)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -44,6 +45,8 @@ def test_commit_starts_the_workflow_once(web: Flask) -> None:
             assert greet.get_handle("greet-ada").result(timeout=30).startswith("hello ada")
     [row] = outbox_rows(web)
     assert row.published_at is not None  # published right after the commit, not by a relay
+    assert row.created_at.utcoffset() == row.published_at.utcoffset() == timedelta(0)  # aware UTC
+    assert row.created_at <= row.published_at <= datetime.now(UTC)
     assert row.attempts == 1
     assert starts_of(dfapp, "greet-ada") == 1
 

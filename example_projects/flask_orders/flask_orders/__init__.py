@@ -1,7 +1,7 @@
 """A small shop on Flask whose orders are fulfilled by a durable workflow.
 
-``flask --app orders df dev`` runs it with an embedded NATS server and a worker; see the
-README. ``create_app`` is the app factory ``flask --app orders`` finds.
+``flask --app flask_orders df dev`` runs it with an embedded NATS server and a worker; see the
+README. ``create_app`` is the app factory ``flask --app flask_orders`` finds.
 """
 
 from __future__ import annotations
