@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py
 	touch $@
 
 demo: venv
-	$(BIN)/df demo
+	$(BIN)/dfcore demo
 
 test: venv
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -3,7 +3,7 @@
     python bench/burst.py [--workers 1,2,3] [--bursts 500,2000,8000] [--latency-samples 200]
 
 The method a Celery user benchmarks with, at default settings: for every (K, N) cell a fresh
-embedded nats-server (file storage) and K ``df worker`` processes (``--processes K``) are
+embedded nats-server (file storage) and K ``dfcore worker`` processes (``--processes K``) are
 started; the client then starts N order workflows at once with ``astart`` and awaits every
 result. For each cell it prints:
   - workflows/s (first start sent -> last result received) and p50/p99 start-to-result latency;
@@ -78,8 +78,8 @@ class Cell:
 class Workers:
     """K worker processes at default settings, as a user starts them.
 
-    ``supervised``: one ``df worker --processes K`` (the supervisor's children are measured);
-    otherwise K separate ``df worker`` commands.
+    ``supervised``: one ``dfcore worker --processes K`` (the supervisor's children are measured);
+    otherwise K separate ``dfcore worker`` commands.
     """
 
     def __init__(self, url: str, processes: int, *, supervised: bool, log: Path) -> None:
@@ -254,7 +254,9 @@ if __name__ == "__main__":
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument(
-        "--separate", action="store_true", help="K separate `df worker` commands, no --processes"
+        "--separate",
+        action="store_true",
+        help="K separate `dfcore worker` commands, no --processes",
     )
     parser.add_argument("--verbose", action="store_true", help="print each cell as it ends")
     parser.add_argument(

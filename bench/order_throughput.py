@@ -2,7 +2,8 @@
 
     python bench/order_throughput.py [--workflows 2000] [--samples 200] [--steps 500]
 
-Starts an embedded nats-server (file storage) and ONE worker process (`df worker`), then measures:
+Starts an embedded nats-server (file storage) and ONE worker process (`dfcore worker`), then
+measures:
   1. throughput: N order workflows (2 activities each) started concurrently through the client;
   2. latency: p50/p99 of single workflows started one at a time (start -> result);
   3. per-step cost of a long workflow: mean step time at steps 1-50 vs the last 50 steps;

@@ -1,7 +1,7 @@
-"""``python -m dfcore`` is the ``df`` command."""
+"""``python -m dfcore`` is the ``dfcore`` command."""
 
 import sys
 
-from dfcore.cli._argparse import main
+from dfcore.cli._commands import main
 
 sys.exit(main())

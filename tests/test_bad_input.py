@@ -3,8 +3,8 @@
 A foreign client publishes a corpus of malformed messages onto every subject the engine
 consumes (history subjects, of a live workflow and of unknown ids; the activity task subject;
 the activity cancellation subject). The worker stays up, the other workflows finish, and each
-bad message lands in the dead-letter stream with its reason, where ``df dlq list`` and
-``df dlq show`` find it.
+bad message lands in the dead-letter stream with its reason, where ``dfcore dlq list`` and
+``dfcore dlq show`` find it.
 """
 
 from __future__ import annotations

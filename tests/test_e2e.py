@@ -430,7 +430,7 @@ def test_unreachable_nats_names_the_url() -> None:
     app = App("nowhere", nats_url=url, connect_timeout=0.5)
     with pytest.raises(DFConnectionError) as info:
         app.start("anything")
-    assert url in str(info.value) and "df dev" in str(info.value)
+    assert url in str(info.value) and "dfcore -A yourmodule:app dev" in str(info.value)
 
 
 def test_bad_activity_arguments_fail_at_the_call_site(make_app: Any) -> None:

@@ -9,8 +9,8 @@ workflows run. Then:
 - every real workflow completes with the right result, and ran each step once;
 - every message on a subject the engine consumes is accounted for: it is in the dead-letter
   stream, by subject and stream sequence (or, for a core NATS hint, by subject and body);
-- the tools still work: ``list_workflows``, ``dead_letters``, ``df workflow list``,
-  ``df dlq list``.
+- the tools still work: ``list_workflows``, ``dead_letters``, ``dfcore workflow list``,
+  ``dfcore dlq list``.
 
 Only messages the engine must refuse are generated for consumed subjects: a well-formed fact
 on a live history is indistinguishable from a real one (docs/security.md, "Threat model").

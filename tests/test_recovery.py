@@ -1,4 +1,4 @@
-"""Process-level recovery: real `df worker` processes killed with SIGKILL, and non-determinism."""
+"""Process-level recovery: real `dfcore worker` processes SIGKILLed, and non-determinism."""
 
 from __future__ import annotations
 

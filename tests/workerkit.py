@@ -40,7 +40,7 @@ def spawn_worker(
     app: str = "tests.apps.orders:app",
     log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``df worker`` as a real process (kill it with SIGKILL to test recovery)."""
+    """Start ``dfcore worker`` as a real process (kill it with SIGKILL to test recovery)."""
     environ = {**os.environ, "DF_NATS_URL": nats_url, "DF_NAMESPACE": namespace, **(env or {})}
     command = [sys.executable, "-m", "dfcore", "worker", "-A", app, *args]
     return popen(command, environ, log if log is not None else subprocess.DEVNULL)
@@ -80,3 +80,10 @@ def starts_of(app: App, workflow_id: str) -> int:
     """How many WorkflowStarted events the workflow's history holds."""
     history = app.get_handle(workflow_id).history()
     return sum(1 for event in history if event.type == "WorkflowStarted")
+
+
+def visible_options(command: Any) -> set[str]:
+    """The options a click command shows in its ``--help``."""
+    return {
+        opt for param in command.params if not getattr(param, "hidden", False) for opt in param.opts
+    }

@@ -1,47 +1,64 @@
-"""Building blocks of the ``df`` command, for framework integrations.
+"""The ``dfcore`` command line, for projects and for framework integrations.
 
-``manage.py df_worker`` and ``flask df worker`` take exactly the options of ``df worker``, and
-``df_workflow`` mirrors ``df workflow``, by building their parsers with these functions::
+``dfcore`` is a click group (:data:`cli`); ``flask df`` and ``manage.py df`` add the same
+command objects (:data:`COMMANDS`: ``worker``, ``dev``, ``workflow``, ``dlq``) to their own
+groups, with a :class:`Host` as the click context object saying where the App comes from::
 
-    def add_arguments(self, parser):
-        cli.add_worker_arguments(parser)
+    group = click.Group("df")
+    for command in dfcore.cli.COMMANDS:
+        group.add_command(command)
+    group.main(obj=dfcore.cli.Host(name="myframework df", get_app=load_my_app))
 
-    def handle(self, **options):
-        args = argparse.Namespace(**options)
-        if not cli.supervise_if_asked(args):  # --processes N: N copies of this command
-            get_app().run_worker(**cli.worker_options(args))
+The argparse helpers of earlier versions (``add_worker_arguments``, ``worker_options``,
+``run_workflow_command`` ...) still work, with a ``DeprecationWarning``: build on the click
+commands instead.
 """
 
-from dfcore.cli._argparse import (
-    add_dlq_arguments,
-    add_nats_only_argument,
-    add_worker_arguments,
-    add_workflow_arguments,
-    dev_banner,
-    main,
-    run_dlq_command,
-    run_workflow_command,
-    setup_logging,
-    start_dev_server,
-    supervise_if_asked,
-    wait_for_interrupt,
-    worker_options,
-)
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from dfcore.cli._commands import COMMANDS, CONTEXT, cli, main, setup_logging
+from dfcore.cli._host import Host, current_host
 from dfcore.worker._worker_thread import WorkerThread
 
 __all__ = [
+    "COMMANDS",
+    "CONTEXT",
+    "Host",
     "WorkerThread",
+    "cli",
+    "current_host",
+    "main",
+    "setup_logging",
+]
+
+#: The argparse helpers that the click commands replace, kept for a deprecation period.
+_DEPRECATED = {
     "add_dlq_arguments",
     "add_nats_only_argument",
     "add_worker_arguments",
     "add_workflow_arguments",
     "dev_banner",
-    "main",
     "run_dlq_command",
     "run_workflow_command",
-    "setup_logging",
     "start_dev_server",
     "supervise_if_asked",
     "wait_for_interrupt",
     "worker_options",
-]
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _DEPRECATED:
+        raise AttributeError(f"module 'dfcore.cli' has no attribute {name!r}")
+    warnings.warn(
+        f"dfcore.cli.{name} is deprecated and will be removed: the command line is a click "
+        "group now; add dfcore.cli.COMMANDS to your own click group instead (docs/cli.md)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from dfcore.cli import _argparse
+
+    return getattr(_argparse, name)

@@ -1,4 +1,4 @@
-"""``df demo``: the order workflow on an embedded JetStream server, one worker in-process.
+"""``dfcore demo``: the order workflow on an embedded JetStream server, one worker in-process.
 
 It prints each history event as it is recorded, including a shipping step that fails once
 (a simulated outage) and succeeds on its second attempt after a durable backoff timer.

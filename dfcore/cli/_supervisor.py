@@ -1,6 +1,6 @@
 """``--processes N``: one command runs and supervises N worker processes, as Celery's prefork.
 
-Each child re-runs the very command line that started the supervisor (``df worker ...``,
+Each child re-runs the very command line that started the supervisor (``dfcore worker ...``,
 ``python manage.py df_worker ...``, ``flask df worker ...``) with ``DF_WORKER_CHILD`` set, so it
 loads the project exactly as a worker started by hand would, and imports nothing from the
 parent: no event loop, thread or connection is inherited across a fork. The supervisor itself

@@ -284,7 +284,7 @@ def _got(name: str, value: Any) -> str:
 class Advice:
     """How messages tell users what to run and set, in the terms of the framework they use.
 
-    The core's are the ``df`` command's and ``App``'s; the Django and Flask integrations give
+    The core's are the ``dfcore`` command's and ``App``'s; the Django and Flask integrations give
     theirs (``python manage.py df_dev``, ``DFCORE["NATS_URL"]``).
 
     Attributes:
@@ -295,7 +295,7 @@ class Advice:
         web: the command that runs the development web server, if the framework has one.
     """
 
-    command: str = "df {} -A yourmodule:app"
+    command: str = "dfcore -A yourmodule:app {}"
     setting: str = "DF_{upper} or App({lower}=...)"
     web: str = ""
 

@@ -4,7 +4,7 @@ A worker that receives a message it cannot use (bytes that do not decode, a reco
 type or shape, a fact for a workflow that does not exist, a malformed activity task) does not
 crash, retry it forever or drop it silently: it copies the message to ``DF_<ns>_DLQ`` with
 headers saying why, where it came from and when, then acks it so other work goes on. Operators
-read the stream with ``df dlq list`` and ``df dlq show SEQ`` (or :meth:`App.dead_letters`).
+read the stream with ``dfcore dlq list`` and ``dfcore dlq show SEQ`` (or :meth:`App.dead_letters`).
 
 A message that cannot be decrypted because this process lacks the key is *not* dead-lettered:
 that is a configuration problem of the process, not of the message (see ``CodecKeyError``).
@@ -46,7 +46,7 @@ class DeadLetter:
     """A message the engine could not use, as kept in the dead-letter stream.
 
     Attributes:
-        seq: its sequence in the dead-letter stream (``df dlq show SEQ``).
+        seq: its sequence in the dead-letter stream (``dfcore dlq show SEQ``).
         time: when it was dead-lettered.
         source: what consumed it: ``"history"`` (workflow tasks), ``"task"`` (activity tasks)
             or ``"cancel"`` (activity cancellation hints).
@@ -123,7 +123,7 @@ def from_message(seq: int, headers: Mapping[str, str], data: bytes) -> DeadLette
 
 
 def render_list(letters: list[DeadLetter]) -> str:
-    """The ``df dlq list`` table: seq, time, source, subject, reason."""
+    """The ``dfcore dlq list`` table: seq, time, source, subject, reason."""
     lines = [f"{'SEQ':>6}  {'TIME':19}  {'SOURCE':7}  {'SUBJECT':40}  REASON"]
     for letter in letters:
         when = letter.time.strftime("%Y-%m-%d %H:%M:%S") if letter.time else ""
@@ -135,7 +135,7 @@ def render_list(letters: list[DeadLetter]) -> str:
 
 
 def render_one(letter: DeadLetter) -> str:
-    """The ``df dlq show`` text: every field, and the body as text or hex."""
+    """The ``dfcore dlq show`` text: every field, and the body as text or hex."""
     when = letter.time.isoformat() if letter.time else "?"
     lines = [
         f"Dead letter {letter.seq}",

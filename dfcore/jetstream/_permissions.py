@@ -5,7 +5,7 @@ cannot do; tests/test_permissions.py runs each role against a server configured 
 
 - ``client``: a web process or script that starts, signals, cancels and reads workflows;
 - ``worker``: runs workflows and activities (and creates the namespace's streams and consumers);
-- ``operator``: the read-only tools (``df workflow list|show``, ``df dlq list|show``).
+- ``operator``: the read-only tools (``dfcore workflow list|show``, ``dfcore dlq list|show``).
 
 NATS permissions match subjects only. A client must append starts and signals to history
 subjects, so it may publish any record there: what that allows, and how an authenticating codec

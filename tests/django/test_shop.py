@@ -234,7 +234,7 @@ def test_df_dev_runs_server_worker_and_site_in_one_command(
     assert (data / "nats" / "jetstream").is_dir()
 
     output = sigterm(dev, log)
-    assert "df_dev: stopped the web server, the worker and NATS" in output
+    assert "Stopped the web server, the worker and NATS." in output
     assert "reconnecting" not in output  # every connection closed before NATS stopped
     port = int(nats_url.rsplit(":", 1)[1])
     with pytest.raises(ConnectionRefusedError):  # the embedded server stopped with it

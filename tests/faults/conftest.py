@@ -1,4 +1,4 @@
-"""The fault-injection suite: real nats-server and ``df worker`` processes, killed with SIGKILL.
+"""The fault-injection suite: real nats-server and ``dfcore worker`` processes, killed with SIGKILL.
 
 At the end of a run that made reports, the table of what each fault did is printed (and written
 to the file named by ``DF_FAULT_REPORT``, if set).

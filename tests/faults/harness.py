@@ -1,6 +1,6 @@
 """A batch of order workflows run by real worker processes while a fault is injected.
 
-:class:`OrderBatch` starts ``df worker`` processes (``tests.faults.orderapp:app``), starts a
+:class:`OrderBatch` starts ``dfcore worker`` processes (``tests.faults.orderapp:app``), starts a
 batch of order workflows, tells the test when a random share of the work is done (the moment
 to inject its fault), then waits for every workflow and checks the outcome against the
 histories and the side-effect file the activities write. The result is a :class:`Report`, one
@@ -141,7 +141,7 @@ class OrderBatch:
     # -- processes ---------------------------------------------------------------------------
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        """Start a ``df worker`` process (``args``: worker options such as --workflows-only)."""
+        """Start a ``dfcore worker`` process (``args``: worker options such as --workflows-only)."""
         proc = spawn_worker(
             self.nats_url,
             self.namespace,

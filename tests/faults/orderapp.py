@@ -1,4 +1,4 @@
-"""The order workflow the fault-injection suite runs in real ``df worker`` processes.
+"""The order workflow the fault-injection suite runs in real ``dfcore worker`` processes.
 
 Workers import ``tests.faults.orderapp:app``, which reads DF_NATS_URL, DF_NAMESPACE and the
 other settings from the environment. Every activity execution appends one line to the file

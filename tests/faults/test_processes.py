@@ -1,6 +1,6 @@
 """Faults in worker processes and the server: SIGKILL at a random moment, then recover.
 
-Each test runs 100 order workflows (two activities each) through real ``df worker`` processes,
+Each test runs 100 order workflows (two activities each) through real ``dfcore worker`` processes,
 three of them serving workflows (their partitions split between them, docs/architecture.md,
 "Affinity"), and checks, with :meth:`OrderBatch.check`, that every workflow completed with the
 right result, none started twice, and each used every activity result exactly once. Activities

@@ -1,27 +1,13 @@
-"""``manage.py df_dlq list|show``: ``df dlq`` for this project (messages workers could not use)."""
+"""``manage.py df_dlq``: an alias of ``manage.py df dlq``."""
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
-
-from django.core.management.base import BaseCommand, CommandError, CommandParser
-
-from dfcore import DFError, cli
-
-from ...runtime import get_app
-from .. import global_options_after_actions
+from ...cli import TreeCommand
 
 
-class Command(BaseCommand):
-    help = "List and show dead letters: messages the workers could not use, and why."
-
-    def add_arguments(self, parser: CommandParser) -> None:
-        cli.add_dlq_arguments(parser, with_app=False)
-        global_options_after_actions(parser)
-
-    def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            cli.run_dlq_command(get_app(), argparse.Namespace(**options), out=self.stdout)
-        except DFError as exc:
-            raise CommandError(str(exc)) from exc
+class Command(TreeCommand):
+    help = (
+        "List and show dead letters: messages the workers could not use, and why (the "
+        "same as `manage.py df dlq`)."
+    )
+    words = ("dlq",)
