@@ -178,6 +178,23 @@ class App:
         self._kwargs.update(settings)
         self._reload()
 
+    def _override(self, **settings: Any) -> Callable[[], None]:
+        """:meth:`configure` for a while: returns what puts the earlier keyword settings back
+        (``dfcore.testing`` points an App at a test's server and namespace so)."""
+        missing = object()
+        before = {name: self._kwargs.get(name, missing) for name in settings}
+        self.configure(**settings)
+
+        def restore() -> None:
+            for name, value in before.items():
+                if value is missing:
+                    self._kwargs.pop(name, None)
+                else:
+                    self._kwargs[name] = value
+            self._reload()
+
+        return restore
+
     def _reload(self) -> None:
         self._settings = None
         self.client.reconfigure(self.settings)

@@ -18,6 +18,10 @@ from dfcore.jetstream._server import EmbeddedServer
 POSTGRES_DSN = os.environ.get("DF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+#: The testing kit's fixtures (df_server, df_namespace, df_env), loaded as a user's suite would.
+pytest_plugins = ["dfcore.testing.plugin"]
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
     """A nats-server with JetStream on a free port and a temporary store, for the whole run."""

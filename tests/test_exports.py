@@ -50,7 +50,7 @@ def test_exported_members() -> None:
         assert hasattr(dfcore, name), name
 
 
-PUBLIC_SUBMODULES = {"activity", "cli", "outbox", "integrations", "contrib"}
+PUBLIC_SUBMODULES = {"activity", "cli", "outbox", "testing", "integrations", "contrib"}
 #: The layers' packages (tests/test_layers.py); what is inside them is private.
 LAYER_PACKAGES = {"core", "jetstream", "client", "worker"}
 

@@ -17,3 +17,9 @@ def greet(name: str) -> str:
 @app.workflow
 async def greeting(ctx: Any, name: str) -> str:
     return await ctx.activity(greet, name)
+
+
+@app.workflow
+async def greet_later(ctx: Any, name: str, days: float) -> str:
+    await ctx.sleep(days * 24 * 3600)
+    return await ctx.activity(greet, name)

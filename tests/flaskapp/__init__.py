@@ -54,6 +54,12 @@ async def greet(ctx: Any, name: str) -> str:
     return await ctx.activity(deliver, ctx.info.workflow_id, name)
 
 
+@df.workflow
+async def greet_later(ctx: Any, name: str, days: float) -> str:
+    await ctx.sleep(days * 24 * 3600)
+    return await ctx.activity(deliver, ctx.info.workflow_id, name)
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("FLASKAPP_DATABASE_URI", "sqlite://")

@@ -1,0 +1,17 @@
+"""Testing your own workflows: a real nats-server, an in-process worker, and time skipping.
+
+::
+
+    from dfcore.testing import WorkflowEnvironment
+
+    with WorkflowEnvironment(app, nats_url=server.url, namespace="t1") as env:
+        assert await env.run(order, "bob", 10.0) == {...}
+
+With pytest, ``pytest_plugins = ["dfcore.testing.plugin"]`` in ``conftest.py`` gives the
+fixtures ``df_server`` (one embedded server per test run), ``df_namespace`` (one per test) and
+``df_env`` (a factory of environments on both). See docs/testing.md.
+"""
+
+from dfcore.testing._env import WorkflowEnvironment
+
+__all__ = ["WorkflowEnvironment"]
