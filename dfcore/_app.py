@@ -15,9 +15,9 @@ from dfcore.client._handle import WorkflowHandle, WorkflowStatus
 from dfcore.client._loopthread import on_exit, run_sync
 from dfcore.client._start import IfExists, PreparedStart, prepare_start
 from dfcore.core._activity import ActivityInfo
+from dfcore.core._call_args import check_call_args, return_hint
 from dfcore.core._codec import PayloadCodec
 from dfcore.core._config import Advice, Settings, read_config_object, resolve_settings
-from dfcore.core._convert import check_call_args, return_hint
 from dfcore.core._definitions import (
     ActivityDefinition,
     ActivityOptions,

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, NamedTuple, NewType, Optional, Typed
 import pydantic
 import pytest
 
+from dfcore.core._call_args import decode_call_args, return_hint
 from dfcore.core._codec import (
     IdentityCodec,
     JSONConverter,
@@ -24,7 +25,7 @@ from dfcore.core._codec import (
     safe_decode,
     safe_encode,
 )
-from dfcore.core._convert import convert, decode_call_args, return_hint
+from dfcore.core._convert import convert
 from dfcore.core._errors import CodecUnavailableError, PayloadTooLargeError, SerializationError
 
 

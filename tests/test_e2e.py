@@ -501,7 +501,7 @@ def test_the_status_of_a_failed_workflow_carries_the_failure(make_app: Any) -> N
 
 
 def test_a_workflow_taking_star_args_accepts_any_arguments(make_app: Any) -> None:
-    from dfcore.core._convert import check_call_args
+    from dfcore.core._call_args import check_call_args
 
     async def wrapper(*args: Any) -> None: ...  # ctx and the arguments alike
 

@@ -9,8 +9,7 @@ import pytest
 
 from dfcore.core import _history as h
 from dfcore.core._definitions import RetryPolicy
-from dfcore.core._engine import UnregisteredWorkflowError
-from dfcore.core._errors import ActivityError, NondeterminismError
+from dfcore.core._errors import ActivityError, NondeterminismError, UnregisteredWorkflowError
 
 from .enginekit import History, kinds
 
@@ -507,7 +506,7 @@ def test_plain_def_workflow_runs_activities_in_parallel() -> None:
 def test_one_backoff_formula_serves_activities_redeliveries_and_the_outbox() -> None:
     from dfcore.outbox import MAX_RETRY_DELAY
     from dfcore.outbox import retry_delay as outbox_delay
-    from dfcore.worker._workflow_tasks import retry_delay as redelivery_delay
+    from dfcore.worker._delivery import retry_delay as redelivery_delay
 
     policy = RetryPolicy(max_attempts=0, initial_interval=1.0, backoff=2.0, max_interval=100.0)
     assert [policy.delay(n) for n in (1, 2, 3, 8)] == [1.0, 2.0, 4.0, 100.0]

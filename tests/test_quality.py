@@ -32,3 +32,17 @@ def test_ruff_format() -> None:
 def test_mypy_strict_on_dfcore() -> None:
     out = run("mypy", "dfcore")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_over_600_lines() -> None:
+    """A module that grows past this mixes concerns; split it by concern (docs/architecture.md)."""
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for folder in ("dfcore", "integrations", "contrib")
+        for path in (ROOT / folder).rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}

@@ -13,23 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from dfcore.core import _history as h
-from dfcore.core._convert import convert, decode_call_args, return_hint
+from dfcore.core._call_args import decode_call_args, return_hint
+from dfcore.core._convert import convert
 from dfcore.core._definitions import ActivityOptions, RetryPolicy, WorkflowDefinition
 from dfcore.core._errors import (
     ActivityError,
-    ApplicationError,
     DFError,
     NondeterminismError,
     PayloadError,
     RegistrationError,
     SerializationError,
+    UnregisteredWorkflowError,
+    WorkflowCodeError,
+    error_json,
 )
 from dfcore.core._sync_workflow import run_sync_workflow
 from dfcore.core._workflow_loop import DeterministicLoop
@@ -39,44 +41,6 @@ log = logging.getLogger("dfcore.engine")
 WorkflowResolver = Callable[[str], WorkflowDefinition | None]
 PayloadCheck = Callable[[Any, str], None]
 """Raises SerializationError or PayloadTooLargeError if a value cannot be sent."""
-
-
-class UnregisteredWorkflowError(RegistrationError):
-    """A run was started under a name no workflow of this worker has.
-
-    Nothing is written for the run: the worker notes ``WorkflowTaskFailed`` (the run shows as
-    ``failing``, with this message) and hands the task back with backoff, so the run starts as
-    soon as workers that have the workflow serve its queue (a web deploy that landed before
-    the workers' does this). It is never failed for it.
-    """
-
-    def __init__(self, name: str, task_queue: str) -> None:
-        super().__init__(
-            f"workflow {name!r} is not registered on the workers of task queue {task_queue!r}; "
-            "it waits until they have it: define it with @app.workflow in a module the "
-            "workers import and restart them (or check the name it was started with)"
-        )
-
-
-class WorkflowCodeError(DFError):
-    """The workflow code raised an exception that is not a deliberate failure: a bug.
-
-    The worker writes nothing for the step, records a ``WorkflowTaskFailed`` note and retries
-    the task with backoff, so once the code is fixed (and workers restarted) the workflow
-    continues where it was. Deliberate failures end the workflow instead: any
-    :class:`DFError` (``ApplicationError``, an ``ActivityError`` left uncaught, ...),
-    ``TimeoutError`` from a durable timeout, and cancellation.
-    """
-
-    def __init__(self, info: RunInfo, exc: BaseException) -> None:
-        self.traceback = "".join(traceback.format_exception(exc)[-8:])
-        super().__init__(
-            f"workflow {info.workflow_id!r} ({info.workflow_type}): its code raised "
-            f"{type(exc).__name__}: {exc}. Treated as a bug: the step is retried with backoff "
-            "and the workflow shows as failing until the code is fixed and the workers "
-            "restarted (to fail a workflow on purpose, raise dfcore.ApplicationError).\n"
-            + self.traceback
-        )
 
 
 class _Abort(BaseException):
@@ -226,7 +190,7 @@ class WorkflowRun:
         for record in batch:
             for cmd in record.commands:
                 self._recorded[h.command_key(cmd)] = cmd
-                if _is_user_command(cmd):
+                if h.is_user_command(cmd):
                     self._recorded_user[int(cmd["seq"])] = cmd
 
     def _apply_decided(self, record: h.Record) -> None:
@@ -235,17 +199,21 @@ class WorkflowRun:
         for cmd in record.commands:
             key = h.command_key(cmd)
             self._recorded.pop(key, None)
-            if _is_user_command(cmd):
+            if h.is_user_command(cmd):
                 self._recorded_user.pop(int(cmd["seq"]), None)
             if key in self._awaiting:
                 self._awaiting.discard(key)
             elif key in pending_keys:
                 self._pending.remove(pending_keys.pop(key))
             else:
-                self._nondeterministic(_step(cmd), _describe(cmd), "nothing at that point")
+                self._nondeterministic(
+                    h.command_step(cmd), h.describe_command(cmd), "nothing at that point"
+                )
         if self._pending and not self.closed and not record.body.get("more"):
             first = self._pending[0]
-            self._nondeterministic(_step(first), "no such command", _describe(first))
+            self._nondeterministic(
+                h.command_step(first), "no such command", h.describe_command(first)
+            )
         self._raise_nondeterminism()
 
     def _apply_fact(self, record: h.Record) -> None:
@@ -427,9 +395,11 @@ class WorkflowRun:
             if isinstance(exc, asyncio.CancelledError):
                 self._produce({"t": h.WORKFLOW_CANCELLED})
             elif isinstance(exc, DFError | TimeoutError):
-                self._produce({"t": h.WORKFLOW_FAILED, "error": _error_json(exc)})
+                self._produce({"t": h.WORKFLOW_FAILED, "error": error_json(exc)})
             else:
-                raise WorkflowCodeError(self.info, exc) from exc
+                raise WorkflowCodeError(
+                    self.info.workflow_id, self.info.workflow_type, exc
+                ) from exc
         else:
             self._complete(main.result())
         self.closed = True
@@ -466,7 +436,7 @@ class WorkflowRun:
 
     def _fail_workflow(self, exc: BaseException) -> None:
         """End the workflow with ``exc`` before its code could run."""
-        self._produce({"t": h.WORKFLOW_FAILED, "error": _error_json(exc)})
+        self._produce({"t": h.WORKFLOW_FAILED, "error": error_json(exc)})
         self.closed = True
 
     def _lookup_activity(self, ref: Any) -> tuple[str, ActivityOptions, Any]:
@@ -571,10 +541,12 @@ class WorkflowRun:
         if self.closed or self._nondeterminism is not None:
             return
         key = h.command_key(cmd)
-        if _is_user_command(cmd):
+        if h.is_user_command(cmd):
             recorded = self._recorded_user.pop(int(cmd["seq"]), None)
-            if recorded is not None and not _same_command(recorded, cmd):
-                self._nondeterministic(cmd["seq"], _describe(recorded), _describe(cmd))
+            if recorded is not None and not h.same_command(recorded, cmd):
+                self._nondeterministic(
+                    cmd["seq"], h.describe_command(recorded), h.describe_command(cmd)
+                )
                 raise _Abort
         if key in self._recorded:
             self._recorded.pop(key)
@@ -613,47 +585,6 @@ _FACT_HANDLERS: dict[str, Callable[[WorkflowRun, Mapping[str, Any]], None]] = {
     h.SIGNAL_RECEIVED: WorkflowRun._apply_signal_received,
     h.CANCEL_REQUESTED: WorkflowRun._apply_cancel_requested,
 }
-
-
-def _is_user_command(cmd: Mapping[str, Any]) -> bool:
-    """Commands whose seq comes from workflow code (and so must match on replay)."""
-    if cmd["t"] == h.ACTIVITY_SCHEDULED:
-        return int(cmd["attempt"]) == 1
-    return cmd["t"] == h.TIMER_STARTED and cmd.get("purpose") == "timer"
-
-
-def _same_command(recorded: Mapping[str, Any], produced: Mapping[str, Any]) -> bool:
-    same_key = h.command_key(recorded) == h.command_key(produced)
-    return same_key and recorded.get("activity") == produced.get("activity")
-
-
-def _step(cmd: Mapping[str, Any]) -> int:
-    return int(cmd.get("seq", 0))
-
-
-def _describe(cmd: Mapping[str, Any]) -> str:
-    kind = cmd.get("t")
-    if kind == h.ACTIVITY_SCHEDULED:
-        return f"activity {cmd.get('activity')!r} (attempt {cmd.get('attempt')})"
-    if kind == h.TIMER_STARTED:
-        return f"a {cmd.get('duration')}s timer ({cmd.get('purpose')})"
-    if isinstance(kind, str) and kind in h.TERMINAL_STATUS:
-        return f"workflow end ({h.TERMINAL_STATUS[kind]})"
-    if kind == h.ACTIVITY_CANCEL_REQUESTED:
-        return f"cancellation of activity #{cmd.get('seq')}"
-    return str(kind)
-
-
-def _error_json(exc: BaseException) -> dict[str, Any]:
-    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-    if isinstance(exc, ApplicationError):
-        error["type"] = exc.type
-        error["message"] = exc.message
-        error["details"] = list(exc.details)
-    if isinstance(exc, ActivityError):
-        error["cause_type"] = exc.cause_type
-    error["traceback"] = "".join(traceback.format_exception(exc)[-6:])
-    return error
 
 
 def workflow_return_hint(defn: WorkflowDefinition) -> Any:

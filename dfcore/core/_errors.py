@@ -26,6 +26,7 @@ bare ``except Exception`` in workflow code cannot swallow a cancellation by acci
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -262,3 +263,54 @@ class WorkflowFailureError(DFError):
 
 class CancelledError(asyncio.CancelledError):
     """The workflow (or activity) was cancelled. Catch it to compensate, then re-raise."""
+
+
+class UnregisteredWorkflowError(RegistrationError):
+    """A run was started under a name no workflow of this worker has.
+
+    Nothing is written for the run: the worker notes ``WorkflowTaskFailed`` (the run shows as
+    ``failing``, with this message) and hands the task back with backoff, so the run starts as
+    soon as workers that have the workflow serve its queue (a web deploy that landed before
+    the workers' does this). It is never failed for it.
+    """
+
+    def __init__(self, name: str, task_queue: str) -> None:
+        super().__init__(
+            f"workflow {name!r} is not registered on the workers of task queue {task_queue!r}; "
+            "it waits until they have it: define it with @app.workflow in a module the "
+            "workers import and restart them (or check the name it was started with)"
+        )
+
+
+class WorkflowCodeError(DFError):
+    """The workflow code raised an exception that is not a deliberate failure: a bug.
+
+    The worker writes nothing for the step, records a ``WorkflowTaskFailed`` note and retries
+    the task with backoff, so once the code is fixed (and workers restarted) the workflow
+    continues where it was. Deliberate failures end the workflow instead: any
+    :class:`DFError` (``ApplicationError``, an ``ActivityError`` left uncaught, ...),
+    ``TimeoutError`` from a durable timeout, and cancellation.
+    """
+
+    def __init__(self, workflow_id: str, workflow_type: str, exc: BaseException) -> None:
+        self.traceback = "".join(traceback.format_exception(exc)[-8:])
+        super().__init__(
+            f"workflow {workflow_id!r} ({workflow_type}): its code raised "
+            f"{type(exc).__name__}: {exc}. Treated as a bug: the step is retried with backoff "
+            "and the workflow shows as failing until the code is fixed and the workers "
+            "restarted (to fail a workflow on purpose, raise dfcore.ApplicationError).\n"
+            + self.traceback
+        )
+
+
+def error_json(exc: BaseException) -> dict[str, Any]:
+    """An exception as a failure record stores it: type, message, details, traceback."""
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, ApplicationError):
+        error["type"] = exc.type
+        error["message"] = exc.message
+        error["details"] = list(exc.details)
+    if isinstance(exc, ActivityError):
+        error["cause_type"] = exc.cause_type
+    error["traceback"] = "".join(traceback.format_exception(exc)[-6:])
+    return error

@@ -249,3 +249,38 @@ def _args(attrs: Mapping[str, Any]) -> str:
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- commands on replay ---------------------------------------------------------------------
+
+
+def is_user_command(cmd: Mapping[str, Any]) -> bool:
+    """Commands whose seq comes from workflow code (and so must match on replay)."""
+    if cmd["t"] == ACTIVITY_SCHEDULED:
+        return int(cmd["attempt"]) == 1
+    return cmd["t"] == TIMER_STARTED and cmd.get("purpose") == "timer"
+
+
+def same_command(recorded: Mapping[str, Any], produced: Mapping[str, Any]) -> bool:
+    """Whether replayed code asked for what the history recorded."""
+    same_key = command_key(recorded) == command_key(produced)
+    return same_key and recorded.get("activity") == produced.get("activity")
+
+
+def command_step(cmd: Mapping[str, Any]) -> int:
+    """The seq a command belongs to (0 for a workflow's end)."""
+    return int(cmd.get("seq", 0))
+
+
+def describe_command(cmd: Mapping[str, Any]) -> str:
+    """A command in words, for non-determinism messages."""
+    kind = cmd.get("t")
+    if kind == ACTIVITY_SCHEDULED:
+        return f"activity {cmd.get('activity')!r} (attempt {cmd.get('attempt')})"
+    if kind == TIMER_STARTED:
+        return f"a {cmd.get('duration')}s timer ({cmd.get('purpose')})"
+    if isinstance(kind, str) and kind in TERMINAL_STATUS:
+        return f"workflow end ({TERMINAL_STATUS[kind]})"
+    if kind == ACTIVITY_CANCEL_REQUESTED:
+        return f"cancellation of activity #{cmd.get('seq')}"
+    return str(kind)

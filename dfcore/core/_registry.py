@@ -6,7 +6,7 @@ import difflib
 import functools
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from dfcore.core._convert import return_hint
+from dfcore.core._call_args import return_hint
 from dfcore.core._definitions import ActivityDefinition, ActivityOptions, WorkflowDefinition
 from dfcore.core._errors import RegistrationError
 

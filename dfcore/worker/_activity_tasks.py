@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 
 from dfcore.core import _history as h
 from dfcore.core._activity import ActivityInfo, ActivityState, _current
-from dfcore.core._convert import decode_call_args
+from dfcore.core._call_args import decode_call_args
 from dfcore.core._definitions import ActivityDefinition
 from dfcore.core._errors import (
     ApplicationError,
@@ -36,8 +36,8 @@ from dfcore.core._errors import (
 from dfcore.core._history import now_ms
 from dfcore.core._registry import Registry
 from dfcore.jetstream._naming import Layout, workflow_id_from_token, workflow_token
+from dfcore.worker._delivery import KeepAlive
 from dfcore.worker._storage import WorkerStore
-from dfcore.worker._workflow_tasks import KeepAlive
 
 log = logging.getLogger("dfcore.worker")
 

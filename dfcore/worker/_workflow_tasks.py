@@ -30,35 +30,34 @@ from nats.aio.msg import Msg
 
 from dfcore.core import _history as h
 from dfcore.core._context import WorkflowContext
-from dfcore.core._definitions import RetryPolicy
-from dfcore.core._engine import RunInfo, UnregisteredWorkflowError, WorkflowCodeError, WorkflowRun
+from dfcore.core._engine import WorkflowRun
 from dfcore.core._errors import (
     CodecUnavailableError,
     DFError,
     NondeterminismError,
     PayloadError,
     PayloadTooLargeError,
+    UnregisteredWorkflowError,
+    WorkflowCodeError,
     WorkflowNotFoundError,
 )
-from dfcore.core._history import now_ms
 from dfcore.core._registry import Registry
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._pull import PullConsumer
 from dfcore.jetstream._store import AppendConflict, delivery_stamp, verified_prev
+from dfcore.worker._delivery import KeepAlive, retry_delay
 from dfcore.worker._storage import WorkerStore
+from dfcore.worker._workflow_records import (
+    decision_body,
+    follows,
+    log_progress,
+    note_task_failure,
+    split_decision,
+)
 
 log = logging.getLogger("dfcore.worker")
 _NO_LIMIT = 1 << 30
 _POINTER_TRIES = 5  # reads of a deferred start that is not there before it is dead-lettered
-
-
-#: Handing a message back: redelivered after 1, 2, 4 ... 60 seconds.
-REDELIVERY_BACKOFF = RetryPolicy(max_attempts=0, initial_interval=1.0, max_interval=60.0)
-
-
-def retry_delay(num_delivered: int) -> float:
-    """Seconds before a handed-back message is delivered again."""
-    return REDELIVERY_BACKOFF.delay(num_delivered)
 
 
 @dataclass
@@ -355,7 +354,9 @@ class WorkflowProcessor:
         except (NondeterminismError, WorkflowCodeError, UnregisteredWorkflowError) as exc:
             self._drop(entry)
             log.error("%s", exc)
-            await self._note_task_failure(entry, exc, msg.metadata.num_delivered)
+            await note_task_failure(
+                self.store, entry.subject, entry.workflow_id, exc, msg.metadata.num_delivered
+            )
             await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
             return False
         except Exception as exc:
@@ -364,32 +365,6 @@ class WorkflowProcessor:
             await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
             return False
         return True
-
-    async def _note_task_failure(self, entry: _Entry, exc: DFError, attempt: int) -> None:
-        """Record in the history that the workflow's task fails, once per stuck point.
-
-        The note is for people (``dfcore workflow show``, ``handle.status()``); replay ignores it.
-        If the history already ends with a note, or anything was appended meanwhile, nothing
-        is written: the next failed attempt writes it then.
-        """
-        try:
-            last = await self.store.last(entry.subject)
-            if last is None or last[1].type == h.WORKFLOW_TASK_FAILED:
-                return
-            prev = last[1].seq
-            body = {
-                "t": h.WORKFLOW_TASK_FAILED,
-                "ts": now_ms(),
-                "error": _task_error(exc),
-                "attempt": attempt,
-                "prev": prev,
-            }
-            msg_id = f"{workflow_token(entry.workflow_id)}:tf:{prev}"
-            await self.store.append(entry.subject, body, msg_id=msg_id, expected_seq=prev)
-        except AppendConflict:
-            pass
-        except DFError as error:
-            log.warning("workflow %s: cannot note the task failure: %s", entry.workflow_id, error)
 
     def close(self) -> None:
         """Release every cached workflow (the worker is stopping)."""
@@ -467,7 +442,7 @@ class WorkflowProcessor:
             run = entry.run = self._new_run(entry.workflow_id)
             self.live += 1
         known = [record] if opens_history and run.last_seq == 0 else None
-        if known is None and _follows(record, prev, run.last_seq):
+        if known is None and follows(record, prev, run.last_seq):
             known = [record]
         await self._catch_up_and_decide(entry, run, seq, known)
         if run.closed and not run.pending_commands():
@@ -515,20 +490,20 @@ class WorkflowProcessor:
         cmds = run.pending_commands()
         if not cmds:
             return True
-        body = _decision(cmds, run.last_seq, more=False)
+        body = decision_body(cmds, run.last_seq, more=False)
         try:
             data: bytes | None = self.store.encode(body, "a decision")
         except PayloadTooLargeError:
-            parts = self._split(cmds)
+            parts = split_decision(cmds, self.store)
         else:
-            return await self._append_decision(entry, run, body, data)
+            return await self._appenddecision_body(entry, run, body, data)
         for i, part in enumerate(parts):
-            body = _decision(part, run.last_seq, more=i < len(parts) - 1)
-            if not await self._append_decision(entry, run, body, None):
+            body = decision_body(part, run.last_seq, more=i < len(parts) - 1)
+            if not await self._appenddecision_body(entry, run, body, None):
                 return False
         return True
 
-    async def _append_decision(
+    async def _appenddecision_body(
         self, entry: _Entry, run: WorkflowRun, body: dict[str, Any], data: bytes | None
     ) -> bool:
         status = h.terminal_status(body["cmds"])
@@ -548,22 +523,8 @@ class WorkflowProcessor:
         run.apply([record])
         await self._dispatch(entry, run, record)
         if first or status is not None:
-            _log_progress(run.info, first, status, body["cmds"])
+            log_progress(run.info, first, status, body["cmds"])
         return True
-
-    def _split(self, cmds: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        """Group commands into decisions that each fit in max_payload."""
-        limit = int(self.store.nc.max_payload * 0.8)
-        parts: list[list[dict[str, Any]]] = [[]]
-        used = 0
-        for cmd in cmds:
-            size = len(self.store.encode({"c": cmd}, "a command"))
-            if parts[-1] and used + size > limit:
-                parts.append([])
-                used = 0
-            parts[-1].append(cmd)
-            used += size
-        return parts
 
     async def _dispatch(
         self, entry: _Entry, run: WorkflowRun | None, record: h.Record, *, delivered: bool = False
@@ -616,87 +577,3 @@ class WorkflowProcessor:
         elif kind == h.ACTIVITY_CANCEL_REQUESTED:
             subject = self.store.layout.activity_cancel_subject(workflow_id)
             await self.store.nc.publish(subject, orjson.dumps({"seq": cmd["seq"]}))
-
-
-class KeepAlive:
-    """Tells JetStream a message is still being worked on, every ``interval`` seconds.
-
-    A workflow task usually takes milliseconds, but one may wait behind others of the same
-    workflow, or replay a long history; without this it would be redelivered to a second
-    worker after the ack wait. A loop timer, not a task, so the common case costs nothing.
-    """
-
-    def __init__(self, msg: Msg, interval: float) -> None:
-        self._msg = msg
-        self._interval = interval
-        self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = self._loop.call_later(interval, self._fire)
-        self._pending: asyncio.Task[None] | None = None
-
-    def _fire(self) -> None:
-        self._pending = self._loop.create_task(self._extend())
-        self._timer = self._loop.call_later(self._interval, self._fire)
-
-    async def _extend(self) -> None:
-        try:
-            await self._msg.in_progress()
-        except Exception as exc:
-            log.debug("could not extend workflow task %s: %r", self._msg.reply, exc)
-
-    def cancel(self) -> None:
-        """Stop; a progress mark already on its way is cancelled too (it must not follow a
-        nak with a delay, which it would reset to the full ack wait)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._pending is not None and not self._pending.done():
-            self._pending.cancel()
-
-
-def _decision(cmds: list[dict[str, Any]], prev: int, *, more: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"t": h.DECIDED, "ts": now_ms(), "cmds": cmds, "prev": prev}
-    if more:
-        body["more"] = True
-    return body
-
-
-def _follows(record: h.Record, prev: int | None, last_seq: int) -> bool:
-    """Whether the delivered fact provably comes right after ``last_seq`` (no gap to read).
-
-    Only a ``prev`` the server checked proves it; a start proves it only by opening its
-    history (``Store.is_first_record``), and a decision is always read back.
-    """
-    if record.type in (h.DECIDED, h.WORKFLOW_STARTED) or last_seq < 1:
-        return False
-    return prev == last_seq
-
-
-def _log_progress(
-    info: RunInfo, first: bool, status: str | None, cmds: list[dict[str, Any]]
-) -> None:
-    """The worker's lines for a run it started or ended (``-l INFO``)."""
-    ended_badly = status not in (None, "completed")
-    if not log.isEnabledFor(logging.WARNING if ended_badly else logging.INFO):
-        return  # quiet workers build no lines
-    fields = {"workflow_id": info.workflow_id, "workflow_type": info.workflow_type}
-    name = f"{info.workflow_type}[{info.workflow_id}]"
-    if first:
-        log.info("workflow %s started", name, extra=fields)
-    if status is None:
-        return
-    took = max(0, now_ms() - info.start_time_ms) / 1000 if info.start_time_ms else 0.0
-    if status == "completed":
-        log.info("workflow %s completed in %.3fs", name, took, extra=fields)
-        return
-    error = next((cmd.get("error") for cmd in cmds if cmd.get("error")), None) or {}
-    why = f": {error.get('type')}: {error.get('message')}" if error.get("type") else ""
-    log.warning("workflow %s %s after %.3fs%s", name, status, took, why, extra=fields)
-
-
-def _task_error(exc: BaseException) -> dict[str, Any]:
-    """The error of a failed workflow task, as recorded in its WorkflowTaskFailed note."""
-    cause = exc.__cause__ if isinstance(exc, WorkflowCodeError) and exc.__cause__ else exc
-    error: dict[str, Any] = {"type": type(cause).__name__, "message": str(cause)}
-    if isinstance(exc, WorkflowCodeError):
-        error["traceback"] = exc.traceback
-    return error

@@ -50,9 +50,7 @@ with no further set-up.
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
-import difflib
 import logging
 import os
 import socket
@@ -61,7 +59,7 @@ import traceback
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import django
@@ -72,21 +70,27 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-import dfcore
 from dfcore import (
-    ActivityError,
     App,
     ApplicationError,
     ConfigurationError,
     DFError,
-    HistoryEvent,
     RetryPolicy,
     WorkflowContext,
     WorkflowNotFoundError,
     activity,
-    check_task_queue,
 )
 
+from ._task_options import (
+    ACTIVITY,
+    STARTED_SIGNAL,
+    WORKFLOW,
+    from_us,
+    is_queue_name,
+    read_options,
+    to_us,
+)
+from ._task_results import import_task, result_from_history
 from .runtime import get_app
 
 #: Django 6.0 brought ``django.tasks``. Before it, this module still imports, because job
@@ -115,25 +119,19 @@ else:  # Django < 6.0: DFTaskBackend() raises ImproperlyConfigured
 
 log = logging.getLogger("dfcore.django.tasks")
 
-#: The workflow that runs one enqueued task, and the activity that calls the task function.
-WORKFLOW = "dfcore.django_task"
-ACTIVITY = "dfcore.django_task.run"
-#: The signal an attempt records when it starts: its time and worker (``started_at``, ``RUNNING``).
-STARTED_SIGNAL = "dfcore.django_task.started"
+__all__ = [
+    "ACTIVITY",
+    "HAS_DJANGO_TASKS",
+    "STARTED_SIGNAL",
+    "WORKFLOW",
+    "DFTaskBackend",
+    "register_configured_backends",
+    "register_task_workflow",
+    "result_from_history",
+]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_TRACEBACK = 16_000  # characters kept of a traceback (its end): history entries stay small
 _BACKEND_PATH = "dfcore.integrations.django.tasks.DFTaskBackend"  # what TASKS names
-
-_OPTIONS: dict[str, Any] = {
-    "MAX_ATTEMPTS": 3,
-    "RETRY_INTERVAL": 1.0,
-    "RETRY_BACKOFF": 2.0,
-    "MAX_RETRY_INTERVAL": 100.0,
-    "NON_RETRYABLE": (),
-    "TIMEOUT": None,
-    "ENQUEUE_ON_COMMIT": False,
-}
 
 
 class DFTaskBackend(_Base):  # type: ignore[misc]  # BaseTaskBackend is untyped
@@ -152,7 +150,7 @@ class DFTaskBackend(_Base):  # type: ignore[misc]  # BaseTaskBackend is untyped
         if not HAS_DJANGO_TASKS:
             raise ImproperlyConfigured(_needs_django_6(alias))
         super().__init__(alias, params)
-        opts = _read_options(alias, self.options)
+        opts = read_options(alias, self.options)
         self.retry: RetryPolicy = opts["retry"]
         self.non_retryable: tuple[str, ...] = opts["non_retryable"]
         self.timeout: float | None = opts["timeout"]
@@ -178,7 +176,7 @@ class DFTaskBackend(_Base):  # type: ignore[misc]  # BaseTaskBackend is untyped
             dataclasses.replace(task, run_after=timezone.now() + task.run_after)
             return
         super().validate_task(task)
-        if not _is_queue_name(task.queue_name):
+        if not is_queue_name(task.queue_name):
             raise InvalidTask(
                 f"Queue {task.queue_name!r} cannot be used with DFTaskBackend: queue names may "
                 "only contain letters, digits, '_' and '-' (at most 64 characters)."
@@ -187,7 +185,7 @@ class DFTaskBackend(_Base):  # type: ignore[misc]  # BaseTaskBackend is untyped
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         errors: list[checks.CheckMessage] = []
         for name in sorted(self.queues):
-            if not _is_queue_name(name):
+            if not is_queue_name(name):
                 errors.append(
                     checks.Error(
                         f'settings.TASKS["{self.alias}"]["QUEUES"] has {name!r}, which '
@@ -248,7 +246,7 @@ class DFTaskBackend(_Base):  # type: ignore[misc]  # BaseTaskBackend is untyped
             # moment, so the result (and a replay of the workflow) sees a fixed time.
             task = dataclasses.replace(task, run_after=timezone.now() + task.run_after)
         self.validate_task(task)
-        enqueued = _from_us(_to_us(timezone.now()))  # the precision get_result() reads back
+        enqueued = from_us(to_us(timezone.now()))  # the precision get_result() reads back
         result = TaskResult(  # normalises args/kwargs: non-JSON values raise TypeError here
             task=task,
             id=str(uuid.uuid4()),
@@ -269,8 +267,8 @@ class DFTaskBackend(_Base):  # type: ignore[misc]  # BaseTaskBackend is untyped
             "kwargs": result.kwargs,
             "queue_name": task.queue_name,
             "priority": task.priority,
-            "run_after": _to_us(task.run_after) if task.run_after is not None else None,
-            "enqueued_at": _to_us(enqueued),
+            "run_after": to_us(task.run_after) if task.run_after is not None else None,
+            "enqueued_at": to_us(enqueued),
             "backend": self.alias,
             "retry": self.retry.to_json(),
             "non_retryable": list(self.non_retryable),
@@ -391,7 +389,7 @@ async def _run_task_workflow(ctx: WorkflowContext, spec: Any) -> Any:
     if run_after is not None:
         # ctx.now() is the enqueue time recorded in the history, so a replay sleeps the same.
         # Rounded up to the millisecond the timer is kept in, so it never fires early.
-        wait_ms = -(-(run_after - _to_us(ctx.now())) // 1000)
+        wait_ms = -(-(run_after - to_us(ctx.now())) // 1000)
         if wait_ms > 0:
             await ctx.sleep(wait_ms / 1000 + 0.0005)  # +0.5 ms: float noise cannot round down
     return await ctx.activity(
@@ -409,7 +407,7 @@ def _make_activity(app: App) -> Any:
 
 def _run_attempt(app: App, spec: Mapping[str, Any]) -> Any:
     info = activity.info()
-    task = _import_task(spec["task"])  # an ImportError fails the attempt: retried, then shown
+    task = import_task(spec["task"])  # an ImportError fails the attempt: retried, then shown
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     started = timezone.now()
     _record_start(app, info, worker_id, started)
@@ -456,22 +454,12 @@ def _attempt_failed(
     )
 
 
-def _import_task(path: str) -> Task:
-    found = import_string(path)
-    if not isinstance(found, Task):
-        raise ImportError(
-            f"{path!r} is a {type(found).__name__}, not a Django task; it was enqueued as one, "
-            "so decorate it with @task again (or enqueue the task that replaced it)"
-        )
-    return found
-
-
 def _record_start(app: App, info: activity.ActivityInfo, worker_id: str, at: datetime) -> None:
     """Append the attempt's start to the history (it gives RUNNING, started_at, worker_ids).
 
     Best effort: the task runs even if this fails, and only its bookkeeping is missing.
     """
-    payload = {"attempt": info.attempt, "worker_id": worker_id, "at": _to_us(at)}
+    payload = {"attempt": info.attempt, "worker_id": worker_id, "at": to_us(at)}
     try:
         app.get_handle(info.workflow_id).signal(
             STARTED_SIGNAL, payload, signal_id=f"started-{info.seq}-{info.attempt}"
@@ -500,9 +488,9 @@ def _running_result(
             task=task,
             id=workflow_id,
             status=TaskResultStatus.RUNNING,
-            enqueued_at=_from_us(spec["enqueued_at"]),
-            started_at=_from_us(_to_us(at)),
-            last_attempted_at=_from_us(_to_us(at)),
+            enqueued_at=from_us(spec["enqueued_at"]),
+            started_at=from_us(to_us(at)),
+            last_attempted_at=from_us(to_us(at)),
             finished_at=None,
             args=spec["args"],
             kwargs=spec["kwargs"],
@@ -512,8 +500,8 @@ def _running_result(
         )
     if result.status != TaskResultStatus.RUNNING:  # the start could not be recorded
         object.__setattr__(result, "status", TaskResultStatus.RUNNING)
-        object.__setattr__(result, "started_at", result.started_at or _from_us(_to_us(at)))
-        object.__setattr__(result, "last_attempted_at", _from_us(_to_us(at)))
+        object.__setattr__(result, "started_at", result.started_at or from_us(to_us(at)))
+        object.__setattr__(result, "last_attempted_at", from_us(to_us(at)))
         result.worker_ids.append(worker_id)
     return result
 
@@ -554,267 +542,5 @@ def _matches(exc: BaseException, paths: Iterable[str]) -> bool:
     return any(f"{c.__module__}.{c.__qualname__}" in wanted for c in type(exc).__mro__)
 
 
-# -- reading a result back --------------------------------------------------------------------
-
-
 def _handle(result_id: Any) -> Any:
     return get_app().get_handle(str(result_id))
-
-
-def result_from_history(
-    result_id: str, events: Sequence[HistoryEvent], alias: str, *, task: Task | None = None
-) -> TaskResult:
-    """Build the ``TaskResult`` of a task from its workflow's history.
-
-    READY until an attempt starts (also while ``run_after`` has not come, and between
-    attempts), RUNNING while one runs, then SUCCESSFUL or FAILED. ``errors`` has one entry per
-    failed attempt; ``worker_ids`` one per attempt started.
-
-    Raises:
-        TaskResultDoesNotExist: the workflow does not run a Django task, or its task function
-            cannot be imported here.
-    """
-    if not events or events[0].type != "WorkflowStarted":
-        raise TaskResultDoesNotExist(result_id)
-    first = events[0].attributes
-    if first.get("workflow") != WORKFLOW or not first.get("args"):
-        raise TaskResultDoesNotExist(
-            f"{result_id!r} is a {first.get('workflow')!r} workflow, not a Django task"
-        )
-    spec = first["args"][0]
-    task = _result_task(result_id, spec, alias, task)
-    status = TaskResultStatus.READY
-    started_at = last_attempted_at = finished_at = None
-    worker_ids: list[str] = []
-    errors: list[TaskError] = []
-    running: set[int] = set()
-    value: Any = None
-    cancel_reason = ""
-    for event in events:
-        attrs = event.attributes
-        if event.type == "SignalReceived" and attrs.get("name") == STARTED_SIGNAL:
-            payload = attrs.get("payload") or {}
-            at = _from_us(payload["at"]) if "at" in payload else _from_ms(event.time_ms)
-            started_at = started_at or at
-            last_attempted_at = at
-            worker_ids.append(str(payload.get("worker_id", "")))
-            running.add(int(payload.get("attempt", 0)))
-        elif event.type in ("ActivityCompleted", "ActivityFailed"):
-            running.discard(int(attrs.get("attempt", 0)))
-            if event.type == "ActivityFailed":
-                errors.append(_error_from_record(attrs.get("error") or {}))
-        elif event.type == "WorkflowCompleted":
-            status, finished_at, value = (
-                TaskResultStatus.SUCCESSFUL,
-                _from_ms(event.time_ms),
-                attrs.get("result"),
-            )
-        elif event.type == "CancelRequested":
-            cancel_reason = str(attrs.get("reason") or "")
-        elif event.type in ("WorkflowFailed", "WorkflowTimedOut", "WorkflowCancelled"):
-            status, finished_at = TaskResultStatus.FAILED, _from_ms(event.time_ms)
-            error = attrs.get("error") or {}
-            if event.type == "WorkflowCancelled":
-                errors.append(_cancelled(cancel_reason))
-            elif error.get("type") != ActivityError.__name__:  # attempts' errors are listed
-                errors.append(_error_from_record(error))
-    if status == TaskResultStatus.READY and running:
-        status = TaskResultStatus.RUNNING
-    if finished_at is not None and last_attempted_at is not None:
-        # History times are whole milliseconds, attempts' starts microseconds: an end in the
-        # same millisecond as the last start must not read as before it.
-        finished_at = max(finished_at, last_attempted_at)
-    result = TaskResult(
-        task=task,
-        id=result_id,
-        status=status,
-        enqueued_at=_from_us(spec["enqueued_at"]),
-        started_at=started_at,
-        last_attempted_at=last_attempted_at,
-        finished_at=finished_at,
-        args=spec["args"],
-        kwargs=spec["kwargs"],
-        backend=alias,
-        errors=errors,
-        worker_ids=worker_ids,
-    )
-    if status == TaskResultStatus.SUCCESSFUL:
-        object.__setattr__(result, "_return_value", value)
-    return result
-
-
-def _result_task(result_id: str, spec: Mapping[str, Any], alias: str, task: Task | None) -> Task:
-    """The Task the result was enqueued for: the decorated function (``task``, if already
-    imported), with its recorded queue, priority and run_after."""
-    try:
-        task = task or _import_task(spec["task"])
-    except ImportError as exc:
-        raise TaskResultDoesNotExist(
-            f"{result_id!r} is a result of task {spec['task']!r}, which cannot be imported "
-            f"here ({exc}); deploy the code that defines it to read the result"
-        ) from exc
-    recorded = {
-        "queue_name": spec.get("queue_name", task.queue_name),
-        "priority": spec.get("priority", task.priority),
-        "run_after": _from_us(spec["run_after"]) if spec.get("run_after") is not None else None,
-        "backend": alias,
-    }
-    changes = {k: v for k, v in recorded.items() if getattr(task, k) != v}
-    if not changes:
-        return task
-    try:
-        return dataclasses.replace(task, **changes)
-    except (InvalidTask, ImproperlyConfigured):
-        # Its queue was removed from QUEUES since, or this process has no backend of that
-        # alias (InvalidTaskBackend): the result is still worth showing, with the plain task.
-        return task
-
-
-def _error_from_record(error: Mapping[str, Any]) -> TaskError:
-    """A failed attempt's TaskError: as the task raised it, or as the engine recorded it
-    (a timeout, a worker lost mid-attempt)."""
-    for detail in error.get("details") or ():
-        if isinstance(detail, Mapping) and "exception_class_path" in detail:
-            return TaskError(
-                exception_class_path=str(detail["exception_class_path"]),
-                traceback=str(detail.get("traceback", "")),
-            )
-    name = str(error.get("type") or "Exception")
-    message = str(error.get("message") or "")
-    text = str(error.get("traceback") or f"{name}: {message}\n")
-    return TaskError(exception_class_path=_exception_path(name), traceback=text)
-
-
-def _cancelled(reason: str) -> TaskError:
-    text = f"CancelledError: the task was cancelled{': ' + reason if reason else ''}\n"
-    return TaskError(exception_class_path="dfcore.CancelledError", traceback=text)
-
-
-def _exception_path(name: str) -> str:
-    """An importable path for an exception type name the engine recorded."""
-    for module, where in ((builtins, "builtins"), (dfcore, "dfcore")):
-        found = getattr(module, name, None)
-        if isinstance(found, type) and issubclass(found, BaseException):
-            return f"{where}.{name}"
-    return "builtins.Exception"
-
-
-# -- options, names and times -----------------------------------------------------------------
-
-
-def _read_options(alias: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate ``OPTIONS``; ImproperlyConfigured names the key and what it expects."""
-
-    def label(key: str) -> str:
-        return f'settings.TASKS["{alias}"]["OPTIONS"]["{key}"]'
-
-    if not isinstance(options, Mapping):
-        raise ImproperlyConfigured(
-            f'settings.TASKS["{alias}"]["OPTIONS"] must be a dict, not {type(options).__name__}'
-        )
-    for key in options:
-        if key not in _OPTIONS:
-            close = difflib.get_close_matches(str(key).upper(), list(_OPTIONS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ImproperlyConfigured(
-                f"{label(str(key))} is not a DFTaskBackend option{hint}; valid options are: "
-                f"{', '.join(_OPTIONS)}"
-            )
-    own = {**_OPTIONS, **options}
-    for key in ("MAX_ATTEMPTS",):
-        if not isinstance(own[key], int) or isinstance(own[key], bool) or own[key] < 0:
-            raise ImproperlyConfigured(
-                f"{label(key)} is invalid: got {own[key]!r}; expected a whole number >= 0 "
-                "(0 means unlimited attempts)"
-            )
-    for key in ("RETRY_INTERVAL", "RETRY_BACKOFF", "MAX_RETRY_INTERVAL", "TIMEOUT"):
-        value = own[key]
-        if value is None and key == "TIMEOUT":
-            continue
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise ImproperlyConfigured(
-                f"{label(key)} is invalid: got {value!r}; expected a number of seconds >= 0"
-            )
-    if own["TIMEOUT"] == 0:
-        raise ImproperlyConfigured(f"{label('TIMEOUT')} must be more than 0 seconds (or None)")
-    if not isinstance(own["ENQUEUE_ON_COMMIT"], bool):
-        raise ImproperlyConfigured(
-            f"{label('ENQUEUE_ON_COMMIT')} is invalid: got {own['ENQUEUE_ON_COMMIT']!r}; "
-            "expected True or False"
-        )
-    try:
-        retry = RetryPolicy(
-            max_attempts=own["MAX_ATTEMPTS"],
-            initial_interval=float(own["RETRY_INTERVAL"]),
-            backoff=float(own["RETRY_BACKOFF"]),
-            max_interval=float(own["MAX_RETRY_INTERVAL"]),
-        )
-    except ConfigurationError as exc:
-        raise ImproperlyConfigured(f'settings.TASKS["{alias}"]["OPTIONS"]: {exc}') from exc
-    return {
-        "retry": retry,
-        "non_retryable": _exception_paths(label("NON_RETRYABLE"), own["NON_RETRYABLE"]),
-        "timeout": None if own["TIMEOUT"] is None else float(own["TIMEOUT"]),
-        "enqueue_on_commit": own["ENQUEUE_ON_COMMIT"],
-    }
-
-
-def _exception_paths(label: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str | type) or not isinstance(value, Iterable):
-        raise ImproperlyConfigured(
-            f"{label} is invalid: got {value!r}; expected a list of exception classes or import "
-            'paths, such as ["myapp.errors.BadInput"]'
-        )
-    paths: list[str] = []
-    for item in value:
-        if isinstance(item, type) and issubclass(item, BaseException):
-            paths.append(f"{item.__module__}.{item.__qualname__}")
-        elif isinstance(item, str) and "." in item.strip(".") and " " not in item:
-            paths.append(item)
-        elif isinstance(item, str) and _exception_path(item) != "builtins.Exception":
-            paths.append(_exception_path(item))  # a bare built-in name such as "KeyError"
-        elif item == "Exception":
-            paths.append("builtins.Exception")
-        else:
-            raise ImproperlyConfigured(
-                f"{label} is invalid: {item!r} is not an exception class or the import path of "
-                'one (such as "myapp.errors.BadInput")'
-            )
-    return tuple(paths)
-
-
-def _is_queue_name(name: Any) -> bool:
-    try:
-        check_task_queue(name)
-    except ConfigurationError:
-        return False
-    return True
-
-
-def _to_us(value: datetime) -> int:
-    """Microseconds since the epoch, exactly (a naive datetime is in the current time zone)."""
-    if timezone.is_naive(value):
-        value = timezone.make_aware(value)
-    return (value - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_us(us: int) -> datetime:
-    """The datetime Django uses for an epoch time: aware UTC, or naive local without USE_TZ."""
-    value = _EPOCH + timedelta(microseconds=int(us))
-    return value if settings.USE_TZ else timezone.make_naive(value)
-
-
-def _from_ms(ms: int) -> datetime:
-    return _from_us(int(ms) * 1000)
-
-
-__all__ = [
-    "ACTIVITY",
-    "HAS_DJANGO_TASKS",
-    "STARTED_SIGNAL",
-    "WORKFLOW",
-    "DFTaskBackend",
-    "register_configured_backends",
-    "register_task_workflow",
-    "result_from_history",
-]
