@@ -43,7 +43,7 @@ from dfcore.core._errors import (
     WorkflowFailureError,
     WorkflowNotFoundError,
 )
-from dfcore.core._history import HistoryEvent
+from dfcore.core._history import EventType, HistoryEvent
 from dfcore.core._registry import ActivityFunction
 from dfcore.jetstream._dlq import DeadLetter
 from dfcore.jetstream._naming import check_task_queue, check_workflow_id
@@ -66,6 +66,7 @@ __all__ = [
     "DFError",
     "DeadLetter",
     "EmbeddedServer",
+    "EventType",
     "HistoryEvent",
     "IdentityCodec",
     "JSONConverter",

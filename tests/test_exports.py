@@ -19,6 +19,7 @@ def test_exported_members() -> None:
             "DFError",
             "DeadLetter",
             "EmbeddedServer",
+            "EventType",
             "HistoryEvent",
             "IdentityCodec",
             "JSONConverter",

@@ -72,3 +72,12 @@ def test_history_from_other_code_fails_with_nondeterminism() -> None:
     assert err.workflow_id == "order-golden"
     assert err.step == 3
     assert "'send_receipt'" in err.recorded and "'ship_package'" in err.produced
+
+
+def test_every_stored_event_type_is_a_public_event_type() -> None:
+    from dfcore import EventType
+
+    assert {member.value for member in EventType} == h.FACT_TYPES | h.COMMAND_TYPES
+    for name in ("order_completed.json", "order_nondeterministic.json"):
+        for event in h.flatten(load(name)):
+            assert EventType(event.type) == event.type

@@ -15,30 +15,61 @@ Users see the flattened *event* list: every fact, and every command of every dec
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-# Facts
-WORKFLOW_STARTED: Final = "WorkflowStarted"
-ACTIVITY_COMPLETED: Final = "ActivityCompleted"
-ACTIVITY_FAILED: Final = "ActivityFailed"
-TIMER_FIRED: Final = "TimerFired"
-SIGNAL_RECEIVED: Final = "SignalReceived"
-CANCEL_REQUESTED: Final = "CancelRequested"
-DECIDED: Final = "Decided"
-# A note that the workflow's code failed (a bug): for people, ignored by replay.
-WORKFLOW_TASK_FAILED: Final = "WorkflowTaskFailed"
 
-# Commands (inside a Decided record)
-ACTIVITY_SCHEDULED: Final = "ActivityScheduled"
-ACTIVITY_CANCEL_REQUESTED: Final = "ActivityCancelRequested"
-TIMER_STARTED: Final = "TimerStarted"
-WORKFLOW_COMPLETED: Final = "WorkflowCompleted"
-WORKFLOW_FAILED: Final = "WorkflowFailed"
-WORKFLOW_CANCELLED: Final = "WorkflowCancelled"
-WORKFLOW_TIMED_OUT: Final = "WorkflowTimedOut"
+class EventType(enum.StrEnum):
+    """The type of a history event (``HistoryEvent.type``), as stored in records' ``t``.
+
+    Public: integrations and tools compare against these, never against spelled-out strings.
+    Members are strings, so ``event.type == EventType.TIMER_FIRED`` holds for stored events.
+    """
+
+    # Facts, appended by whoever observed them
+    WORKFLOW_STARTED = "WorkflowStarted"
+    ACTIVITY_COMPLETED = "ActivityCompleted"
+    ACTIVITY_FAILED = "ActivityFailed"
+    TIMER_FIRED = "TimerFired"
+    SIGNAL_RECEIVED = "SignalReceived"
+    CANCEL_REQUESTED = "CancelRequested"
+    #: A note that the workflow's code failed (a bug): for people, ignored by replay.
+    WORKFLOW_TASK_FAILED = "WorkflowTaskFailed"
+    # Commands, inside a Decided record
+    ACTIVITY_SCHEDULED = "ActivityScheduled"
+    ACTIVITY_CANCEL_REQUESTED = "ActivityCancelRequested"
+    TIMER_STARTED = "TimerStarted"
+    WORKFLOW_COMPLETED = "WorkflowCompleted"
+    WORKFLOW_FAILED = "WorkflowFailed"
+    WORKFLOW_CANCELLED = "WorkflowCancelled"
+    WORKFLOW_TIMED_OUT = "WorkflowTimedOut"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether an event of this type ends the workflow."""
+        return self.value in TERMINAL_STATUS
+
+
+# The engine's names for them, plain strings (one definition: the enum above).
+WORKFLOW_STARTED: Final = EventType.WORKFLOW_STARTED.value
+ACTIVITY_COMPLETED: Final = EventType.ACTIVITY_COMPLETED.value
+ACTIVITY_FAILED: Final = EventType.ACTIVITY_FAILED.value
+TIMER_FIRED: Final = EventType.TIMER_FIRED.value
+SIGNAL_RECEIVED: Final = EventType.SIGNAL_RECEIVED.value
+CANCEL_REQUESTED: Final = EventType.CANCEL_REQUESTED.value
+WORKFLOW_TASK_FAILED: Final = EventType.WORKFLOW_TASK_FAILED.value
+ACTIVITY_SCHEDULED: Final = EventType.ACTIVITY_SCHEDULED.value
+ACTIVITY_CANCEL_REQUESTED: Final = EventType.ACTIVITY_CANCEL_REQUESTED.value
+TIMER_STARTED: Final = EventType.TIMER_STARTED.value
+WORKFLOW_COMPLETED: Final = EventType.WORKFLOW_COMPLETED.value
+WORKFLOW_FAILED: Final = EventType.WORKFLOW_FAILED.value
+WORKFLOW_CANCELLED: Final = EventType.WORKFLOW_CANCELLED.value
+WORKFLOW_TIMED_OUT: Final = EventType.WORKFLOW_TIMED_OUT.value
+# Records only: a decision holding commands; users see its commands, not it.
+DECIDED: Final = "Decided"
 
 FACT_TYPES: Final = frozenset(
     {
@@ -198,7 +229,7 @@ class HistoryEvent:
 
     index: int
     stream_seq: int
-    type: str
+    type: str  # an EventType's value; compare with EventType members
     time_ms: int
     attributes: Mapping[str, Any] = field(default_factory=dict)
 

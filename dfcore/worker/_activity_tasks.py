@@ -35,6 +35,7 @@ from dfcore.core._errors import (
 )
 from dfcore.core._history import now_ms
 from dfcore.core._registry import Registry
+from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._naming import Layout, workflow_id_from_token, workflow_token
 from dfcore.worker._delivery import KeepAlive
 from dfcore.worker._storage import WorkerStore
@@ -119,13 +120,13 @@ class ActivityRunner:
     async def handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         try:
-            task = self.store.decode(msg.data, f"activity task {seq}")
+            task = ActivityTask.from_wire(self.store.decode(msg.data, f"activity task {seq}"))
             info = _task_info(task, self.store.layout)
         except CodecUnavailableError as exc:  # the task is fine; this process cannot read it
             await self._hand_back(msg, exc)
             return
-        except (PayloadError, KeyError, TypeError, ValueError) as exc:
-            await self._reject(msg, f"malformed activity task: {_reason(exc)}")
+        except (PayloadError, ValueError) as exc:
+            await self._reject(msg, f"malformed activity task: {exc}")
             return
         defn = self.registry.activities.get(info.activity)
         delivered = msg.metadata.num_delivered
@@ -155,7 +156,7 @@ class ActivityRunner:
                     info.seq,
                     info.attempt,
                 )
-            outcome = await self._run(defn, info, task.get("args") or [], msg)
+            outcome = await self._run(defn, info, task.args, msg)
         try:
             try:
                 await self._report_patiently(task, info, outcome, msg)
@@ -169,7 +170,7 @@ class ActivityRunner:
             return
         await msg.ack()
 
-    async def _settled(self, task: Mapping[str, Any], info: ActivityInfo) -> bool:
+    async def _settled(self, task: ActivityTask, info: ActivityInfo) -> bool:
         """Whether the history already holds this attempt's outcome, or the workflow ended.
 
         Asked only of a redelivered task, or of one received before this process was frozen:
@@ -177,9 +178,9 @@ class ActivityRunner:
         the task is then run or recorded as lost.
         """
         try:
-            records, _ = await self.store.read_recent(task["h"], int(task.get("dseq") or 0))
+            records, _ = await self.store.read_recent(task.history, task.decision_seq)
         except DFError as exc:
-            log.warning("cannot read %s to check a redelivered task (%s)", task["h"], exc)
+            log.warning("cannot read %s to check a redelivered task (%s)", task.history, exc)
             return False
         for record in records:
             body = record.body
@@ -218,7 +219,7 @@ class ActivityRunner:
         await msg.ack()
 
     async def _report_patiently(
-        self, task: Mapping[str, Any], info: ActivityInfo, outcome: Mapping[str, Any], msg: Msg
+        self, task: ActivityTask, info: ActivityInfo, outcome: Mapping[str, Any], msg: Msg
     ) -> None:
         """:meth:`_report`, retried while the server is unreachable or electing a leader.
 
@@ -252,14 +253,14 @@ class ActivityRunner:
         await msg.term()
 
     async def _report(
-        self, task: Mapping[str, Any], info: ActivityInfo, outcome: Mapping[str, Any]
+        self, task: ActivityTask, info: ActivityInfo, outcome: Mapping[str, Any]
     ) -> None:
         """Append an attempt's outcome to its workflow's history (deduplicated by attempt)."""
         body = {"ts": now_ms(), "seq": info.seq, "attempt": info.attempt, **outcome}
         kind = "c" if outcome["t"] == h.ACTIVITY_COMPLETED else "f"
         msg_id = f"{workflow_token(info.workflow_id)}:{info.seq}:{info.attempt}:{kind}"
-        after = int(task.get("dseq") or 0)
-        await self.store.append_fact(task["h"], body, msg_id=msg_id, after_seq=after)
+        after = task.decision_seq
+        await self.store.append_fact(task.history, body, msg_id=msg_id, after_seq=after)
 
     async def _run(
         self, defn: ActivityDefinition, info: ActivityInfo, args: list[Any], msg: Msg
@@ -370,41 +371,21 @@ def pull_expiry(ack_wait: float) -> tuple[float, float]:
     return expires, min(5.0, expires / 2)
 
 
-def _task_info(task: Any, layout: Layout) -> ActivityInfo:
-    """Check an activity task's shape and read it; raise ValueError/TypeError/KeyError."""
-    if not isinstance(task, Mapping):
-        raise TypeError(f"expected a JSON object, got {type(task).__name__}")
-    for name, kind in _TASK_FIELDS.items():
-        value = task[name]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise TypeError(f"{name!r} must be {kind.__name__}, got {type(value).__name__}")
-    _, workflow_id = layout.parse_history_subject(task["h"])
-    if workflow_id != task["wf"]:
-        raise ValueError(f"'h' ({task['h']}) is not the history of workflow {task['wf']!r}")
-    if task["dseq"] < 1 or task["seq"] < 1 or task["attempt"] < 1:
-        raise ValueError("'dseq', 'seq' and 'attempt' must be positive")
+def _task_info(task: ActivityTask, layout: Layout) -> ActivityInfo:
+    """What the activity sees of its task; ValueError if the task names another's history."""
+    _, workflow_id = layout.parse_history_subject(task.history)
+    if workflow_id != task.workflow_id:
+        raise ValueError(f"'h' ({task.history}) is not the history of {task.workflow_id!r}")
     return ActivityInfo(
-        activity=str(task["activity"]),
-        workflow_id=str(task["wf"]),
-        seq=int(task["seq"]),
-        attempt=int(task["attempt"]),
-        task_queue=str(task.get("task_queue", "")),
-        heartbeat_details=task.get("heartbeat"),
-        start_to_close=task.get("start_to_close"),
-        heartbeat_timeout=task.get("heartbeat_timeout"),
+        activity=task.activity,
+        workflow_id=task.workflow_id,
+        seq=task.seq,
+        attempt=task.attempt,
+        task_queue=task.task_queue,
+        heartbeat_details=task.heartbeat,
+        start_to_close=task.start_to_close,
+        heartbeat_timeout=task.heartbeat_timeout,
     )
-
-
-# The fields of an activity task the runner relies on, with their JSON types.
-_TASK_FIELDS: Mapping[str, type] = {
-    "wf": str,
-    "h": str,
-    "seq": int,
-    "attempt": int,
-    "activity": str,
-    "args": list,
-    "dseq": int,
-}
 
 
 def _log_attempt(info: ActivityInfo, outcome: Mapping[str, Any], took: float) -> None:
@@ -428,13 +409,6 @@ def _log_attempt(info: ActivityInfo, outcome: Mapping[str, Any], took: float) ->
         error.get("message"),
         extra=fields,
     )
-
-
-def _reason(exc: BaseException) -> str:
-    """A readable reason; a KeyError's message is just the key."""
-    if isinstance(exc, KeyError):
-        return f"missing field {exc.args[0]!r}" if exc.args else "missing field"
-    return str(exc)
 
 
 def _unregistered(info: ActivityInfo) -> dict[str, Any]:

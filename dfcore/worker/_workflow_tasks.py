@@ -42,6 +42,7 @@ from dfcore.core._errors import (
     WorkflowNotFoundError,
 )
 from dfcore.core._registry import Registry
+from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._pull import PullConsumer
 from dfcore.jetstream._store import AppendConflict, delivery_stamp, verified_prev
@@ -554,21 +555,9 @@ class WorkflowProcessor:
             call = run.activity(int(cmd["seq"])) if run is not None else None
             if call is not None and (call.done or call.attempt != cmd["attempt"]):
                 return
-            task = {
-                "wf": workflow_id,
-                "h": entry.subject,
-                "seq": cmd["seq"],
-                "attempt": cmd["attempt"],
-                "activity": cmd["activity"],
-                "args": cmd["args"],
-                "task_queue": cmd["task_queue"],
-                "start_to_close": cmd.get("start_to_close"),
-                "heartbeat_timeout": cmd.get("heartbeat_timeout"),
-                "heartbeat": cmd.get("heartbeat"),
-                "dseq": decision_seq,
-            }
-            msg_id = f"{workflow_token(workflow_id)}:{cmd['seq']}:{cmd['attempt']}"
-            await self.store.publish_task(cmd["task_queue"], task, msg_id)
+            task = ActivityTask.scheduled(workflow_id, entry.subject, decision_seq, cmd)
+            msg_id = f"{workflow_token(workflow_id)}:{task.seq}:{task.attempt}"
+            await self.store.publish_task(task.task_queue, task.to_wire(), msg_id)
         elif kind == h.TIMER_STARTED:
             timer = run.timer(str(cmd["timer"])) if run is not None else None
             if (timer is not None and timer.fired) or (run is not None and run.closed):

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from dfcore import ActivityError, HistoryEvent
+from dfcore import ActivityError, EventType, HistoryEvent
 
 from ._task_options import (
     STARTED_SIGNAL,
@@ -40,7 +40,7 @@ def result_from_history(
         TaskResultDoesNotExist: the workflow does not run a Django task, or its task function
             cannot be imported here.
     """
-    if not events or events[0].type != "WorkflowStarted":
+    if not events or events[0].type != EventType.WORKFLOW_STARTED:
         raise TaskResultDoesNotExist(result_id)
     first = events[0].attributes
     if first.get("workflow") != WORKFLOW or not first.get("args"):
@@ -58,29 +58,33 @@ def result_from_history(
     cancel_reason = ""
     for event in events:
         attrs = event.attributes
-        if event.type == "SignalReceived" and attrs.get("name") == STARTED_SIGNAL:
+        if event.type == EventType.SIGNAL_RECEIVED and attrs.get("name") == STARTED_SIGNAL:
             payload = attrs.get("payload") or {}
             at = from_us(payload["at"]) if "at" in payload else from_ms(event.time_ms)
             started_at = started_at or at
             last_attempted_at = at
             worker_ids.append(str(payload.get("worker_id", "")))
             running.add(int(payload.get("attempt", 0)))
-        elif event.type in ("ActivityCompleted", "ActivityFailed"):
+        elif event.type in (EventType.ACTIVITY_COMPLETED, EventType.ACTIVITY_FAILED):
             running.discard(int(attrs.get("attempt", 0)))
-            if event.type == "ActivityFailed":
+            if event.type == EventType.ACTIVITY_FAILED:
                 errors.append(_error_from_record(attrs.get("error") or {}))
-        elif event.type == "WorkflowCompleted":
+        elif event.type == EventType.WORKFLOW_COMPLETED:
             status, finished_at, value = (
                 TaskResultStatus.SUCCESSFUL,
                 from_ms(event.time_ms),
                 attrs.get("result"),
             )
-        elif event.type == "CancelRequested":
+        elif event.type == EventType.CANCEL_REQUESTED:
             cancel_reason = str(attrs.get("reason") or "")
-        elif event.type in ("WorkflowFailed", "WorkflowTimedOut", "WorkflowCancelled"):
+        elif event.type in (
+            EventType.WORKFLOW_FAILED,
+            EventType.WORKFLOW_TIMED_OUT,
+            EventType.WORKFLOW_CANCELLED,
+        ):
             status, finished_at = TaskResultStatus.FAILED, from_ms(event.time_ms)
             error = attrs.get("error") or {}
-            if event.type == "WorkflowCancelled":
+            if event.type == EventType.WORKFLOW_CANCELLED:
                 errors.append(_cancelled(cancel_reason))
             elif error.get("type") != ActivityError.__name__:  # attempts' errors are listed
                 errors.append(_error_from_record(error))

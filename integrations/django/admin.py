@@ -39,6 +39,7 @@ from dfcore import (
     ConfigurationError,
     DFConnectionError,
     DFError,
+    EventType,
     HistoryEvent,
     WorkflowNotFoundError,
     check_workflow_id,
@@ -63,7 +64,9 @@ _ICONS = {
     "timed_out": "icon-alert.svg",
 }
 WORKFLOW_STATUSES = ("running", "completed", "failed", "cancelled", "timed_out")
-FAILURE_EVENTS = frozenset({"ActivityFailed", "WorkflowFailed", "WorkflowTimedOut"})
+FAILURE_EVENTS = frozenset(
+    {EventType.ACTIVITY_FAILED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_TIMED_OUT}
+)
 
 
 def status_label(status: str) -> str:
@@ -441,7 +444,9 @@ class WorkflowAdmin(admin.ModelAdmin):
             log.warning("admin: cannot read workflow %.100r: %s", workflow_id, exc)
             error = problem_message(exc)
 
-        started = events[0].attributes if events and events[0].type == "WorkflowStarted" else {}
+        started = (
+            events[0].attributes if events and events[0].type == EventType.WORKFLOW_STARTED else {}
+        )
         request.current_app = self.admin_site.name
         context = {
             **self.admin_site.each_context(request),
