@@ -28,8 +28,12 @@ except ImportError:
 
 
 def result_from_history(
-    result_id: str, events: Sequence[HistoryEvent], alias: str, *, task: Task | None = None
-) -> TaskResult:
+    result_id: str,
+    events: Sequence[HistoryEvent],
+    alias: str,
+    *,
+    task: Task[Any, Any] | None = None,
+) -> TaskResult[Any, Any]:
     """Build the ``TaskResult`` of a task from its workflow's history.
 
     READY until an attempt starts (also while ``run_after`` has not come, and between
@@ -94,7 +98,7 @@ def result_from_history(
         # History times are whole milliseconds, attempts' starts microseconds: an end in the
         # same millisecond as the last start must not read as before it.
         finished_at = max(finished_at, last_attempted_at)
-    result = TaskResult(
+    result: TaskResult[Any, Any] = TaskResult(
         task=task,
         id=result_id,
         status=status,
@@ -113,7 +117,9 @@ def result_from_history(
     return result
 
 
-def _result_task(result_id: str, spec: Mapping[str, Any], alias: str, task: Task | None) -> Task:
+def _result_task(
+    result_id: str, spec: Mapping[str, Any], alias: str, task: Task[Any, Any] | None
+) -> Task[Any, Any]:
     """The Task the result was enqueued for: the decorated function (``task``, if already
     imported), with its recorded queue, priority and run_after."""
     try:
@@ -160,7 +166,7 @@ def _cancelled(reason: str) -> TaskError:
     return TaskError(exception_class_path="dfcore.CancelledError", traceback=text)
 
 
-def import_task(path: str) -> Task:
+def import_task(path: str) -> Task[Any, Any]:
     found = import_string(path)
     if not isinstance(found, Task):
         raise ImportError(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.contrib.admin.utils import quote, unquote
@@ -51,6 +51,12 @@ from .models import OutboxEntry, Workflow
 from .runtime import get_app
 
 log = logging.getLogger("dfcore.django.admin")
+
+if TYPE_CHECKING:  # ModelAdmin is generic in the stubs only
+    _OutboxAdmin = admin.ModelAdmin[OutboxEntry]
+    _WorkflowAdmin = admin.ModelAdmin[Workflow]
+else:
+    _OutboxAdmin = _WorkflowAdmin = admin.ModelAdmin
 
 #: Admin icon and label of each outbox and workflow status.
 _ICONS = {
@@ -135,7 +141,7 @@ class OutboxStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(OutboxEntry)
-class OutboxEntryAdmin(admin.ModelAdmin):
+class OutboxEntryAdmin(_OutboxAdmin):
     """The outbox, read-only: rows are written by ``start_on_commit`` and the relay."""
 
     list_display = (
@@ -256,7 +262,7 @@ class FilterChoice:
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(_WorkflowAdmin):
     """Workflows, read from JetStream: a list of the most recently active ones and a page per
     workflow with its status and event history. Nothing can be added, changed or deleted."""
 
@@ -370,7 +376,7 @@ class WorkflowAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _query(request: HttpRequest, **changes: Any) -> str:
-        params = {key: value for key, value in request.GET.items()}
+        params: dict[str, str] = {key: str(value) for key, value in request.GET.items()}
         for key, value in changes.items():
             if value is None:
                 params.pop(key, None)

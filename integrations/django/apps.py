@@ -40,7 +40,7 @@ def check_outbox_tables(app_configs: Any = None, **kwargs: Any) -> list[checks.C
     from .models import OutboxEntry
 
     table = OutboxEntry._meta.db_table
-    found = []
+    found: list[checks.CheckMessage] = []
     for alias in connections:
         if not router.allow_migrate_model(alias, OutboxEntry):
             continue

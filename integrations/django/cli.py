@@ -65,7 +65,8 @@ def _runserver(echo: Callable[[str], None]) -> Callable[[str, int, Callable[[str
     def serve(host: str, port: int, announce: Callable[[str], None]) -> None:
         """The project's ``runserver`` (staticfiles' included), without its autoreloader,
         which would restart this process and NATS and the worker with it."""
-        command = load_command_class(get_commands()["runserver"], "runserver")
+        # runserver's on_bind, addr and protocol are not in Django's stubs.
+        command: Any = load_command_class(get_commands()["runserver"], "runserver")
         bound = command.on_bind
 
         def on_bind(server_port: int) -> None:
@@ -151,7 +152,9 @@ def split_django_options(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]
 class _Words(CommandParser):
     """Takes Django's global options out of the words, and leaves the rest to click."""
 
-    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+    def parse_args(  # type: ignore[override]  # one signature serves argparse's overloads
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> Any:
         given, rest = split_django_options(list(args or []))
         parsed = super().parse_args([], namespace)
         vars(parsed).update(given, args=rest)

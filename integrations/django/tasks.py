@@ -163,17 +163,18 @@ class DFTaskBackend(_Base):  # type: ignore[misc]  # BaseTaskBackend is untyped
 
     # -- validation -------------------------------------------------------------------------
 
-    def validate_task(self, task: Task) -> None:
+    def validate_task(self, task: Task[Any, Any]) -> None:
         """Django's rules, plus a queue name DurableFuture can use.
 
         Raises:
             InvalidTask: the task cannot run on this backend; the message says why.
         """
-        if isinstance(task.run_after, timedelta):
+        run_after: Any = task.run_after  # the stubs allow a datetime only
+        if isinstance(run_after, timedelta):
             # Django documents run_after as a datetime or a timedelta from now, but its base
             # check only takes datetimes: check the moment it stands for (enqueue records it).
             # replace() validates the new Task through its backend, which is this one.
-            dataclasses.replace(task, run_after=timezone.now() + task.run_after)
+            dataclasses.replace(task, run_after=timezone.now() + run_after)
             return
         super().validate_task(task)
         if not is_queue_name(task.queue_name):
@@ -207,7 +208,9 @@ class DFTaskBackend(_Base):  # type: ignore[misc]  # BaseTaskBackend is untyped
 
     # -- enqueue ----------------------------------------------------------------------------
 
-    def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
+    def enqueue(
+        self, task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> TaskResult[Any, Any]:
         """Start the task's workflow (or, with ENQUEUE_ON_COMMIT, write it to the outbox).
 
         Raises:
@@ -227,27 +230,30 @@ class DFTaskBackend(_Base):  # type: ignore[misc]  # BaseTaskBackend is untyped
         return result
 
     async def aenqueue(
-        self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]
-    ) -> TaskResult:
+        self, task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> TaskResult[Any, Any]:
         """The async twin of :meth:`enqueue` (the outbox path runs it in a thread)."""
         if self.enqueue_on_commit:  # the ORM and its transaction are thread-bound
-            return await super().aenqueue(task, args, kwargs)
+            result: TaskResult[Any, Any] = await super().aenqueue(task, args, kwargs)
+            return result
         result, spec, queue = self._prepare(task, args, kwargs)
         await _project_app().astart(WORKFLOW, spec, workflow_id=result.id, task_queue=queue)
         task_enqueued.send(type(self), task_result=result)
         return result
 
     def _prepare(
-        self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]
-    ) -> tuple[TaskResult, dict[str, Any], str]:
+        self, task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> tuple[TaskResult[Any, Any], dict[str, Any], str]:
         """Validate, and build the READY result, the workflow's argument and its queue."""
-        if isinstance(task.run_after, timedelta):
+        run_after: Any = task.run_after  # the stubs allow a datetime only
+        if isinstance(run_after, timedelta):
             # Django documents run_after as a datetime or a timedelta from now; record the
             # moment, so the result (and a replay of the workflow) sees a fixed time.
-            task = dataclasses.replace(task, run_after=timezone.now() + task.run_after)
+            task = dataclasses.replace(task, run_after=timezone.now() + run_after)
         self.validate_task(task)
         enqueued = from_us(to_us(timezone.now()))  # the precision get_result() reads back
-        result = TaskResult(  # normalises args/kwargs: non-JSON values raise TypeError here
+        # TaskResult normalises args/kwargs: non-JSON values raise TypeError here.
+        result: TaskResult[Any, Any] = TaskResult(
             task=task,
             id=str(uuid.uuid4()),
             status=TaskResultStatus.READY,
@@ -283,7 +289,7 @@ class DFTaskBackend(_Base):  # type: ignore[misc]  # BaseTaskBackend is untyped
 
     # -- results ----------------------------------------------------------------------------
 
-    def get_result(self, result_id: str) -> TaskResult:
+    def get_result(self, result_id: str) -> TaskResult[Any, Any]:
         """The task's result as its workflow's history has it now.
 
         Raises:
@@ -297,7 +303,7 @@ class DFTaskBackend(_Base):  # type: ignore[misc]  # BaseTaskBackend is untyped
             raise TaskResultDoesNotExist(result_id) from None
         return result_from_history(str(result_id), events, self.alias)
 
-    async def aget_result(self, result_id: str) -> TaskResult:
+    async def aget_result(self, result_id: str) -> TaskResult[Any, Any]:
         """The async twin of :meth:`get_result`."""
         handle = _handle(result_id)
         try:
@@ -430,7 +436,7 @@ def _run_attempt(app: App, spec: Mapping[str, Any]) -> Any:
 
 
 def _attempt_failed(
-    task_result: TaskResult,
+    task_result: TaskResult[Any, Any],
     info: activity.ActivityInfo,
     spec: Mapping[str, Any],
     exc: BaseException,
@@ -474,8 +480,13 @@ def _record_start(app: App, info: activity.ActivityInfo, worker_id: str, at: dat
 
 
 def _running_result(
-    app: App, workflow_id: str, task: Task, spec: Mapping[str, Any], worker_id: str, at: datetime
-) -> TaskResult:
+    app: App,
+    workflow_id: str,
+    task: Task[Any, Any],
+    spec: Mapping[str, Any],
+    worker_id: str,
+    at: datetime,
+) -> TaskResult[Any, Any]:
     """The attempt's TaskResult (for TaskContext and Django's signals), from the history."""
     alias = str(spec.get("backend") or "default")
     try:
@@ -507,7 +518,10 @@ def _running_result(
 
 
 def _finish(
-    result: TaskResult, status: TaskResultStatus, error: TaskError | None, value: Any = None
+    result: TaskResult[Any, Any],
+    status: TaskResultStatus,
+    error: TaskError | None,
+    value: Any = None,
 ) -> None:
     """Send Django's task_finished for this attempt (READY: a retry follows)."""
     object.__setattr__(result, "status", status)
@@ -520,7 +534,7 @@ def _finish(
     _send(task_finished, result)
 
 
-def _send(signal: Any, result: TaskResult) -> None:
+def _send(signal: Any, result: TaskResult[Any, Any]) -> None:
     """Send one of Django's task signals; a receiver's bug must not change the outcome."""
     try:
         signal.send(DFTaskBackend, task_result=result)
