@@ -9,6 +9,7 @@ import pytest
 
 from dfcore import EventType
 from dfcore.core import _history as h
+from dfcore.core._commands import command_from_wire
 from dfcore.core._tasks import ActivityTask
 
 #: An activity task exactly as version 0.1 published it (the keys are the wire's, not ours).
@@ -38,7 +39,7 @@ def test_a_task_is_built_from_its_scheduling_command() -> None:
     wire_only = {"wf", "h", "dseq", "heartbeat_timeout", "heartbeat"}
     command = {k: v for k, v in STORED_TASK.items() if k not in wire_only}
     command["t"] = EventType.ACTIVITY_SCHEDULED
-    task = ActivityTask.scheduled("order-1", STORED_TASK["h"], 7, command)
+    task = ActivityTask.scheduled("order-1", STORED_TASK["h"], 7, command_from_wire(command))
     assert ActivityTask.from_wire(task.to_wire()) == task
     assert task.to_wire() == STORED_TASK
 
@@ -69,3 +70,25 @@ def test_event_types_are_the_strings_records_store() -> None:
     assert not EventType.ACTIVITY_FAILED.is_terminal
     body = {"t": EventType.WORKFLOW_STARTED, "ts": 1, "workflow": "w", "args": []}
     assert h.validate_record(1, body).type == "WorkflowStarted"
+
+
+def test_every_stored_command_reads_as_a_typed_command_and_writes_back_the_same() -> None:
+    from tests.test_golden import load
+
+    commands = [
+        cmd
+        for name in ("order_completed.json", "order_nondeterministic.json")
+        for record in load(name)
+        if record.type == h.DECIDED
+        for cmd in record.commands
+    ]
+    assert {cmd["t"] for cmd in commands} >= {"ActivityScheduled", "TimerStarted"}
+    for cmd in commands:
+        written = command_from_wire(cmd).to_wire()
+        assert written.items() >= cmd.items()  # everything stored is kept, as it was
+        assert all(written[key] is None for key in written.keys() - cmd.keys())  # defaults
+
+
+def test_a_fact_is_not_a_command() -> None:
+    with pytest.raises(ValueError, match="'TimerFired' is not a command"):
+        command_from_wire({"t": EventType.TIMER_FIRED, "timer": "1"})

@@ -20,6 +20,16 @@ from typing import Any
 
 from dfcore.core import _history as h
 from dfcore.core._call_args import decode_call_args, return_hint
+from dfcore.core._commands import (
+    CancelWorkflow,
+    Command,
+    CompleteWorkflow,
+    FailWorkflow,
+    RequestActivityCancel,
+    ScheduleActivity,
+    StartTimer,
+    TimeOutWorkflow,
+)
 from dfcore.core._convert import convert
 from dfcore.core._definitions import ActivityOptions, RetryPolicy, WorkflowDefinition
 from dfcore.core._errors import (
@@ -305,7 +315,7 @@ class WorkflowRun:
 
     def _apply_cancel_requested(self, body: Mapping[str, Any]) -> None:
         if self._unregistered:  # no code ran: nothing to unwind
-            self._produce({"t": h.WORKFLOW_CANCELLED})
+            self._produce(CancelWorkflow())
             self.closed = True
             return
         if self._main is not None and not self._main.done() and not self._cancel_requested:
@@ -390,12 +400,12 @@ class WorkflowRun:
 
     def _close_with(self, main: asyncio.Task[Any]) -> None:
         if main.cancelled():
-            self._produce({"t": h.WORKFLOW_CANCELLED})
+            self._produce(CancelWorkflow())
         elif (exc := main.exception()) is not None:
             if isinstance(exc, asyncio.CancelledError):
-                self._produce({"t": h.WORKFLOW_CANCELLED})
+                self._produce(CancelWorkflow())
             elif isinstance(exc, DFError | TimeoutError):
-                self._produce({"t": h.WORKFLOW_FAILED, "error": error_json(exc)})
+                self._produce(FailWorkflow(error_json(exc)))
             else:
                 raise WorkflowCodeError(
                     self.info.workflow_id, self.info.workflow_type, exc
@@ -422,13 +432,13 @@ class WorkflowRun:
             except PayloadError as exc:
                 self._fail_workflow(exc)
                 return
-        self._produce({"t": h.WORKFLOW_COMPLETED, "result": result})
+        self._produce(CompleteWorkflow(result))
 
     def _time_out_workflow(self) -> None:
         if self.closed:
             return
         error = {"type": "TimeoutError", "message": "workflow execution timeout exceeded"}
-        self._produce({"t": h.WORKFLOW_TIMED_OUT, "error": error})
+        self._produce(TimeOutWorkflow(error))
         self.closed = True
         if self._main is not None and not self._main.done():
             self._main.cancel()
@@ -436,7 +446,7 @@ class WorkflowRun:
 
     def _fail_workflow(self, exc: BaseException) -> None:
         """End the workflow with ``exc`` before its code could run."""
-        self._produce({"t": h.WORKFLOW_FAILED, "error": error_json(exc)})
+        self._produce(FailWorkflow(error_json(exc)))
         self.closed = True
 
     def _lookup_activity(self, ref: Any) -> tuple[str, ActivityOptions, Any]:
@@ -452,21 +462,20 @@ class WorkflowRun:
 
     def _schedule_attempt(self, call: ActivityCall) -> None:
         opts = call.options
-        cmd: dict[str, Any] = {
-            "t": h.ACTIVITY_SCHEDULED,
-            "seq": call.seq,
-            "attempt": call.attempt,
-            "activity": call.name,
-            "args": call.args,
-            "task_queue": call.task_queue,
-            "start_to_close": opts.start_to_close or self._default_timeout,
-            "heartbeat_timeout": opts.heartbeat_timeout,
-            "schedule_to_close": opts.schedule_to_close,
-            "retry": call.retry.to_json(),
-        }
-        if call.heartbeat is not None:
-            cmd["heartbeat"] = call.heartbeat
-        self._produce(cmd)
+        self._produce(
+            ScheduleActivity(
+                seq=call.seq,
+                attempt=call.attempt,
+                activity=call.name,
+                args=call.args,
+                task_queue=call.task_queue,
+                start_to_close=opts.start_to_close or self._default_timeout,
+                heartbeat_timeout=opts.heartbeat_timeout,
+                schedule_to_close=opts.schedule_to_close,
+                retry=call.retry.to_json(),
+                heartbeat=call.heartbeat,
+            )
+        )
 
     def _retry_delay(self, call: ActivityCall, error: Mapping[str, Any]) -> float | None:
         policy = call.retry
@@ -499,7 +508,7 @@ class WorkflowRun:
     def _on_activity_future_done(self, call: ActivityCall) -> None:
         if call.future.cancelled() and not call.done:
             call.done = True
-            self._produce({"t": h.ACTIVITY_CANCEL_REQUESTED, "seq": call.seq})
+            self._produce(RequestActivityCancel(call.seq))
 
     def label_next_timer(self, label: str | None) -> None:
         """Say in the history what the next timer the code starts is for (shown, not replayed)."""
@@ -523,23 +532,14 @@ class WorkflowRun:
     ) -> TimerState:
         state = TimerState(timer_id, purpose, seq)
         self._timers[timer_id] = state
-        cmd: dict[str, Any] = {
-            "t": h.TIMER_STARTED,
-            "timer": timer_id,
-            "purpose": purpose,
-            "duration": round(delay, 3),
-            "fire_at": self._now_ms + int(delay * 1000),
-        }
-        if seq is not None:
-            cmd["seq"] = seq
-        if label is not None:
-            cmd["label"] = label
-        self._produce(cmd)
+        fire_at = self._now_ms + int(delay * 1000)
+        self._produce(StartTimer(timer_id, purpose, round(delay, 3), fire_at, seq, label))
         return state
 
-    def _produce(self, cmd: dict[str, Any]) -> None:
+    def _produce(self, command: Command) -> None:
         if self.closed or self._nondeterminism is not None:
             return
+        cmd = command.to_wire()  # what decisions store, and what replay compares
         key = h.command_key(cmd)
         if h.is_user_command(cmd):
             recorded = self._recorded_user.pop(int(cmd["seq"]), None)

@@ -1,7 +1,7 @@
 """Activity tasks: the messages a workflow worker publishes and an activity worker runs.
 
 :class:`ActivityTask` is the one place a task is built (:meth:`ActivityTask.scheduled`, from
-the ``ActivityScheduled`` command of a decision) and read back (:meth:`ActivityTask.from_wire`,
+the ``ScheduleActivity`` command of a decision) and read back (:meth:`ActivityTask.from_wire`,
 which checks every field a worker relies on). The wire form keeps the short keys stored tasks
 have always had, so tasks queued by an earlier version are read the same.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from dfcore.core._commands import ScheduleActivity
 
 #: Required fields of the wire form, with their JSON types.
 _REQUIRED: Mapping[str, type] = {
@@ -54,21 +56,21 @@ class ActivityTask:
 
     @classmethod
     def scheduled(
-        cls, workflow_id: str, history: str, decision_seq: int, command: Mapping[str, Any]
+        cls, workflow_id: str, history: str, decision_seq: int, command: ScheduleActivity
     ) -> ActivityTask:
-        """The task an ``ActivityScheduled`` command of decision ``decision_seq`` asks for."""
+        """The task a ``ScheduleActivity`` command of decision ``decision_seq`` asks for."""
         return cls(
             workflow_id=workflow_id,
             history=history,
-            seq=int(command["seq"]),
-            attempt=int(command["attempt"]),
-            activity=str(command["activity"]),
-            args=list(command["args"]),
+            seq=command.seq,
+            attempt=command.attempt,
+            activity=command.activity,
+            args=command.args,
             decision_seq=decision_seq,
-            task_queue=str(command["task_queue"]),
-            start_to_close=command.get("start_to_close"),
-            heartbeat_timeout=command.get("heartbeat_timeout"),
-            heartbeat=command.get("heartbeat"),
+            task_queue=command.task_queue,
+            start_to_close=command.start_to_close,
+            heartbeat_timeout=command.heartbeat_timeout,
+            heartbeat=command.heartbeat,
         )
 
     def to_wire(self) -> dict[str, Any]:

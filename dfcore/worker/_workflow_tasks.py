@@ -29,6 +29,12 @@ import orjson
 from nats.aio.msg import Msg
 
 from dfcore.core import _history as h
+from dfcore.core._commands import (
+    RequestActivityCancel,
+    ScheduleActivity,
+    StartTimer,
+    command_from_wire,
+)
 from dfcore.core._context import WorkflowContext
 from dfcore.core._engine import WorkflowRun
 from dfcore.core._errors import (
@@ -549,20 +555,20 @@ class WorkflowProcessor:
     async def _dispatch_one(
         self, entry: _Entry, run: WorkflowRun | None, decision_seq: int, cmd: Mapping[str, Any]
     ) -> None:
-        kind = cmd["t"]
+        command = command_from_wire(cmd)
         workflow_id = entry.workflow_id
-        if kind == h.ACTIVITY_SCHEDULED:
-            call = run.activity(int(cmd["seq"])) if run is not None else None
-            if call is not None and (call.done or call.attempt != cmd["attempt"]):
+        if isinstance(command, ScheduleActivity):
+            call = run.activity(command.seq) if run is not None else None
+            if call is not None and (call.done or call.attempt != command.attempt):
                 return
-            task = ActivityTask.scheduled(workflow_id, entry.subject, decision_seq, cmd)
+            task = ActivityTask.scheduled(workflow_id, entry.subject, decision_seq, command)
             msg_id = f"{workflow_token(workflow_id)}:{task.seq}:{task.attempt}"
             await self.store.publish_task(task.task_queue, task.to_wire(), msg_id)
-        elif kind == h.TIMER_STARTED:
-            timer = run.timer(str(cmd["timer"])) if run is not None else None
+        elif isinstance(command, StartTimer):
+            timer = run.timer(command.timer) if run is not None else None
             if (timer is not None and timer.fired) or (run is not None and run.closed):
                 return
-            await self.store.schedule_timer(entry.subject, str(cmd["timer"]), int(cmd["fire_at"]))
-        elif kind == h.ACTIVITY_CANCEL_REQUESTED:
+            await self.store.schedule_timer(entry.subject, command.timer, command.fire_at)
+        elif isinstance(command, RequestActivityCancel):
             subject = self.store.layout.activity_cancel_subject(workflow_id)
-            await self.store.nc.publish(subject, orjson.dumps({"seq": cmd["seq"]}))
+            await self.store.nc.publish(subject, orjson.dumps({"seq": command.seq}))

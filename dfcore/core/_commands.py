@@ -1,0 +1,164 @@
+"""The commands workflow code produces: typed values, with the wire form decisions store.
+
+The engine builds every command as one of these and :meth:`to_wire` gives the JSON object a
+``Decided`` record holds (the form every stored history has, so replay compares like with
+like). :func:`command_from_wire` reads one back for the worker that carries a decision out;
+the shape of each has been checked when its record was read (``_history.validate_record``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dfcore.core._history import EventType
+
+
+@dataclass(frozen=True)
+class ScheduleActivity:
+    """Run attempt ``attempt`` of activity call ``seq``."""
+
+    seq: int
+    attempt: int
+    activity: str
+    args: list[Any]
+    task_queue: str
+    start_to_close: float | None
+    heartbeat_timeout: float | None
+    schedule_to_close: float | None
+    retry: Mapping[str, Any]
+    heartbeat: Any = None  # the previous attempt's last heartbeat details
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "t": EventType.ACTIVITY_SCHEDULED.value,
+            "seq": self.seq,
+            "attempt": self.attempt,
+            "activity": self.activity,
+            "args": self.args,
+            "task_queue": self.task_queue,
+            "start_to_close": self.start_to_close,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "schedule_to_close": self.schedule_to_close,
+            "retry": dict(self.retry),
+        }
+        if self.heartbeat is not None:
+            wire["heartbeat"] = self.heartbeat
+        return wire
+
+
+@dataclass(frozen=True)
+class RequestActivityCancel:
+    """Tell the activity worker running call ``seq`` that the workflow cancelled it."""
+
+    seq: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": EventType.ACTIVITY_CANCEL_REQUESTED.value, "seq": self.seq}
+
+
+@dataclass(frozen=True)
+class StartTimer:
+    """A durable timer: ``purpose`` is ``timer`` (workflow code), ``retry``,
+    ``schedule_to_close`` or ``execution_timeout``; ``seq`` is set for the code's own."""
+
+    timer: str
+    purpose: str
+    duration: float
+    fire_at: int  # epoch milliseconds
+    seq: int | None = None
+    label: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "t": EventType.TIMER_STARTED.value,
+            "timer": self.timer,
+            "purpose": self.purpose,
+            "duration": self.duration,
+            "fire_at": self.fire_at,
+        }
+        if self.seq is not None:
+            wire["seq"] = self.seq
+        if self.label is not None:
+            wire["label"] = self.label
+        return wire
+
+
+@dataclass(frozen=True)
+class CompleteWorkflow:
+    result: Any
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": EventType.WORKFLOW_COMPLETED.value, "result": self.result}
+
+
+@dataclass(frozen=True)
+class FailWorkflow:
+    error: Mapping[str, Any]  # ``_errors.error_json``
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": EventType.WORKFLOW_FAILED.value, "error": dict(self.error)}
+
+
+@dataclass(frozen=True)
+class TimeOutWorkflow:
+    error: Mapping[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": EventType.WORKFLOW_TIMED_OUT.value, "error": dict(self.error)}
+
+
+@dataclass(frozen=True)
+class CancelWorkflow:
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": EventType.WORKFLOW_CANCELLED.value}
+
+
+Command = (
+    ScheduleActivity
+    | RequestActivityCancel
+    | StartTimer
+    | CompleteWorkflow
+    | FailWorkflow
+    | TimeOutWorkflow
+    | CancelWorkflow
+)
+
+
+def command_from_wire(wire: Mapping[str, Any]) -> Command:
+    """The command a stored decision holds (its shape already checked on read)."""
+    kind = wire["t"]
+    if kind == EventType.ACTIVITY_SCHEDULED:
+        return ScheduleActivity(
+            seq=int(wire["seq"]),
+            attempt=int(wire["attempt"]),
+            activity=str(wire["activity"]),
+            args=list(wire["args"]),
+            task_queue=str(wire["task_queue"]),
+            start_to_close=wire.get("start_to_close"),
+            heartbeat_timeout=wire.get("heartbeat_timeout"),
+            schedule_to_close=wire.get("schedule_to_close"),
+            retry=wire.get("retry") or {},
+            heartbeat=wire.get("heartbeat"),
+        )
+    if kind == EventType.ACTIVITY_CANCEL_REQUESTED:
+        return RequestActivityCancel(seq=int(wire["seq"]))
+    if kind == EventType.TIMER_STARTED:
+        return StartTimer(
+            timer=str(wire["timer"]),
+            purpose=str(wire["purpose"]),
+            duration=float(wire.get("duration") or 0.0),
+            fire_at=int(wire["fire_at"]),
+            seq=wire.get("seq"),
+            label=wire.get("label"),
+        )
+    if kind == EventType.WORKFLOW_COMPLETED:
+        return CompleteWorkflow(wire.get("result"))
+    if kind == EventType.WORKFLOW_FAILED:
+        return FailWorkflow(wire.get("error") or {})
+    if kind == EventType.WORKFLOW_TIMED_OUT:
+        return TimeOutWorkflow(wire.get("error") or {})
+    if kind == EventType.WORKFLOW_CANCELLED:
+        return CancelWorkflow()
+    raise ValueError(f"{str(kind)!r} is not a command")
