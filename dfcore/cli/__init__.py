@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from dfcore.cli import _argparse  # the argparse helpers the click commands replace
 from dfcore.cli._commands import COMMANDS, CONTEXT, cli, main, setup_logging
 from dfcore.cli._host import Host, current_host
 from dfcore.worker._worker_thread import WorkerThread
@@ -34,24 +35,9 @@ __all__ = [
     "setup_logging",
 ]
 
-#: The argparse helpers that the click commands replace, kept for a deprecation period.
-_DEPRECATED = {
-    "add_dlq_arguments",
-    "add_nats_only_argument",
-    "add_worker_arguments",
-    "add_workflow_arguments",
-    "dev_banner",
-    "run_dlq_command",
-    "run_workflow_command",
-    "start_dev_server",
-    "supervise_if_asked",
-    "wait_for_interrupt",
-    "worker_options",
-}
-
 
 def __getattr__(name: str) -> Any:
-    if name not in _DEPRECATED:
+    if name not in _argparse.__all__:
         raise AttributeError(f"module 'dfcore.cli' has no attribute {name!r}")
     warnings.warn(
         f"dfcore.cli.{name} is deprecated and will be removed: the command line is a click "
@@ -59,6 +45,4 @@ def __getattr__(name: str) -> Any:
         DeprecationWarning,
         stacklevel=2,
     )
-    from dfcore.cli import _argparse
-
     return getattr(_argparse, name)

@@ -46,7 +46,9 @@ def _set_app(ctx: click.Context, param: click.Parameter, value: str | None) -> N
     host = ctx.find_object(Host)
     if host is None or not host.takes_app_option:
         where = host.name if host is not None else "this program"
-        raise click.UsageError(f"-A/--app is the core CLI's; {where} knows its app already")
+        raise click.UsageError(
+            f"-A/--app is the dfcore command's; {where} knows its app already: leave -A out"
+        )
     host.app_spec = value
 
 

@@ -322,31 +322,47 @@ class Store:
     async def purge_timers(self, history_subject: str) -> None:
         """Drop an ended workflow's pending timer schedules so they never fire."""
         queue, workflow_id = self.layout.parse_history_subject(history_subject)
-        request = orjson.dumps({"filter": self.layout.timers_of(queue, workflow_id)})
+        await self.purge(self.layout.timers_of(queue, workflow_id))
+
+    async def purge(self, subject_filter: str) -> None:
+        """Remove every message of the history stream on ``subject_filter``."""
+        request = orjson.dumps({"filter": subject_filter})
         subject = f"$JS.API.STREAM.PURGE.{self.layout.history_stream}"
         reply = await self._replies.request(subject, request, None)
         error = orjson.loads(reply.data).get("error")
         if error:
-            raise DFError(f"JetStream refused to purge timers: {error.get('description')}")
+            raise DFError(
+                f"JetStream refused to purge {subject_filter}: {error.get('description')}"
+            )
 
     async def last_many(self, subjects: list[str]) -> list[tuple[str, h.Record]]:
         """The last record of each subject (for listings)."""
         out: list[tuple[str, h.Record]] = []
+        for msg in await self.last_messages(subjects):
+            record = self._record_from(msg)
+            if record is not None:
+                out.append((str((msg.headers or {}).get("Nats-Subject")), record))
+        return out
+
+    async def last_messages(self, subjects: list[str]) -> list[Msg]:
+        """The last message of each subject, as stored (batched direct gets)."""
+        out: list[Msg] = []
         for chunk in _chunks(subjects, 200):
             msgs, _ = await self.api.direct_get({"multi_last": chunk, "batch": len(chunk)})
-            for msg in msgs:
-                record = self._record_from(msg)
-                if record is not None:
-                    out.append((str(msg.headers["Nats-Subject"]), record))
+            out += msgs
         return out
 
     async def history_subjects(self) -> list[str]:
+        return await self.subjects(self.layout.history_all, "listing workflows")
+
+    async def subjects(self, subject_filter: str, doing: str) -> list[str]:
+        """The subjects of the history stream matching ``subject_filter`` that hold messages."""
         try:
             info = await self.js.stream_info(
-                self.layout.history_stream, subjects_filter=self.layout.history_all
+                self.layout.history_stream, subjects_filter=subject_filter
             )
         except Exception as exc:
-            raise wrap(exc, "listing workflows") from exc
+            raise wrap(exc, doing) from exc
         return list((info.state.subjects or {}).keys())
 
     def _record_from(self, msg: Msg) -> h.Record | None:

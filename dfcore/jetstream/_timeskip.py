@@ -14,10 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import orjson
-
 from dfcore.core import _history as h
-from dfcore.core._errors import DFError
 from dfcore.jetstream._requests import wrap
 from dfcore.jetstream._store import Store
 
@@ -34,23 +31,15 @@ class PendingTimer:
 
 async def pending_timers(store: Store) -> list[PendingTimer]:
     """Every pending timer of the namespace, the earliest first."""
-    lay = store.layout
-    try:
-        info = await store.js.stream_info(lay.history_stream, subjects_filter=lay.timers_all)
-    except Exception as exc:
-        raise wrap(exc, "listing timers") from exc
-    subjects = sorted((info.state.subjects or {}).keys())
+    subjects = await store.subjects(store.layout.timers_all, "listing timers")
     timers: list[PendingTimer] = []
-    for start in range(0, len(subjects), 200):
-        chunk = subjects[start : start + 200]
-        msgs, _ = await store.api.direct_get({"multi_last": chunk, "batch": len(chunk)})
-        for msg in msgs:
-            headers = msg.headers or {}
-            schedule, target = headers.get("Nats-Schedule", ""), headers.get("Nats-Schedule-Target")
-            if not schedule.startswith("@at ") or not target:
-                continue
-            when = datetime.fromisoformat(schedule[4:].replace("Z", "+00:00")).astimezone(UTC)
-            timers.append(PendingTimer(str(headers.get("Nats-Subject")), target, when, msg.data))
+    for msg in await store.last_messages(subjects):
+        headers = msg.headers or {}
+        schedule, target = headers.get("Nats-Schedule", ""), headers.get("Nats-Schedule-Target")
+        if not schedule.startswith("@at ") or not target:
+            continue
+        when = datetime.fromisoformat(schedule[4:].replace("Z", "+00:00")).astimezone(UTC)
+        timers.append(PendingTimer(str(headers.get("Nats-Subject")), target, when, msg.data))
     return sorted(timers, key=lambda timer: (timer.fire_at, timer.subject))
 
 
@@ -62,12 +51,7 @@ async def fire_now(store: Store, timer: PendingTimer) -> None:
     """
     headers = {h.HDR_EVENT: h.TIMER_FIRED, "Nats-Msg-Id": f"{timer.subject}:skipped"}
     await store.api.publish(timer.history_subject, timer.data, headers, "firing a timer now")
-    request = orjson.dumps({"filter": timer.subject})
-    subject = f"$JS.API.STREAM.PURGE.{store.layout.history_stream}"
-    reply = await store.api.replies.request(subject, request, None)
-    error = orjson.loads(reply.data).get("error")
-    if error:
-        raise DFError(f"JetStream refused to drop the timer {timer.subject}: {error}")
+    await store.purge(timer.subject)
 
 
 async def workers_idle(store: Store) -> bool:

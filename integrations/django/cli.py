@@ -55,32 +55,29 @@ def django_host(echo: Callable[[str], None], errors: Callable[[str], None]) -> c
         dev_data=lambda: _project_dir() / ".df",
         start_relay=start_relay,
         use_server=use_server,
-        web=_runserver(echo),
+        web=_runserver,
         web_port=8000,
         echo=echo,
     )
 
 
-def _runserver(echo: Callable[[str], None]) -> Callable[[str, int, Callable[[str], None]], None]:
-    def serve(host: str, port: int, announce: Callable[[str], None]) -> None:
-        """The project's ``runserver`` (staticfiles' included), without its autoreloader,
-        which would restart this process and NATS and the worker with it."""
-        # runserver's on_bind, addr and protocol are not in Django's stubs.
-        command: Any = load_command_class(get_commands()["runserver"], "runserver")
-        bound = command.on_bind
+def _runserver(host: str, port: int, announce: Callable[[str], None]) -> None:
+    """The project's ``runserver`` (staticfiles' included), without its autoreloader,
+    which would restart this process and NATS and the worker with it."""
+    # runserver's on_bind, addr and protocol are not in Django's stubs.
+    command: Any = load_command_class(get_commands()["runserver"], "runserver")
+    bound = command.on_bind
 
-        def on_bind(server_port: int) -> None:
-            bound(server_port)
-            shown = "127.0.0.1" if command.addr in ("0", "0.0.0.0") else command.addr
-            shown = f"[{shown}]" if ":" in shown else shown
-            site = f"{command.protocol}://{shown}:{server_port}/"
-            announce(f"{site}  (admin: {site}admin/)")
+    def on_bind(server_port: int) -> None:
+        bound(server_port)
+        shown = "127.0.0.1" if command.addr in ("0", "0.0.0.0") else command.addr
+        shown = f"[{shown}]" if ":" in shown else shown
+        site = f"{command.protocol}://{shown}:{server_port}/"
+        announce(f"{site}  (admin: {site}admin/)")
 
-        command.on_bind = on_bind
-        address = f"[{host}]" if ":" in host else host
-        call_command(command, f"{address}:{port}", use_reloader=False)
-
-    return serve
+    command.on_bind = on_bind
+    address = f"[{host}]" if ":" in host else host
+    call_command(command, f"{address}:{port}", use_reloader=False)
 
 
 def _project_dir() -> Path:
@@ -162,9 +159,10 @@ class _Words(CommandParser):
 
 
 class TreeCommand(BaseCommand):
-    """A management command that runs ``words`` of the ``df`` tree with its arguments."""
+    """A management command that runs the ``df`` tree, or its command ``word``, with its
+    arguments."""
 
-    words: tuple[str, ...] = ()
+    word: str | None = None
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         parser = super().create_parser(prog_name, subcommand, **kwargs)
@@ -189,9 +187,7 @@ class TreeCommand(BaseCommand):
 
     def _run(self, argv: Sequence[str], prog: str) -> None:
         host = django_host(self.stdout.write, self.stderr.write)
-        command: click.Command = df_group
-        for word in self.words:
-            command = df_group.commands[word]
+        command: click.Command = df_group.commands[self.word] if self.word else df_group
         try:
             command.main(args=list(argv), prog_name=prog, obj=host, standalone_mode=False)
         except click.exceptions.Exit as exc:

@@ -10,4 +10,3 @@ class Command(TreeCommand):
         "Run DurableFuture for this project: `manage.py df "
         "worker|dev|relay|workflow|dlq`; `manage.py df --help` lists them."
     )
-    words = ()

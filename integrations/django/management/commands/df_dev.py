@@ -11,4 +11,4 @@ class Command(TreeCommand):
         " with the outbox relay and runserver, in one process (the same as `manage.py df "
         "dev`)."
     )
-    words = ("dev",)
+    word = "dev"

@@ -10,4 +10,4 @@ class Command(TreeCommand):
         "List and show dead letters: messages the workers could not use, and why (the "
         "same as `manage.py df dlq`)."
     )
-    words = ("dlq",)
+    word = "dlq"

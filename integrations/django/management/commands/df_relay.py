@@ -7,4 +7,4 @@ from ...cli import TreeCommand
 
 class Command(TreeCommand):
     help = "Publish workflow starts a crash left in the outbox (the same as `manage.py df relay`)."
-    words = ("relay",)
+    word = "relay"

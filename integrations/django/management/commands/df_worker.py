@@ -10,4 +10,4 @@ class Command(TreeCommand):
         "Run a worker for this project's workflows and activities, with the outbox relay "
         "(the same as `manage.py df worker`)."
     )
-    words = ("worker",)
+    word = "worker"

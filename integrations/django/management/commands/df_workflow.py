@@ -10,4 +10,4 @@ class Command(TreeCommand):
         "Inspect and control this project's workflows: list, show, result, signal, cancel"
         " (the same as `manage.py df workflow`)."
     )
-    words = ("workflow",)
+    word = "workflow"
