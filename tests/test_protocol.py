@@ -1,5 +1,5 @@
-"""The typed parts of the wire protocol: event types and activity tasks, read and written in
-one place each, and the forms earlier versions stored still read."""
+"""The typed parts of the wire protocol: event types, facts, commands and activity tasks, read
+and written in one place each, and the forms earlier versions stored still read."""
 
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ import pytest
 from dfcore import EventType
 from dfcore.core import _history as h
 from dfcore.core._commands import command_from_wire
+from dfcore.core._facts import (
+    ActivityCompleted,
+    ActivityFailed,
+    CancelRequested,
+    Decision,
+    Fact,
+    SignalReceived,
+    TimerFired,
+    WorkflowStarted,
+    WorkflowTaskFailed,
+    fact_from_wire,
+)
 from dfcore.core._tasks import ActivityTask
 
 #: An activity task exactly as version 0.1 published it (the keys are the wire's, not ours).
@@ -92,3 +104,63 @@ def test_every_stored_command_reads_as_a_typed_command_and_writes_back_the_same(
 def test_a_fact_is_not_a_command() -> None:
     with pytest.raises(ValueError, match="'TimerFired' is not a command"):
         command_from_wire({"t": EventType.TIMER_FIRED, "timer": "1"})
+
+
+FACTS: list[Fact] = [
+    WorkflowStarted("order", ["Bob", 2], "default", "run-1", execution_timeout=60.0, ts=5),
+    ActivityCompleted(1, 1, {"charge_id": "ch_1"}, ts=6),
+    ActivityFailed(3, 2, {"type": "ConnectionError", "message": "down"}, heartbeat=[4], ts=7),
+    TimerFired("3r2", ts=8),
+    SignalReceived("approve", {"by": "ann"}, ts=9),
+    CancelRequested("customer asked", ts=10),
+    WorkflowTaskFailed({"type": "KeyError", "message": "'sku'"}, attempt=2, prev=11, ts=12),
+]
+
+
+def test_there_is_one_typed_fact_for_every_fact_type() -> None:
+    assert {fact.type for fact in FACTS} == h.FACT_TYPES
+
+
+@pytest.mark.parametrize("fact", FACTS, ids=lambda fact: fact.type)
+def test_a_fact_passes_the_record_check_and_reads_back_as_itself(fact: Fact) -> None:
+    record = h.validate_record(1, fact.to_wire())
+    assert record.type == fact.type
+    assert fact_from_wire(record.body) == fact
+
+
+def test_every_stored_fact_reads_as_a_typed_fact_and_writes_back_the_same() -> None:
+    from tests.test_golden import load
+
+    facts = [
+        record.body
+        for name in ("order_completed.json", "order_nondeterministic.json")
+        for record in load(name)
+        if record.type != h.DECIDED
+    ]
+    assert {body["t"] for body in facts} == {
+        "WorkflowStarted",
+        "ActivityCompleted",
+        "ActivityFailed",
+        "TimerFired",
+    }
+    for body in facts:
+        written = fact_from_wire(body).to_wire()
+        assert written.items() >= body.items()  # everything stored is kept, as it was
+        assert written.keys() - body.keys() <= {"prev"}  # 0.1 starts had no "prev"
+
+
+def test_an_older_start_without_queue_run_or_timeout_still_reads() -> None:
+    started = fact_from_wire({"t": "WorkflowStarted", "ts": 1, "workflow": "w", "args": []})
+    assert started == WorkflowStarted("w", [], task_queue="", run_id="", ts=1)
+
+
+def test_a_decision_is_a_record_and_only_its_parts_but_the_last_say_more() -> None:
+    cmd = {"t": EventType.WORKFLOW_COMPLETED.value, "result": 3}
+    whole = h.validate_record(2, Decision([cmd], prev=1).to_wire())
+    assert whole.commands == [cmd] and "more" not in whole.body
+    assert Decision([cmd], prev=1, more=True).to_wire()["more"] is True
+
+
+def test_a_command_is_not_a_fact() -> None:
+    with pytest.raises(ValueError, match="'Decided' is not a fact"):
+        fact_from_wire({"t": h.DECIDED, "cmds": []})

@@ -18,10 +18,10 @@ from dfcore.client._loop_client import LoopClient
 from dfcore.client._loopthread import SYNC_LOOP, run_sync
 from dfcore.client._start import IfExists, PreparedStart
 from dfcore.client._storage import ClientStore
-from dfcore.core import _history as h
 from dfcore.core._codec import IdentityCodec, PayloadCodec, check_size
 from dfcore.core._config import Settings
 from dfcore.core._errors import DFError, WorkflowAlreadyStartedError
+from dfcore.core._facts import WorkflowStarted
 from dfcore.jetstream._dlq import DeadLetter
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._store import HEADROOM, AppendConflict
@@ -188,7 +188,7 @@ class Client:
         try:
             await store.append(
                 subject,
-                {"t": h.WORKFLOW_STARTED},
+                {"t": WorkflowStarted.type},  # for the header: the record is start.data
                 msg_id=f"{token}:start" if if_exists == "use_existing" else None,
                 expected_seq=0,
                 expected_subject=lay.history_any_queue(start.workflow_id),

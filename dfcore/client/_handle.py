@@ -18,7 +18,7 @@ from dfcore.core import _history as h
 from dfcore.core._config import Settings
 from dfcore.core._convert import convert
 from dfcore.core._errors import DFError, WorkflowFailureError, WorkflowNotFoundError
-from dfcore.core._history import now_ms
+from dfcore.core._facts import CancelRequested, SignalReceived
 from dfcore.jetstream._naming import workflow_token
 
 R = TypeVar("R")
@@ -249,9 +249,9 @@ class WorkflowHandle(Generic[R]):
         """
         store, subject = await self._locate()
         last = await self._ensure_open(store, subject, "signal")
-        body = {"t": h.SIGNAL_RECEIVED, "ts": now_ms(), "name": name, "payload": payload}
+        fact = SignalReceived(name, payload)
         msg_id = f"{workflow_token(self.workflow_id)}:signal:{signal_id or uuid.uuid4().hex}"
-        await store.append_fact(subject, body, msg_id=msg_id, after_seq=last)
+        await store.append_fact(subject, fact.to_wire(), msg_id=msg_id, after_seq=last)
 
     def signal(self, name: str, payload: Any = None, *, signal_id: str | None = None) -> None:
         """Sync twin of :meth:`asignal`."""
@@ -262,9 +262,9 @@ class WorkflowHandle(Generic[R]):
         """Request cancellation: the workflow sees ``CancelledError`` at its next await."""
         store, subject = await self._locate()
         last = await self._ensure_open(store, subject, "cancel")
-        body = {"t": h.CANCEL_REQUESTED, "ts": now_ms(), "reason": reason}
+        fact = CancelRequested(reason)
         msg_id = f"{workflow_token(self.workflow_id)}:cancel"
-        await store.append_fact(subject, body, msg_id=msg_id, after_seq=last)
+        await store.append_fact(subject, fact.to_wire(), msg_id=msg_id, after_seq=last)
 
     def cancel(self, reason: str = "") -> None:
         """Sync twin of :meth:`acancel`."""

@@ -11,10 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dfcore.core import _history as h
 from dfcore.core._codec import JSONConverter, PayloadCodec, check_size, safe_encode
 from dfcore.core._errors import SerializationError
-from dfcore.core._history import now_ms
+from dfcore.core._facts import WorkflowStarted
 from dfcore.jetstream._store import HEADROOM
 
 IfExists = Literal["use_existing", "fail"]
@@ -94,23 +93,19 @@ def prepare_start(
     max_payload: int,
 ) -> PreparedStart:
     """Build and encode a start record (no I/O); an unserialisable argument is named."""
-    body: dict[str, Any] = {
-        "t": h.WORKFLOW_STARTED,
-        "ts": now_ms(),
-        "workflow": workflow,
-        "args": list(args),
-        "task_queue": task_queue,
-        "run_id": uuid.uuid4().hex,
-        "prev": 0,
-    }
-    if execution_timeout:
-        body["execution_timeout"] = execution_timeout
+    fact = WorkflowStarted(
+        workflow=workflow,
+        args=list(args),
+        task_queue=task_queue,
+        run_id=uuid.uuid4().hex,
+        execution_timeout=execution_timeout,
+    )
     start = PreparedStart(workflow_id or str(uuid.uuid4()), workflow, task_queue, b"")
     converter = JSONConverter()
     try:
-        raw = converter.dumps(body, what=start.what)
+        raw = converter.dumps(fact.to_wire(), what=start.what)
     except SerializationError:
-        for i, arg in enumerate(body["args"], 1):
+        for i, arg in enumerate(fact.args, 1):
             converter.dumps(arg, what=f"argument {i} of workflow {workflow!r}")
         raise
     data = safe_encode(codec, raw, start.what)

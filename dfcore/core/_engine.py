@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from dfcore.core import _history as h
@@ -43,6 +43,17 @@ from dfcore.core._errors import (
     WorkflowCodeError,
     error_json,
 )
+from dfcore.core._facts import (
+    ActivityCompleted,
+    ActivityFailed,
+    CancelRequested,
+    Fact,
+    SignalReceived,
+    TimerFired,
+    WorkflowStarted,
+    fact_from_wire,
+)
+from dfcore.core._run_state import ActivityCall, RunInfo, TimerState
 from dfcore.core._sync_workflow import run_sync_workflow
 from dfcore.core._workflow_loop import DeterministicLoop
 
@@ -55,46 +66,6 @@ PayloadCheck = Callable[[Any, str], None]
 
 class _Abort(BaseException):
     """Unwinds workflow code after a non-determinism was found; user code must not catch it."""
-
-
-@dataclass
-class ActivityCall:
-    """Everything the engine knows about one ``ctx.activity`` call."""
-
-    seq: int
-    name: str
-    args: list[Any]
-    task_queue: str
-    options: ActivityOptions
-    retry: RetryPolicy
-    result_hint: Any
-    future: asyncio.Future[Any]
-    attempt: int = 1
-    done: bool = False
-    first_scheduled_ms: int = 0
-    heartbeat: Any = None
-
-
-@dataclass
-class TimerState:
-    timer: str
-    purpose: str
-    seq: int | None = None
-    handle: asyncio.TimerHandle | None = None
-    fired: bool = False
-
-
-@dataclass
-class RunInfo:
-    """Facts about the run, exposed to workflow code as ``ctx.info``."""
-
-    workflow_id: str
-    workflow_type: str = ""
-    run_id: str = ""
-    task_queue: str = ""
-    namespace: str = ""
-    attempt: int = 1
-    start_time_ms: int = 0
 
 
 class WorkflowRun:
@@ -228,52 +199,52 @@ class WorkflowRun:
 
     def _apply_fact(self, record: h.Record) -> None:
         self._now_ms = max(self._now_ms, record.time_ms)  # the server's time, not the writer's
-        body = record.body
-        handler = _FACT_HANDLERS[record.type]
-        handler(self, body)
+        fact = fact_from_wire(record.body)
+        _FACT_HANDLERS[type(fact)](self, fact)
         self._run_code()
 
-    def _apply_workflow_started(self, body: Mapping[str, Any]) -> None:
+    def _apply_workflow_started(self, fact: WorkflowStarted) -> None:
         if self._main is not None:
             return
         self.started = True
         info = self.info
-        info.workflow_type = str(body["workflow"])
-        info.run_id = str(body.get("run_id", ""))
-        info.task_queue = str(body.get("task_queue", ""))
+        info.workflow_type = fact.workflow
+        info.run_id = fact.run_id
+        info.task_queue = fact.task_queue
         info.start_time_ms = self._now_ms
         defn = self._resolve_workflow(info.workflow_type)
         if defn is None:
             self._unregistered = True  # apply() raises, unless a cancel request ends it
             return
         try:
-            args, _ = decode_call_args(defn.fn, list(body["args"]), {}, skip_first=True)
+            args, _ = decode_call_args(defn.fn, fact.args, {}, skip_first=True)
         except SerializationError as exc:
             self._fail_workflow(exc)
             return
-        timeout = body.get("execution_timeout") or defn.execution_timeout
+        timeout = fact.execution_timeout or defn.execution_timeout
         self._main = self._loop.create_task(self._run_workflow(defn, args))
         if timeout:
             self._start_timer("x", "execution_timeout", float(timeout))
 
-    def _apply_activity_completed(self, body: Mapping[str, Any]) -> None:
-        call = self._activities.get(int(body["seq"]))
-        if call is None or call.done or int(body["attempt"]) != call.attempt:
+    def _apply_activity_completed(self, fact: ActivityCompleted) -> None:
+        call = self._activities.get(fact.seq)
+        if call is None or call.done or fact.attempt != call.attempt:
             return  # a duplicate, or an attempt the history did not schedule (or gave up on)
         call.done = True
         if call.future.done():
             return
         try:
-            call.future.set_result(convert(body.get("result"), call.result_hint))
+            call.future.set_result(convert(fact.result, call.result_hint))
         except SerializationError as exc:
             call.future.set_exception(exc)
 
-    def _apply_activity_failed(self, body: Mapping[str, Any]) -> None:
-        call = self._activities.get(int(body["seq"]))
-        if call is None or call.done or int(body["attempt"]) != call.attempt:
+    def _apply_activity_failed(self, fact: ActivityFailed) -> None:
+        call = self._activities.get(fact.seq)
+        if call is None or call.done or fact.attempt != call.attempt:
             return
-        error = dict(body.get("error") or {})
-        call.heartbeat = body.get("heartbeat", call.heartbeat)
+        error = dict(fact.error)
+        if fact.heartbeat is not None:  # the next attempt starts from the last details
+            call.heartbeat = fact.heartbeat
         delay = self._retry_delay(call, error)
         if delay is None:
             self._fail_activity(call, error)
@@ -284,8 +255,8 @@ class WorkflowRun:
         else:
             self._start_timer(f"{call.seq}r{call.attempt}", "retry", delay, seq=call.seq)
 
-    def _apply_timer_fired(self, body: Mapping[str, Any]) -> None:
-        timer = self._timers.get(str(body.get("timer")))
+    def _apply_timer_fired(self, fact: TimerFired) -> None:
+        timer = self._timers.get(fact.timer)
         if timer is None or timer.fired:
             return
         timer.fired = True
@@ -303,17 +274,16 @@ class WorkflowRun:
         elif timer.purpose == "execution_timeout":
             self._time_out_workflow()
 
-    def _apply_signal_received(self, body: Mapping[str, Any]) -> None:
-        name = str(body["name"])
-        waiters = self._signal_waiters.get(name)
+    def _apply_signal_received(self, fact: SignalReceived) -> None:
+        waiters = self._signal_waiters.get(fact.name)
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
-                waiter.set_result(body.get("payload"))
+                waiter.set_result(fact.payload)
                 return
-        self._signals.setdefault(name, deque()).append(body.get("payload"))
+        self._signals.setdefault(fact.name, deque()).append(fact.payload)
 
-    def _apply_cancel_requested(self, body: Mapping[str, Any]) -> None:
+    def _apply_cancel_requested(self, fact: CancelRequested) -> None:
         if self._unregistered:  # no code ran: nothing to unwind
             self._produce(CancelWorkflow())
             self.closed = True
@@ -577,13 +547,14 @@ class WorkflowRun:
         log.warning("workflow %s: %s", self.info.workflow_id, context.get("message"), exc_info=exc)
 
 
-_FACT_HANDLERS: dict[str, Callable[[WorkflowRun, Mapping[str, Any]], None]] = {
-    h.WORKFLOW_STARTED: WorkflowRun._apply_workflow_started,
-    h.ACTIVITY_COMPLETED: WorkflowRun._apply_activity_completed,
-    h.ACTIVITY_FAILED: WorkflowRun._apply_activity_failed,
-    h.TIMER_FIRED: WorkflowRun._apply_timer_fired,
-    h.SIGNAL_RECEIVED: WorkflowRun._apply_signal_received,
-    h.CANCEL_REQUESTED: WorkflowRun._apply_cancel_requested,
+# WorkflowTaskFailed is not here: a note for people, apply() steps over it
+_FACT_HANDLERS: dict[type[Fact], Callable[[WorkflowRun, Any], None]] = {
+    WorkflowStarted: WorkflowRun._apply_workflow_started,
+    ActivityCompleted: WorkflowRun._apply_activity_completed,
+    ActivityFailed: WorkflowRun._apply_activity_failed,
+    TimerFired: WorkflowRun._apply_timer_fired,
+    SignalReceived: WorkflowRun._apply_signal_received,
+    CancelRequested: WorkflowRun._apply_cancel_requested,
 }
 
 

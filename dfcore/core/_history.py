@@ -11,6 +11,8 @@ A workflow's history is the sequence of JetStream messages on its subject. Each 
   the commands (``cmds``) the workflow code produced after the facts before it.
 
 Users see the flattened *event* list: every fact, and every command of every decision.
+Writers build records as the typed values of ``_facts`` and commands as those of ``_commands``;
+this module checks the shape of what is read (:func:`validate_record`), whoever wrote it.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from dfcore.core import _history as h
 from dfcore.core._codec import JSONConverter, PayloadCodec, check_size, safe_decode, safe_encode
 from dfcore.core._config import Settings
 from dfcore.core._errors import CodecUnavailableError, DFError, PayloadError, WorkflowNotFoundError
+from dfcore.core._facts import TimerFired, status_pointer
 from dfcore.jetstream._dlq import DeadLetters
 from dfcore.jetstream._naming import Layout, workflow_id_from_token
 from dfcore.jetstream._requests import AppendConflict, JetStreamAPI, wrap
@@ -262,7 +263,7 @@ class Store:
         """Record a workflow's outcome on its status subject (idempotent)."""
         lay = self.layout
         queue, workflow_id = lay.parse_history_subject(history_subject)
-        body = {"t": h.DECIDED, "ts": decision.get("ts", 0), "cmds": decision["cmds"], "seq": seq}
+        body = status_pointer(decision, seq)
         status = h.terminal_status(decision["cmds"]) or "ended"
         headers = {
             h.HDR_EVENT: event_header(body),
@@ -457,7 +458,7 @@ class Store:
     async def schedule_timer(self, history_subject: str, timer_id: str, fire_at_ms: int) -> None:
         """Have the server append a TimerFired record to the history at ``fire_at_ms``."""
         queue, workflow_id = self.layout.parse_history_subject(history_subject)
-        body = {"t": h.TIMER_FIRED, "timer": timer_id, "ts": fire_at_ms}
+        body = TimerFired(timer_id, fire_at_ms).to_wire()
         at = datetime.fromtimestamp(fire_at_ms / 1000, tz=UTC)
         headers = {
             "Nats-Schedule": "@at " + at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",

@@ -15,7 +15,7 @@ import logging
 import queue as threadqueue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -33,12 +33,14 @@ from dfcore.core._errors import (
     PayloadError,
     WorkflowNotFoundError,
 )
-from dfcore.core._history import now_ms
+from dfcore.core._facts import ActivityCompleted, ActivityFailed
 from dfcore.core._registry import Registry
 from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._naming import Layout, workflow_id_from_token, workflow_token
 from dfcore.worker._delivery import KeepAlive
 from dfcore.worker._storage import WorkerStore
+
+Outcome = ActivityCompleted | ActivityFailed
 
 log = logging.getLogger("dfcore.worker")
 
@@ -130,9 +132,9 @@ class ActivityRunner:
             return
         defn = self.registry.activities.get(info.activity)
         delivered = msg.metadata.num_delivered
-        outcome: dict[str, Any]
+        outcome: Outcome
         if defn is None:
-            outcome = {"t": h.ACTIVITY_FAILED, "error": _unregistered(info)}
+            outcome = ActivityFailed(info.seq, info.attempt, _unregistered(info))
         elif (delivered > 1 or self._was_paused()) and await self._settled(task, info):
             # Its outcome is recorded: only the ack was lost (a dead leader), or it waited here
             # while this process was frozen and another worker ran it meanwhile.
@@ -146,7 +148,7 @@ class ActivityRunner:
             await msg.ack()
             return
         elif delivered > RUN_AGAIN_UNTIL:
-            outcome = {"t": h.ACTIVITY_FAILED, "error": _worker_lost(info)}
+            outcome = ActivityFailed(info.seq, info.attempt, _worker_lost(info))
         else:
             if delivered > 1:
                 log.info(
@@ -162,9 +164,8 @@ class ActivityRunner:
                 await self._report_patiently(task, info, outcome, msg)
             except PayloadError as exc:  # the result is too big or not serialisable
                 error = {"type": type(exc).__name__, "message": str(exc), "non_retryable": True}
-                await self._report_patiently(
-                    task, info, {"t": h.ACTIVITY_FAILED, "error": error}, msg
-                )
+                failed = ActivityFailed(info.seq, info.attempt, error)
+                await self._report_patiently(task, info, failed, msg)
         except WorkflowNotFoundError as exc:
             await self._reject(msg, str(exc))
             return
@@ -219,7 +220,7 @@ class ActivityRunner:
         await msg.ack()
 
     async def _report_patiently(
-        self, task: ActivityTask, info: ActivityInfo, outcome: Mapping[str, Any], msg: Msg
+        self, task: ActivityTask, info: ActivityInfo, outcome: Outcome, msg: Msg
     ) -> None:
         """:meth:`_report`, retried while the server is unreachable or electing a leader.
 
@@ -252,36 +253,36 @@ class ActivityRunner:
         await self.store.dlq.keep_message("task", msg, reason)
         await msg.term()
 
-    async def _report(
-        self, task: ActivityTask, info: ActivityInfo, outcome: Mapping[str, Any]
-    ) -> None:
+    async def _report(self, task: ActivityTask, info: ActivityInfo, outcome: Outcome) -> None:
         """Append an attempt's outcome to its workflow's history (deduplicated by attempt)."""
-        body = {"ts": now_ms(), "seq": info.seq, "attempt": info.attempt, **outcome}
-        kind = "c" if outcome["t"] == h.ACTIVITY_COMPLETED else "f"
+        kind = "c" if isinstance(outcome, ActivityCompleted) else "f"
         msg_id = f"{workflow_token(info.workflow_id)}:{info.seq}:{info.attempt}:{kind}"
         after = task.decision_seq
-        await self.store.append_fact(task.history, body, msg_id=msg_id, after_seq=after)
+        await self.store.append_fact(
+            task.history, outcome.to_wire(), msg_id=msg_id, after_seq=after
+        )
 
     async def _run(
         self, defn: ActivityDefinition, info: ActivityInfo, args: list[Any], msg: Msg
-    ) -> dict[str, Any]:
+    ) -> Outcome:
         state = ActivityState(info)
         key = (info.workflow_id, info.seq)
         self.running[key] = state
         began = time.perf_counter()
+        outcome: Outcome
         try:
             job = self._launch(defn, state, args)
             timeout = await self._watch(job, state, msg)
             if timeout is not None:
                 state.abandoned = True
                 job.cancel()
-                outcome = {"t": h.ACTIVITY_FAILED, "error": timeout, "heartbeat": state.details}
+                outcome = ActivityFailed(info.seq, info.attempt, timeout, state.details)
             else:
                 try:
-                    outcome = {"t": h.ACTIVITY_COMPLETED, "result": job.result()}
+                    outcome = ActivityCompleted(info.seq, info.attempt, job.result())
                 except BaseException as exc:
                     error = _activity_error(exc)
-                    outcome = {"t": h.ACTIVITY_FAILED, "error": error, "heartbeat": state.details}
+                    outcome = ActivityFailed(info.seq, info.attempt, error, state.details)
         finally:
             self.running.pop(key, None)
         _log_attempt(info, outcome, time.perf_counter() - began)
@@ -388,18 +389,18 @@ def _task_info(task: ActivityTask, layout: Layout) -> ActivityInfo:
     )
 
 
-def _log_attempt(info: ActivityInfo, outcome: Mapping[str, Any], took: float) -> None:
+def _log_attempt(info: ActivityInfo, outcome: Outcome, took: float) -> None:
     """The worker's line for an attempt it ran (``-l INFO``), as Celery's "succeeded in"."""
     if not log.isEnabledFor(logging.INFO):
         return  # quiet workers build no lines
     fields = {"workflow_id": info.workflow_id, "activity": info.activity, "attempt": info.attempt}
     name = f"{info.activity}[{info.workflow_id} #{info.seq}]"
-    if outcome["t"] == h.ACTIVITY_COMPLETED:
+    if isinstance(outcome, ActivityCompleted):
         log.info(
             "activity %s attempt %d succeeded in %.3fs", name, info.attempt, took, extra=fields
         )
         return
-    error = outcome.get("error") or {}
+    error = outcome.error
     log.info(  # the workflow's retry policy decides what comes of it
         "activity %s attempt %d failed in %.3fs: %s: %s",
         name,

@@ -7,21 +7,15 @@ import logging
 from typing import Any
 
 from dfcore.core import _history as h
-from dfcore.core._engine import RunInfo
 from dfcore.core._errors import DFError, WorkflowCodeError
+from dfcore.core._facts import WorkflowTaskFailed
 from dfcore.core._history import now_ms
+from dfcore.core._run_state import RunInfo
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._requests import AppendConflict
 from dfcore.worker._storage import WorkerStore
 
 log = logging.getLogger("dfcore.worker")
-
-
-def decision_body(cmds: list[dict[str, Any]], prev: int, *, more: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"t": h.DECIDED, "ts": now_ms(), "cmds": cmds, "prev": prev}
-    if more:
-        body["more"] = True
-    return body
 
 
 def split_decision(cmds: list[dict[str, Any]], store: WorkerStore) -> list[list[dict[str, Any]]]:
@@ -95,15 +89,9 @@ async def note_task_failure(
         if last is None or last[1].type == h.WORKFLOW_TASK_FAILED:
             return
         prev = last[1].seq
-        body = {
-            "t": h.WORKFLOW_TASK_FAILED,
-            "ts": now_ms(),
-            "error": task_error(exc),
-            "attempt": attempt,
-            "prev": prev,
-        }
+        note = WorkflowTaskFailed(task_error(exc), attempt, prev)
         msg_id = f"{workflow_token(workflow_id)}:tf:{prev}"
-        await store.append(subject, body, msg_id=msg_id, expected_seq=prev)
+        await store.append(subject, note.to_wire(), msg_id=msg_id, expected_seq=prev)
     except AppendConflict:
         pass
     except DFError as error:

@@ -47,6 +47,7 @@ from dfcore.core._errors import (
     WorkflowCodeError,
     WorkflowNotFoundError,
 )
+from dfcore.core._facts import Decision
 from dfcore.core._registry import Registry
 from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._naming import workflow_token
@@ -55,7 +56,6 @@ from dfcore.jetstream._store import AppendConflict, delivery_stamp, verified_pre
 from dfcore.worker._delivery import KeepAlive, retry_delay
 from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_records import (
-    decision_body,
     follows,
     log_progress,
     note_task_failure,
@@ -497,7 +497,7 @@ class WorkflowProcessor:
         cmds = run.pending_commands()
         if not cmds:
             return True
-        body = decision_body(cmds, run.last_seq, more=False)
+        body = Decision(cmds, run.last_seq).to_wire()
         try:
             data: bytes | None = self.store.encode(body, "a decision")
         except PayloadTooLargeError:
@@ -505,7 +505,7 @@ class WorkflowProcessor:
         else:
             return await self._appenddecision_body(entry, run, body, data)
         for i, part in enumerate(parts):
-            body = decision_body(part, run.last_seq, more=i < len(parts) - 1)
+            body = Decision(part, run.last_seq, more=i < len(parts) - 1).to_wire()
             if not await self._appenddecision_body(entry, run, body, None):
                 return False
         return True

@@ -1,0 +1,252 @@
+"""The records clients and workers append to a history: typed values, with their wire form.
+
+Whoever observes something appends a *fact*: the client that starts, signals or cancels a
+workflow, the activity worker that ran an attempt, the server's scheduler firing a timer, and a
+workflow worker noting that the code raised. A workflow worker appends a :class:`Decision`
+holding the commands (``_commands``) the code produced. Each type builds its JSON object
+(``to_wire``, the form every stored history has) and reads one back (``from_wire``).
+
+A body is read only after ``_history.validate_record`` checked its shape, so ``from_wire``
+converts instead of checking again, and fills in what older records leave out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from dfcore.core._history import DECIDED, EventType, now_ms
+
+
+@dataclass(frozen=True)
+class WorkflowStarted:
+    """The first record of a history: which workflow, with what, on which queue."""
+
+    type: ClassVar[EventType] = EventType.WORKFLOW_STARTED
+    workflow: str
+    args: list[Any]
+    task_queue: str
+    run_id: str
+    execution_timeout: float | None = None
+    ts: int = field(default_factory=now_ms)
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "t": self.type.value,
+            "ts": self.ts,
+            "workflow": self.workflow,
+            "args": self.args,
+            "task_queue": self.task_queue,
+            "run_id": self.run_id,
+            "prev": 0,
+        }
+        if self.execution_timeout:
+            wire["execution_timeout"] = self.execution_timeout
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> WorkflowStarted:
+        timeout = wire.get("execution_timeout")
+        return cls(
+            workflow=str(wire["workflow"]),
+            args=list(wire["args"]),
+            task_queue=str(wire.get("task_queue", "")),
+            run_id=str(wire.get("run_id", "")),
+            execution_timeout=float(timeout) if timeout else None,
+            ts=int(wire.get("ts", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class ActivityCompleted:
+    """Attempt ``attempt`` of activity call ``seq`` returned ``result``."""
+
+    type: ClassVar[EventType] = EventType.ACTIVITY_COMPLETED
+    seq: int
+    attempt: int
+    result: Any
+    ts: int = field(default_factory=now_ms)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": self.type.value,
+            "ts": self.ts,
+            "seq": self.seq,
+            "attempt": self.attempt,
+            "result": self.result,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> ActivityCompleted:
+        ts = int(wire.get("ts", 0))
+        return cls(int(wire["seq"]), int(wire["attempt"]), wire.get("result"), ts)
+
+
+@dataclass(frozen=True)
+class ActivityFailed:
+    """Attempt ``attempt`` of call ``seq`` raised, timed out or could not run.
+
+    ``error`` is ``_errors.error_json``'s form; ``heartbeat`` the attempt's last details, which
+    the next attempt starts from.
+    """
+
+    type: ClassVar[EventType] = EventType.ACTIVITY_FAILED
+    seq: int
+    attempt: int
+    error: Mapping[str, Any]
+    heartbeat: Any = None
+    ts: int = field(default_factory=now_ms)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": self.type.value,
+            "ts": self.ts,
+            "seq": self.seq,
+            "attempt": self.attempt,
+            "error": dict(self.error),
+            "heartbeat": self.heartbeat,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> ActivityFailed:
+        return cls(
+            seq=int(wire["seq"]),
+            attempt=int(wire["attempt"]),
+            error=dict(wire.get("error") or {}),
+            heartbeat=wire.get("heartbeat"),
+            ts=int(wire.get("ts", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    """Durable timer ``timer`` fired; the server's scheduler appends it at ``ts``."""
+
+    type: ClassVar[EventType] = EventType.TIMER_FIRED
+    timer: str
+    ts: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.type.value, "timer": self.timer, "ts": self.ts}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> TimerFired:
+        return cls(str(wire["timer"]), int(wire.get("ts", 0)))
+
+
+@dataclass(frozen=True)
+class SignalReceived:
+    type: ClassVar[EventType] = EventType.SIGNAL_RECEIVED
+    name: str
+    payload: Any = None
+    ts: int = field(default_factory=now_ms)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.type.value, "ts": self.ts, "name": self.name, "payload": self.payload}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> SignalReceived:
+        return cls(str(wire["name"]), wire.get("payload"), int(wire.get("ts", 0)))
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    type: ClassVar[EventType] = EventType.CANCEL_REQUESTED
+    reason: str = ""
+    ts: int = field(default_factory=now_ms)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.type.value, "ts": self.ts, "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> CancelRequested:
+        return cls(str(wire.get("reason") or ""), int(wire.get("ts", 0)))
+
+
+@dataclass(frozen=True)
+class WorkflowTaskFailed:
+    """A note for people that the code raised (a bug) after record ``prev``; replay skips it."""
+
+    type: ClassVar[EventType] = EventType.WORKFLOW_TASK_FAILED
+    error: Mapping[str, Any]
+    attempt: int
+    prev: int
+    ts: int = field(default_factory=now_ms)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": self.type.value,
+            "ts": self.ts,
+            "error": dict(self.error),
+            "attempt": self.attempt,
+            "prev": self.prev,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> WorkflowTaskFailed:
+        return cls(
+            error=dict(wire["error"]),
+            attempt=int(wire.get("attempt", 0)),
+            prev=int(wire.get("prev", 0)),
+            ts=int(wire.get("ts", 0)),
+        )
+
+
+Fact = (
+    WorkflowStarted
+    | ActivityCompleted
+    | ActivityFailed
+    | TimerFired
+    | SignalReceived
+    | CancelRequested
+    | WorkflowTaskFailed
+)
+
+_FACTS: Mapping[str, Any] = {
+    kind.type.value: kind
+    for kind in (
+        WorkflowStarted,
+        ActivityCompleted,
+        ActivityFailed,
+        TimerFired,
+        SignalReceived,
+        CancelRequested,
+        WorkflowTaskFailed,
+    )
+}
+
+
+def fact_from_wire(wire: Mapping[str, Any]) -> Fact:
+    """The fact a stored record holds (its shape already checked on read)."""
+    kind = _FACTS.get(wire["t"])
+    if kind is None:
+        raise ValueError(f"{str(wire['t'])!r} is not a fact")
+    fact: Fact = kind.from_wire(wire)
+    return fact
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The commands (in wire form) a workflow task produced after record ``prev``.
+
+    ``more`` marks all but the last part of a decision too big for one message.
+    """
+
+    cmds: list[dict[str, Any]]
+    prev: int
+    more: bool = False
+    ts: int = field(default_factory=now_ms)
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"t": DECIDED, "ts": self.ts, "cmds": self.cmds, "prev": self.prev}
+        if self.more:
+            wire["more"] = True
+        return wire
+
+
+def status_pointer(decision: Mapping[str, Any], seq: int) -> dict[str, Any]:
+    """What a workflow's status subject holds once it ended: the ending decision's commands
+    (for readers' convenience) and ``seq``, where that decision is in the history (the truth:
+    readers verify it there)."""
+    return {"t": DECIDED, "ts": decision.get("ts", 0), "cmds": decision["cmds"], "seq": seq}
