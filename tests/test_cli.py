@@ -52,6 +52,25 @@ def test_workflow_show_prints_the_event_table(finished: dict[str, str]) -> None:
     assert [r.split()[2] for r in rows] == ORDER_EVENTS
 
 
+def test_an_exported_history_replays_against_changed_code_in_ci(
+    finished: dict[str, str], tmp_path: Path
+) -> None:
+    out = df("workflow", "show", "cli-order", "--json", env=finished)
+    assert out.returncode == 0, out.stderr
+    exported = tmp_path / "cli-order.json"
+    exported.write_text(out.stdout)
+    changed = "tests.apps.orders_changed"
+    ok = df("-A", f"{changed}:patched_app", "workflow", "replay", str(exported))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == f"{exported}: replays"
+    bad = df("-A", f"{changed}:unguarded_app", "workflow", "replay", str(exported))
+    assert bad.returncode == 1
+    assert "FAILED: workflow 'cli-order' is not deterministic" in bad.stdout
+    assert "1 of 1 histories do not replay" in bad.stderr
+    missing = df("workflow", "replay", str(tmp_path / "nope.json"))
+    assert missing.returncode == 1 and "cannot read" in missing.stdout
+
+
 def test_workflow_list_shows_status(finished: dict[str, str]) -> None:
     out = df("workflow", "list", env=finished)
     assert out.returncode == 0, out.stderr

@@ -33,12 +33,27 @@ def load(name: str) -> list[h.Record]:
     return [h.validate_record(item["seq"], item["body"]) for item in data]
 
 
-def replay(records: list[h.Record]) -> WorkflowRun:
+def gift_wrap(charge: dict[str, Any]) -> None: ...
+
+
+async def order_with_gift_wrap(
+    ctx: Any, customer_id: str, amount: float, quantity: int
+) -> dict[str, Any]:
+    """Today's code: the order above, changed behind a patch."""
+    charge = await ctx.activity(charge_credit_card, customer_id, amount)
+    if ctx.patched("gift-wrap"):
+        await ctx.activity(gift_wrap, charge)
+    await ctx.sleep(0.1)
+    shipped = await ctx.activity(ship_package, charge, quantity)
+    return {"charge_id": charge["charge_id"], "tracking_id": shipped["tracking_id"]}
+
+
+def replay(records: list[h.Record], code: Any = order) -> WorkflowRun:
     def lookup(ref: Any) -> tuple[str, ActivityOptions, Any]:
         return ref.__name__, ActivityOptions(), None
 
     run = WorkflowRun(
-        "order-golden", {"order": WorkflowDefinition("order", order)}.get, activity_lookup=lookup
+        "order-golden", {"order": WorkflowDefinition("order", code)}.get, activity_lookup=lookup
     )
     WorkflowContext(run)
     run.apply(records)
@@ -72,6 +87,18 @@ def test_history_from_other_code_fails_with_nondeterminism() -> None:
     assert err.workflow_id == "order-golden"
     assert err.step == 3
     assert "'send_receipt'" in err.recorded and "'ship_package'" in err.produced
+
+
+def test_the_recorded_history_replays_under_code_changed_behind_a_patch() -> None:
+    records = load("order_completed.json")
+    run = replay(records, order_with_gift_wrap)
+    assert run.closed and run.pending_commands() == []  # the old path, as recorded
+    # A run recorded only up to the charge's result goes on with the new code.
+    charged = next(r for r in records if r.type == h.ACTIVITY_COMPLETED)
+    run = replay(records[: records.index(charged) + 1], order_with_gift_wrap)
+    produced = run.pending_commands()
+    assert [c["t"] for c in produced] == ["PatchRecorded", "ActivityScheduled"]
+    assert produced[1]["activity"] == "gift_wrap"
 
 
 def test_every_stored_event_type_is_a_public_event_type() -> None:

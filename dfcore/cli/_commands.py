@@ -271,7 +271,7 @@ class _ErrorsAsClick(click.Group):
 @click.group(cls=_ErrorsAsClick, context_settings=CONTEXT)
 @app_option(hidden=True)
 def workflow() -> None:
-    """Inspect and control workflows: list, show, result, signal, cancel."""
+    """Inspect and control workflows: list, show, result, signal, cancel, replay."""
 
 
 @workflow.command("list", context_settings=CONTEXT)
@@ -289,11 +289,20 @@ def workflow_list(limit: int) -> None:
 
 @workflow.command("show", context_settings=CONTEXT)
 @click.argument("workflow_id")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the history as stored, for 'workflow replay' and scripts.",
+)
 @app_option(hidden=True)
-def workflow_show(workflow_id: str) -> None:
+def workflow_show(workflow_id: str, as_json: bool) -> None:
     """Print a workflow's status and event history."""
     host = current_host()
     handle = host.app().get_handle(workflow_id)
+    if as_json:
+        host.echo(orjson.dumps(handle.export(), option=orjson.OPT_INDENT_2).decode())
+        return
     status = handle.status()
     host.echo(f"Workflow {workflow_id} ({status.workflow_type}): {status.status}")
     if status.failure:
@@ -310,6 +319,31 @@ def workflow_result(workflow_id: str, timeout: float | None) -> None:
     host = current_host()
     result = host.app().get_handle(workflow_id).result(timeout=timeout)
     host.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+@workflow.command("replay", context_settings=CONTEXT)
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@app_option(hidden=True)
+def workflow_replay(files: tuple[str, ...]) -> None:
+    """Replay exported histories against the code: fails if any no longer replays.
+
+    Export each with 'workflow show ID --json > FILE' before a change; run this in CI after.
+    """
+    from dfcore.testing import replay  # the testing kit, loaded only for this command
+
+    host = current_host()
+    app = host.app()
+    failed = 0
+    for name in files:
+        try:
+            replay(app, name)
+        except DFError as exc:
+            failed += 1
+            host.echo(f"{name}: FAILED: {exc}")
+        else:
+            host.echo(f"{name}: replays")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(files)} histories do not replay")
 
 
 @workflow.command("signal", context_settings=CONTEXT)

@@ -19,6 +19,7 @@ from dfcore.core._config import Settings
 from dfcore.core._convert import convert
 from dfcore.core._errors import DFError, WorkflowFailureError, WorkflowNotFoundError
 from dfcore.core._facts import CancelRequested, SignalReceived
+from dfcore.core._replay import export_history
 from dfcore.jetstream._naming import workflow_token
 
 R = TypeVar("R")
@@ -232,6 +233,20 @@ class WorkflowHandle(Generic[R]):
     def history(self) -> list[h.HistoryEvent]:
         """Sync twin of :meth:`ahistory`."""
         return run_sync(self.ahistory())
+
+    async def aexport(self) -> dict[str, Any]:
+        """The workflow's history as JSON-ready data, every record as stored (decoded).
+
+        What ``dfcore workflow show ID --json`` prints and ``dfcore workflow replay`` (or
+        :func:`dfcore.testing.replay`) replays against changed code.
+        """
+        store, subject = await self._locate()
+        records = await store.load(subject)
+        return export_history(self.workflow_id, store.settings.namespace, records)
+
+    def export(self) -> dict[str, Any]:
+        """Sync twin of :meth:`aexport`."""
+        return run_sync(self.aexport())
 
     # -- interaction ------------------------------------------------------------------------
 

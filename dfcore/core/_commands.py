@@ -115,6 +115,33 @@ class CancelWorkflow:
         return {"t": EventType.WORKFLOW_CANCELLED.value}
 
 
+@dataclass(frozen=True)
+class RecordPatch:
+    """The code asked ``ctx.patched(patch)`` here and took the new path (or, ``deprecated``,
+    called ``ctx.deprecate_patch``: the old path is gone from the code)."""
+
+    patch: str
+    deprecated: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"t": EventType.PATCH_RECORDED.value, "patch": self.patch}
+        if self.deprecated:
+            wire["deprecated"] = True
+        return wire
+
+
+MAX_PATCH_ID = 200
+
+
+def check_patch_id(patch_id: object) -> None:
+    """Raise ValueError unless ``patch_id`` can name a change."""
+    if not isinstance(patch_id, str) or not 0 < len(patch_id) <= MAX_PATCH_ID:
+        raise ValueError(
+            f"a patch id must be a non-empty string of at most {MAX_PATCH_ID} characters "
+            f"naming the change, such as 'email-receipt'; got {patch_id!r}"
+        )
+
+
 Command = (
     ScheduleActivity
     | RequestActivityCancel
@@ -123,6 +150,7 @@ Command = (
     | FailWorkflow
     | TimeOutWorkflow
     | CancelWorkflow
+    | RecordPatch
 )
 
 
@@ -161,4 +189,6 @@ def command_from_wire(wire: Mapping[str, Any]) -> Command:
         return TimeOutWorkflow(wire.get("error") or {})
     if kind == EventType.WORKFLOW_CANCELLED:
         return CancelWorkflow()
+    if kind == EventType.PATCH_RECORDED:
+        return RecordPatch(str(wire["patch"]), bool(wire.get("deprecated")))
     raise ValueError(f"{str(kind)!r} is not a command")

@@ -146,6 +146,30 @@ class WorkflowContext:
         """Await several activities (or other awaitables) in parallel, like ``asyncio.gather``."""
         return list(await asyncio.gather(*aws, return_exceptions=return_exceptions))
 
+    def patched(self, patch_id: str) -> bool:
+        """Whether to run the new code of a change named ``patch_id`` (versioning).
+
+        True for runs that reach this point under the new code, False when replaying a
+        history recorded by the code before the change; the answer holds for the whole run::
+
+            if ctx.patched("email-receipt"):
+                await ctx.activity(email_receipt, order_id)
+
+        Costs one command in the decision where a run first asks. Once no run recorded
+        before the change is left, replace the call with :meth:`deprecate_patch`, and later
+        remove that too. Never reuse a patch id for another change.
+        """
+        return self._run.patched(patch_id)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Retire ``ctx.patched(patch_id)``: the new code is the only path now.
+
+        Histories that recorded the patch still replay, new runs still record it (so workers
+        not yet deployed, still asking ``patched``, agree), and once no run that asked
+        ``patched`` is left the call can be removed.
+        """
+        self._run.patched(patch_id, deprecated=True)
+
     def now(self) -> datetime:
         """The workflow's current time (UTC), as recorded in its history."""
         return datetime.fromtimestamp(self._run.now_ms / 1000, tz=UTC)

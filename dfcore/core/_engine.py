@@ -25,10 +25,12 @@ from dfcore.core._commands import (
     Command,
     CompleteWorkflow,
     FailWorkflow,
+    RecordPatch,
     RequestActivityCancel,
     ScheduleActivity,
     StartTimer,
     TimeOutWorkflow,
+    check_patch_id,
 )
 from dfcore.core._convert import convert
 from dfcore.core._definitions import ActivityOptions, RetryPolicy, WorkflowDefinition
@@ -109,6 +111,7 @@ class WorkflowRun:
         self._recorded: dict[tuple[Any, ...], Mapping[str, Any]] = {}
         self._recorded_user: dict[int, Mapping[str, Any]] = {}
         self._awaiting: set[tuple[Any, ...]] = set()
+        self._patches: dict[str, bool] = {}  # each patch's answer, fixed for the run
         self._nondeterminism: NondeterminismError | None = None
         self.context: Any = None  # set by the WorkflowContext that wraps this run
 
@@ -186,6 +189,10 @@ class WorkflowRun:
                 self._awaiting.discard(key)
             elif key in pending_keys:
                 self._pending.remove(pending_keys.pop(key))
+            elif cmd["t"] == h.PATCH_RECORDED and cmd.get("deprecated"):
+                self._patches[cmd["patch"]] = True  # retired: its call may be gone from the code
+            elif cmd["t"] == h.PATCH_RECORDED:
+                self._nondeterministic(self._next_seq, h.describe_command(cmd), _NO_PATCH_CALL)
             else:
                 self._nondeterministic(
                     h.command_step(cmd), h.describe_command(cmd), "nothing at that point"
@@ -480,6 +487,23 @@ class WorkflowRun:
             call.done = True
             self._produce(RequestActivityCancel(call.seq))
 
+    def patched(self, patch_id: str, *, deprecated: bool = False) -> bool:
+        """Whether this run takes the code path of patch ``patch_id`` (``ctx.patched``).
+
+        The history answers when it can: its marker means yes; a point it already decided
+        without one means the run was recorded by the code before the patch. Anywhere else the
+        run is new code going forward: yes, and the marker is recorded for replays.
+        """
+        check_patch_id(patch_id)
+        answer = self._patches.get(patch_id)
+        if answer is None:
+            recorded = (h.PATCH_RECORDED, patch_id) in self._recorded
+            answer = recorded or not self.replaying
+            if answer:
+                self._produce(RecordPatch(patch_id, deprecated))
+            self._patches[patch_id] = answer
+        return answer
+
     def label_next_timer(self, label: str | None) -> None:
         """Say in the history what the next timer the code starts is for (shown, not replayed)."""
         self._timer_label = label
@@ -545,6 +569,12 @@ class WorkflowRun:
         if message.startswith("Task was destroyed but it is pending"):
             return  # a parked workflow that was dropped from memory; its history has it all
         log.warning("workflow %s: %s", self.info.workflow_id, context.get("message"), exc_info=exc)
+
+
+_NO_PATCH_CALL = (
+    "no ctx.patched() for it: retire a patch with ctx.deprecate_patch() before removing its "
+    "call, and never reuse a patch id for another change"
+)
 
 
 # WorkflowTaskFailed is not here: a note for people, apply() steps over it

@@ -172,7 +172,8 @@ class NondeterminismError(DFError):
         super().__init__(
             f"workflow {workflow_id!r} is not deterministic at step {step}: the history "
             f"recorded {recorded}, but the code now does {produced}. The history was not changed; "
-            "restore the previous code (or guard the change) and the workflow will continue."
+            "restore the previous code, or guard the change with ctx.patched('change-id') "
+            "(docs/versioning.md), and the workflow will continue."
         )
         self.workflow_id = workflow_id
         self.step = step

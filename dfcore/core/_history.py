@@ -48,6 +48,9 @@ class EventType(enum.StrEnum):
     WORKFLOW_FAILED = "WorkflowFailed"
     WORKFLOW_CANCELLED = "WorkflowCancelled"
     WORKFLOW_TIMED_OUT = "WorkflowTimedOut"
+    #: Where the code first asked ``ctx.patched(id)`` (or ``deprecate_patch``) and went on
+    #: with the new code: a replay answers the question from it.
+    PATCH_RECORDED = "PatchRecorded"
 
     @property
     def is_terminal(self) -> bool:
@@ -70,6 +73,7 @@ WORKFLOW_COMPLETED: Final = EventType.WORKFLOW_COMPLETED.value
 WORKFLOW_FAILED: Final = EventType.WORKFLOW_FAILED.value
 WORKFLOW_CANCELLED: Final = EventType.WORKFLOW_CANCELLED.value
 WORKFLOW_TIMED_OUT: Final = EventType.WORKFLOW_TIMED_OUT.value
+PATCH_RECORDED: Final = EventType.PATCH_RECORDED.value
 # Records only: a decision holding commands; users see its commands, not it.
 DECIDED: Final = "Decided"
 
@@ -93,6 +97,7 @@ COMMAND_TYPES: Final = frozenset(
         WORKFLOW_FAILED,
         WORKFLOW_CANCELLED,
         WORKFLOW_TIMED_OUT,
+        PATCH_RECORDED,
     }
 )
 TERMINAL_STATUS: Final[Mapping[str, str]] = {
@@ -164,6 +169,7 @@ _REQUIRED: Final[Mapping[str, Mapping[str, type | tuple[type, ...]]]] = {
     WORKFLOW_FAILED: {},
     WORKFLOW_CANCELLED: {},
     WORKFLOW_TIMED_OUT: {},
+    PATCH_RECORDED: {"patch": str},
 }
 
 
@@ -213,6 +219,8 @@ def command_key(cmd: Mapping[str, Any]) -> tuple[Any, ...]:
         return (kind, cmd["seq"])
     if kind == TIMER_STARTED:
         return (kind, cmd["timer"])
+    if kind == PATCH_RECORDED:
+        return (kind, cmd["patch"])
     return (kind,)
 
 
@@ -254,6 +262,8 @@ class HistoryEvent:
             return f"timer {a.get('timer')}{extra}"
         if self.type == SIGNAL_RECEIVED:
             return f"{a.get('name')} {_short(a.get('payload'))}"
+        if self.type == PATCH_RECORDED:
+            return f"{a.get('patch')}" + (" (deprecated)" if a.get("deprecated") else "")
         if self.type == WORKFLOW_COMPLETED:
             return _short(a.get("result"))
         if self.type in (WORKFLOW_FAILED, WORKFLOW_TIMED_OUT, WORKFLOW_TASK_FAILED):
@@ -316,4 +326,6 @@ def describe_command(cmd: Mapping[str, Any]) -> str:
         return f"workflow end ({TERMINAL_STATUS[kind]})"
     if kind == ACTIVITY_CANCEL_REQUESTED:
         return f"cancellation of activity #{cmd.get('seq')}"
+    if kind == PATCH_RECORDED:
+        return f"patch {cmd.get('patch')!r}"
     return str(kind)

@@ -9,9 +9,13 @@
 
 With pytest, ``pytest_plugins = ["dfcore.testing.plugin"]`` in ``conftest.py`` gives the
 fixtures ``df_server`` (one embedded server per test run), ``df_namespace`` (one per test) and
-``df_env`` (a factory of environments on both). See docs/testing.md.
+``df_env`` (a factory of environments on both). ``replay(app, "order.json")`` checks that
+changed code still replays a history exported with ``dfcore workflow show ID --json``. See
+docs/testing.md.
 """
 
+from dfcore.core._replay import HistoryFileError
 from dfcore.testing._env import WorkflowEnvironment
+from dfcore.testing._replay import replay
 
-__all__ = ["WorkflowEnvironment"]
+__all__ = ["HistoryFileError", "WorkflowEnvironment", "replay"]

@@ -35,7 +35,6 @@ from dfcore.core._commands import (
     StartTimer,
     command_from_wire,
 )
-from dfcore.core._context import WorkflowContext
 from dfcore.core._engine import WorkflowRun
 from dfcore.core._errors import (
     CodecUnavailableError,
@@ -49,6 +48,7 @@ from dfcore.core._errors import (
 )
 from dfcore.core._facts import Decision
 from dfcore.core._registry import Registry
+from dfcore.core._replay import new_run
 from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._pull import PullConsumer
@@ -416,17 +416,7 @@ class WorkflowProcessor:
             del self.cache[workflow_id]
 
     def _new_run(self, workflow_id: str) -> WorkflowRun:
-        settings = self.settings
-        run = WorkflowRun(
-            workflow_id,
-            self.registry.workflows.get,
-            namespace=settings.namespace,
-            default_activity_timeout=settings.default_activity_timeout,
-            activity_lookup=self.registry.lookup_activity,
-            check_payload=self._check_payload,
-        )
-        WorkflowContext(run)
-        return run
+        return new_run(self.registry, workflow_id, self.settings, self._check_payload)
 
     def _check_payload(self, value: Any, what: str) -> None:
         """Raise at the workflow's call site if ``value`` cannot be sent."""
