@@ -21,6 +21,7 @@ from dfcore import activity
 from dfcore._app import App, WorkflowFunction
 from dfcore.client._handle import WorkflowHandle, WorkflowStatus
 from dfcore.client._start import PreparedStart
+from dfcore.core._children import ChildWorkflowHandle
 from dfcore.core._codec import IdentityCodec, JSONConverter, PayloadCodec
 from dfcore.core._config import Advice, Settings
 from dfcore.core._context import WorkflowContext, WorkflowInfo
@@ -29,6 +30,7 @@ from dfcore.core._errors import (
     ActivityError,
     ApplicationError,
     CancelledError,
+    ChildWorkflowError,
     CodecKeyError,
     CodecUnavailableError,
     ConfigurationError,
@@ -59,6 +61,8 @@ __all__ = [
     "App",
     "ApplicationError",
     "CancelledError",
+    "ChildWorkflowError",
+    "ChildWorkflowHandle",
     "CodecKeyError",
     "CodecUnavailableError",
     "ConfigurationError",

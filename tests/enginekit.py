@@ -20,8 +20,8 @@ class History:
         self.records: list[h.Record] = []
         self.ts = 1_700_000_000_000
 
-    def new_run(self) -> WorkflowRun:
-        run = WorkflowRun(self.workflow_id, self.defs.get, activity_lookup=_lookup)
+    def new_run(self, lookup: Callable[[Any], Any] | None = None) -> WorkflowRun:
+        run = WorkflowRun(self.workflow_id, self.defs.get, activity_lookup=lookup or _lookup)
         WorkflowContext(run)
         return run
 

@@ -458,8 +458,7 @@ def test_a_result_of_the_wrong_type_raises_at_the_await() -> None:
         return "count", ActivityOptions(), int
 
     hist = History(wf)
-    run = hist.new_run()
-    run._activity_lookup = lookup
+    run = hist.new_run(lookup)
     hist.start("wf")
     hist.decide(run)
     hist.fact(h.ACTIVITY_COMPLETED, seq=1, attempt=1, result="many")

@@ -12,6 +12,8 @@ def test_exported_members() -> None:
             "App",
             "ApplicationError",
             "CancelledError",
+            "ChildWorkflowError",
+            "ChildWorkflowHandle",
             "CodecKeyError",
             "CodecUnavailableError",
             "ConfigurationError",

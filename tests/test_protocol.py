@@ -14,6 +14,8 @@ from dfcore.core._facts import (
     ActivityCompleted,
     ActivityFailed,
     CancelRequested,
+    ChildWorkflowEnded,
+    ChildWorkflowStarted,
     Decision,
     Fact,
     SignalReceived,
@@ -114,6 +116,8 @@ FACTS: list[Fact] = [
     SignalReceived("approve", {"by": "ann"}, ts=9),
     CancelRequested("customer asked", ts=10),
     WorkflowTaskFailed({"type": "KeyError", "message": "'sku'"}, attempt=2, prev=11, ts=12),
+    ChildWorkflowStarted(4, "order-1/4", "run-2", ts=13),
+    ChildWorkflowEnded(4, "failed", error={"type": "ActivityError", "message": "no"}, ts=14),
 ]
 
 

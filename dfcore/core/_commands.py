@@ -130,6 +130,73 @@ class RecordPatch:
         return wire
 
 
+@dataclass(frozen=True)
+class StartChild:
+    """Start child workflow ``workflow_id`` (call ``seq`` of the parent's code)."""
+
+    seq: int
+    workflow: str
+    workflow_id: str
+    task_queue: str
+    args: list[Any]
+    parent_close_policy: str = "cancel"  # or "abandon"
+    execution_timeout: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "t": EventType.CHILD_WORKFLOW_SCHEDULED.value,
+            "seq": self.seq,
+            "workflow": self.workflow,
+            "workflow_id": self.workflow_id,
+            "task_queue": self.task_queue,
+            "args": self.args,
+            "parent_close_policy": self.parent_close_policy,
+        }
+        if self.execution_timeout:
+            wire["execution_timeout"] = self.execution_timeout
+        return wire
+
+
+@dataclass(frozen=True)
+class SignalChild:
+    """Send signal ``name`` to the child started by call ``child`` (this is call ``seq``)."""
+
+    seq: int
+    child: int
+    workflow_id: str
+    task_queue: str
+    name: str
+    payload: Any = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": EventType.CHILD_WORKFLOW_SIGNALLED.value,
+            "seq": self.seq,
+            "child": self.child,
+            "workflow_id": self.workflow_id,
+            "task_queue": self.task_queue,
+            "name": self.name,
+            "payload": self.payload,
+        }
+
+
+@dataclass(frozen=True)
+class CancelChild:
+    """Ask the child started by call ``child`` to cancel."""
+
+    child: int
+    workflow_id: str
+    task_queue: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": EventType.CHILD_WORKFLOW_CANCEL_REQUESTED.value,
+            "child": self.child,
+            "workflow_id": self.workflow_id,
+            "task_queue": self.task_queue,
+        }
+
+
 MAX_PATCH_ID = 200
 
 
@@ -151,6 +218,9 @@ Command = (
     | TimeOutWorkflow
     | CancelWorkflow
     | RecordPatch
+    | StartChild
+    | SignalChild
+    | CancelChild
 )
 
 
@@ -189,6 +259,32 @@ def command_from_wire(wire: Mapping[str, Any]) -> Command:
         return TimeOutWorkflow(wire.get("error") or {})
     if kind == EventType.WORKFLOW_CANCELLED:
         return CancelWorkflow()
+    if kind == EventType.CHILD_WORKFLOW_SCHEDULED:
+        timeout = wire.get("execution_timeout")
+        return StartChild(
+            seq=int(wire["seq"]),
+            workflow=str(wire["workflow"]),
+            workflow_id=str(wire["workflow_id"]),
+            task_queue=str(wire["task_queue"]),
+            args=list(wire["args"]),
+            parent_close_policy=str(wire.get("parent_close_policy") or "cancel"),
+            execution_timeout=float(timeout) if timeout else None,
+        )
+    if kind == EventType.CHILD_WORKFLOW_SIGNALLED:
+        return SignalChild(
+            seq=int(wire["seq"]),
+            child=int(wire["child"]),
+            workflow_id=str(wire.get("workflow_id", "")),
+            task_queue=str(wire.get("task_queue", "")),
+            name=str(wire["name"]),
+            payload=wire.get("payload"),
+        )
+    if kind == EventType.CHILD_WORKFLOW_CANCEL_REQUESTED:
+        return CancelChild(
+            child=int(wire["child"]),
+            workflow_id=str(wire.get("workflow_id", "")),
+            task_queue=str(wire.get("task_queue", "")),
+        )
     if kind == EventType.PATCH_RECORDED:
         return RecordPatch(str(wire["patch"]), bool(wire.get("deprecated")))
     raise ValueError(f"{str(kind)!r} is not a command")

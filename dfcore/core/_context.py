@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, overload
 
+from dfcore.core._children import ChildWorkflowHandle
 from dfcore.core._definitions import ActivityOptions, RetryPolicy
 from dfcore.core._engine import WorkflowRun
 
@@ -113,7 +114,69 @@ class WorkflowContext:
             heartbeat_timeout=heartbeat_timeout,
             task_queue=task_queue,
         )
-        return self._run.schedule_activity(fn, args, options)
+        return self._run.activities.schedule(fn, args, options)
+
+    async def start_child(
+        self,
+        workflow: Any,
+        *args: Any,
+        workflow_id: str | None = None,
+        task_queue: str | None = None,
+        parent_close_policy: str = "cancel",
+        execution_timeout: float | None = None,
+    ) -> ChildWorkflowHandle:
+        """Start a child workflow; returns once it runs, with a handle to await, signal or
+        cancel it.
+
+        Args:
+            workflow: an ``@app.workflow`` function, or the registered name of one.
+            *args: its arguments (JSON-serialisable).
+            workflow_id: the child's id; by default ``"<this workflow's id>/<step>"``, the
+                same on every replay, so a parent that restarts never starts a child twice.
+            task_queue: run it on workers of this queue (default: this workflow's queue).
+            parent_close_policy: ``"cancel"`` (default) cancels the child when this workflow
+                ends first; ``"abandon"`` lets it run on.
+            execution_timeout: the child's own execution timeout, in seconds.
+
+        Raises:
+            ChildWorkflowError: it could not be started (``status == "not_started"``: a
+                workflow with its id already exists).
+        """
+        handle = self._run.children.start(
+            workflow,
+            args,
+            workflow_id=workflow_id,
+            task_queue=task_queue,
+            parent_close_policy=parent_close_policy,
+            execution_timeout=execution_timeout,
+        )
+        await asyncio.shield(handle.started)
+        return handle
+
+    async def child(
+        self,
+        workflow: Any,
+        *args: Any,
+        workflow_id: str | None = None,
+        task_queue: str | None = None,
+        parent_close_policy: str = "cancel",
+        execution_timeout: float | None = None,
+    ) -> Any:
+        """Run a child workflow and return its result (:meth:`start_child`, then await it).
+
+        Raises:
+            ChildWorkflowError: the child failed, timed out, was cancelled or could not start;
+                ``cause_type`` and ``cause_message`` say why.
+        """
+        handle = await self.start_child(
+            workflow,
+            *args,
+            workflow_id=workflow_id,
+            task_queue=task_queue,
+            parent_close_policy=parent_close_policy,
+            execution_timeout=execution_timeout,
+        )
+        return await handle.result()
 
     async def sleep(self, seconds: float) -> None:
         """Wait durably: the timer survives restarts of every process."""

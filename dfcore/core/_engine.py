@@ -15,31 +15,27 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from dfcore.core import _history as h
+from dfcore.core._activities import Activities
 from dfcore.core._call_args import decode_call_args, return_hint
+from dfcore.core._children import Children
 from dfcore.core._commands import (
     CancelWorkflow,
     Command,
     CompleteWorkflow,
     FailWorkflow,
     RecordPatch,
-    RequestActivityCancel,
-    ScheduleActivity,
     StartTimer,
     TimeOutWorkflow,
     check_patch_id,
 )
-from dfcore.core._convert import convert
-from dfcore.core._definitions import ActivityOptions, RetryPolicy, WorkflowDefinition
+from dfcore.core._definitions import ActivityOptions, WorkflowDefinition
 from dfcore.core._errors import (
-    ActivityError,
     DFError,
     NondeterminismError,
     PayloadError,
-    RegistrationError,
     SerializationError,
     UnregisteredWorkflowError,
     WorkflowCodeError,
@@ -49,6 +45,8 @@ from dfcore.core._facts import (
     ActivityCompleted,
     ActivityFailed,
     CancelRequested,
+    ChildWorkflowEnded,
+    ChildWorkflowStarted,
     Fact,
     SignalReceived,
     TimerFired,
@@ -92,18 +90,15 @@ class WorkflowRun:
         self._unregistered = False  # started under a name this worker has no workflow for
         self.replaying = False
         self.evicting = False
-        self._resolve_workflow = resolve_workflow
-        self._default_timeout = default_activity_timeout
-        self._activity_lookup = activity_lookup
+        self.resolve_workflow = resolve_workflow
         self._check_payload = check_payload
         self._now_ms = 0
         self._next_seq = 0
-        self._loop = DeterministicLoop(  # type: ignore[abstract]  # I/O methods are unused
+        self.loop = DeterministicLoop(  # type: ignore[abstract]  # I/O methods are unused
             self._clock, self._start_user_timer, self._loop_error
         )
         self._main: asyncio.Task[Any] | None = None
         self._cancel_requested = False
-        self._activities: dict[int, ActivityCall] = {}
         self._timers: dict[str, TimerState] = {}
         self._signals: dict[str, deque[Any]] = {}
         self._signal_waiters: dict[str, deque[asyncio.Future[Any]]] = {}
@@ -114,6 +109,8 @@ class WorkflowRun:
         self._patches: dict[str, bool] = {}  # each patch's answer, fixed for the run
         self._nondeterminism: NondeterminismError | None = None
         self.context: Any = None  # set by the WorkflowContext that wraps this run
+        self.activities = Activities(self, activity_lookup, default_activity_timeout)
+        self.children = Children(self)
 
     # -- feeding ----------------------------------------------------------------------------
 
@@ -144,7 +141,11 @@ class WorkflowRun:
         return list(self._pending)
 
     def activity(self, seq: int) -> ActivityCall | None:
-        return self._activities.get(seq)
+        return self.activities.get(seq)
+
+    def recorded_call(self, seq: int) -> Mapping[str, Any] | None:
+        """The command the history recorded for call ``seq`` that replay has not reached."""
+        return self._recorded_user.get(seq)
 
     def timer(self, timer_id: str) -> TimerState | None:
         return self._timers.get(timer_id)
@@ -164,7 +165,7 @@ class WorkflowRun:
         if self._main is not None and not self._main.done():
             self._main.cancel()
             try:
-                self._loop.run_until_idle()
+                self.loop.run_until_idle()
             except BaseException:
                 log.debug("workflow %s: error while unwinding", self.info.workflow_id)
 
@@ -218,8 +219,9 @@ class WorkflowRun:
         info.workflow_type = fact.workflow
         info.run_id = fact.run_id
         info.task_queue = fact.task_queue
+        info.parent = fact.parent
         info.start_time_ms = self._now_ms
-        defn = self._resolve_workflow(info.workflow_type)
+        defn = self.resolve_workflow(info.workflow_type)
         if defn is None:
             self._unregistered = True  # apply() raises, unless a cancel request ends it
             return
@@ -229,38 +231,9 @@ class WorkflowRun:
             self._fail_workflow(exc)
             return
         timeout = fact.execution_timeout or defn.execution_timeout
-        self._main = self._loop.create_task(self._run_workflow(defn, args))
+        self._main = self.loop.create_task(self._run_workflow(defn, args))
         if timeout:
-            self._start_timer("x", "execution_timeout", float(timeout))
-
-    def _apply_activity_completed(self, fact: ActivityCompleted) -> None:
-        call = self._activities.get(fact.seq)
-        if call is None or call.done or fact.attempt != call.attempt:
-            return  # a duplicate, or an attempt the history did not schedule (or gave up on)
-        call.done = True
-        if call.future.done():
-            return
-        try:
-            call.future.set_result(convert(fact.result, call.result_hint))
-        except SerializationError as exc:
-            call.future.set_exception(exc)
-
-    def _apply_activity_failed(self, fact: ActivityFailed) -> None:
-        call = self._activities.get(fact.seq)
-        if call is None or call.done or fact.attempt != call.attempt:
-            return
-        error = dict(fact.error)
-        if fact.heartbeat is not None:  # the next attempt starts from the last details
-            call.heartbeat = fact.heartbeat
-        delay = self._retry_delay(call, error)
-        if delay is None:
-            self._fail_activity(call, error)
-            return
-        call.attempt += 1
-        if delay <= 0:
-            self._schedule_attempt(call)
-        else:
-            self._start_timer(f"{call.seq}r{call.attempt}", "retry", delay, seq=call.seq)
+            self.start_timer("x", "execution_timeout", float(timeout))
 
     def _apply_timer_fired(self, fact: TimerFired) -> None:
         timer = self._timers.get(fact.timer)
@@ -268,16 +241,9 @@ class WorkflowRun:
             return
         timer.fired = True
         if timer.purpose == "timer" and timer.handle is not None:
-            self._loop.fire(timer.handle)
-        elif timer.purpose == "retry":
-            call = self._activities[timer.seq or 0]
-            if not call.done:
-                self._schedule_attempt(call)
-        elif timer.purpose == "schedule_to_close":
-            call = self._activities[timer.seq or 0]
-            if not call.done:
-                error = {"type": "TimeoutError", "message": "schedule_to_close timeout exceeded"}
-                self._fail_activity(call, {**error, "non_retryable": True})
+            self.loop.fire(timer.handle)
+        elif timer.purpose in ("retry", "schedule_to_close"):
+            self.activities.on_timer(timer)
         elif timer.purpose == "execution_timeout":
             self._time_out_workflow()
 
@@ -292,7 +258,7 @@ class WorkflowRun:
 
     def _apply_cancel_requested(self, fact: CancelRequested) -> None:
         if self._unregistered:  # no code ran: nothing to unwind
-            self._produce(CancelWorkflow())
+            self.produce(CancelWorkflow())
             self.closed = True
             return
         if self._main is not None and not self._main.done() and not self._cancel_requested:
@@ -301,57 +267,9 @@ class WorkflowRun:
 
     # -- what workflow code calls (through WorkflowContext) ----------------------------------
 
-    def schedule_activity(
-        self, ref: Any, args: Sequence[Any], options: ActivityOptions
-    ) -> asyncio.Future[Any]:
-        """Start an activity; the returned future resolves with its result or ActivityError."""
-        name, defaults, hint = self._lookup_activity(ref)
-        opts = defaults.merged(options)
-        opts.validate(name)
-        self._check_args(name, args)
-        seq = self._allocate_seq()
-        call = ActivityCall(
-            seq=seq,
-            name=name,
-            args=list(args),
-            task_queue=opts.task_queue or self.info.task_queue,
-            options=opts,
-            retry=opts.retry or RetryPolicy(),
-            result_hint=hint,
-            future=self._loop.create_future(),
-            first_scheduled_ms=self._now_ms,
-        )
-        self._adopt_recorded_options(call)
-        self._activities[seq] = call
-        call.future.add_done_callback(lambda fut: self._on_activity_future_done(call))
-        self._schedule_attempt(call)
-        if call.options.schedule_to_close:
-            self._start_timer(
-                f"{seq}s", "schedule_to_close", call.options.schedule_to_close, seq=seq
-            )
-        return call.future
-
-    def _adopt_recorded_options(self, call: ActivityCall) -> None:
-        """On replay, retries and timeouts follow what was recorded, not today's code.
-
-        Changing an activity's retry policy or timeouts is then safe for running workflows:
-        attempts already scheduled keep the options they were scheduled with.
-        """
-        recorded = self._recorded_user.get(call.seq)
-        if recorded is None or recorded.get("activity") != call.name:
-            return
-        if isinstance(recorded.get("retry"), Mapping):
-            call.retry = RetryPolicy.from_json(recorded["retry"])
-        call.options = replace(
-            call.options,
-            start_to_close=recorded.get("start_to_close"),
-            schedule_to_close=recorded.get("schedule_to_close"),
-            heartbeat_timeout=recorded.get("heartbeat_timeout"),
-        )
-
     def signal_future(self, name: str) -> asyncio.Future[Any]:
         """A future for the next signal called ``name`` (resolved now if one is buffered)."""
-        future = self._loop.create_future()
+        future = self.loop.create_future()
         buffered = self._signals.get(name)
         if buffered:
             future.set_result(buffered.popleft())
@@ -369,7 +287,7 @@ class WorkflowRun:
         )
 
     def _run_code(self) -> None:
-        self._loop.run_until_idle()
+        self.loop.run_until_idle()
         self._raise_nondeterminism()
         main = self._main
         if main is not None and main.done() and not self.closed:
@@ -377,12 +295,12 @@ class WorkflowRun:
 
     def _close_with(self, main: asyncio.Task[Any]) -> None:
         if main.cancelled():
-            self._produce(CancelWorkflow())
+            self.produce(CancelWorkflow())
         elif (exc := main.exception()) is not None:
             if isinstance(exc, asyncio.CancelledError):
-                self._produce(CancelWorkflow())
+                self.produce(CancelWorkflow())
             elif isinstance(exc, DFError | TimeoutError):
-                self._produce(FailWorkflow(error_json(exc)))
+                self.produce(FailWorkflow(error_json(exc)))
             else:
                 raise WorkflowCodeError(
                     self.info.workflow_id, self.info.workflow_type, exc
@@ -391,16 +309,19 @@ class WorkflowRun:
             self._complete(main.result())
         self.closed = True
 
-    def _check_args(self, name: str, args: Sequence[Any]) -> None:
-        """Fail at the ``ctx.activity`` call, not later in the worker, naming the argument."""
-        if self._check_payload is None:
-            return
+    def check_args(self, what: str, args: Sequence[Any]) -> None:
+        """Fail at the call (``what``: "activity 'x'"), not later in the worker, naming the
+        argument that cannot be sent."""
         try:
-            self._check_payload(list(args), f"the arguments of activity {name!r}")
+            self.check_value(list(args), f"the arguments of {what}")
         except SerializationError:
             for i, arg in enumerate(args, 1):
-                self._check_payload(arg, f"argument {i} of activity {name!r}")
+                self.check_value(arg, f"argument {i} of {what}")
             raise
+
+    def check_value(self, value: Any, what: str) -> None:
+        if self._check_payload is not None:
+            self._check_payload(value, what)
 
     def _complete(self, result: Any) -> None:
         if self._check_payload is not None:
@@ -409,83 +330,26 @@ class WorkflowRun:
             except PayloadError as exc:
                 self._fail_workflow(exc)
                 return
-        self._produce(CompleteWorkflow(result))
+        self.produce(CompleteWorkflow(result))
 
     def _time_out_workflow(self) -> None:
         if self.closed:
             return
         error = {"type": "TimeoutError", "message": "workflow execution timeout exceeded"}
-        self._produce(TimeOutWorkflow(error))
+        self.produce(TimeOutWorkflow(error))
         self.closed = True
         if self._main is not None and not self._main.done():
             self._main.cancel()
-            self._loop.run_until_idle()
+            self.loop.run_until_idle()
 
     def _fail_workflow(self, exc: BaseException) -> None:
         """End the workflow with ``exc`` before its code could run."""
-        self._produce(FailWorkflow(error_json(exc)))
+        self.produce(FailWorkflow(error_json(exc)))
         self.closed = True
 
-    def _lookup_activity(self, ref: Any) -> tuple[str, ActivityOptions, Any]:
-        if self._activity_lookup is not None:
-            return self._activity_lookup(ref)
-        if isinstance(ref, str):
-            return ref, ActivityOptions(), None
-        raise RegistrationError(f"{ref!r} is not an activity; decorate it with @app.activity")
-
-    def _allocate_seq(self) -> int:
+    def allocate_seq(self) -> int:
         self._next_seq += 1
         return self._next_seq
-
-    def _schedule_attempt(self, call: ActivityCall) -> None:
-        opts = call.options
-        self._produce(
-            ScheduleActivity(
-                seq=call.seq,
-                attempt=call.attempt,
-                activity=call.name,
-                args=call.args,
-                task_queue=call.task_queue,
-                start_to_close=opts.start_to_close or self._default_timeout,
-                heartbeat_timeout=opts.heartbeat_timeout,
-                schedule_to_close=opts.schedule_to_close,
-                retry=call.retry.to_json(),
-                heartbeat=call.heartbeat,
-            )
-        )
-
-    def _retry_delay(self, call: ActivityCall, error: Mapping[str, Any]) -> float | None:
-        policy = call.retry
-        if error.get("non_retryable") or error.get("type") in policy.non_retryable_names():
-            return None
-        if not policy.allows(call.attempt):
-            return None
-        explicit = error.get("next_retry_delay")
-        delay = float(explicit) if explicit is not None else policy.delay(call.attempt)
-        deadline = call.options.schedule_to_close
-        if deadline and self._now_ms + delay * 1000 >= call.first_scheduled_ms + deadline * 1000:
-            return None
-        return delay
-
-    def _fail_activity(self, call: ActivityCall, error: Mapping[str, Any]) -> None:
-        call.done = True
-        if call.future.done():
-            return
-        call.future.set_exception(
-            ActivityError(
-                call.name,
-                str(error.get("type", "Error")),
-                str(error.get("message", "")),
-                call.attempt,
-                non_retryable=bool(error.get("non_retryable")),
-                details=tuple(error.get("details") or ()),
-            )
-        )
-
-    def _on_activity_future_done(self, call: ActivityCall) -> None:
-        if call.future.cancelled() and not call.done:
-            call.done = True
-            self._produce(RequestActivityCancel(call.seq))
 
     def patched(self, patch_id: str, *, deprecated: bool = False) -> bool:
         """Whether this run takes the code path of patch ``patch_id`` (``ctx.patched``).
@@ -500,7 +364,7 @@ class WorkflowRun:
             recorded = (h.PATCH_RECORDED, patch_id) in self._recorded
             answer = recorded or not self.replaying
             if answer:
-                self._produce(RecordPatch(patch_id, deprecated))
+                self.produce(RecordPatch(patch_id, deprecated))
             self._patches[patch_id] = answer
         return answer
 
@@ -509,13 +373,13 @@ class WorkflowRun:
         self._timer_label = label
 
     def _start_user_timer(self, handle: asyncio.TimerHandle) -> None:
-        seq = self._allocate_seq()
+        seq = self.allocate_seq()
         delay = max(handle.when() - self._clock(), 0.0)
         label, self._timer_label = self._timer_label, None
-        state = self._start_timer(str(seq), "timer", delay, seq=seq, label=label)
+        state = self.start_timer(str(seq), "timer", delay, seq=seq, label=label)
         state.handle = handle
 
-    def _start_timer(
+    def start_timer(
         self,
         timer_id: str,
         purpose: str,
@@ -527,12 +391,14 @@ class WorkflowRun:
         state = TimerState(timer_id, purpose, seq)
         self._timers[timer_id] = state
         fire_at = self._now_ms + int(delay * 1000)
-        self._produce(StartTimer(timer_id, purpose, round(delay, 3), fire_at, seq, label))
+        self.produce(StartTimer(timer_id, purpose, round(delay, 3), fire_at, seq, label))
         return state
 
-    def _produce(self, command: Command) -> None:
+    def produce(self, command: Command) -> None:
         if self.closed or self._nondeterminism is not None:
             return
+        if isinstance(command, CompleteWorkflow | FailWorkflow | TimeOutWorkflow | CancelWorkflow):
+            self.children.close()  # the children not abandoned end with their parent
         cmd = command.to_wire()  # what decisions store, and what replay compares
         key = h.command_key(cmd)
         if h.is_user_command(cmd):
@@ -580,11 +446,13 @@ _NO_PATCH_CALL = (
 # WorkflowTaskFailed is not here: a note for people, apply() steps over it
 _FACT_HANDLERS: dict[type[Fact], Callable[[WorkflowRun, Any], None]] = {
     WorkflowStarted: WorkflowRun._apply_workflow_started,
-    ActivityCompleted: WorkflowRun._apply_activity_completed,
-    ActivityFailed: WorkflowRun._apply_activity_failed,
+    ActivityCompleted: lambda run, fact: run.activities.on_completed(fact),
+    ActivityFailed: lambda run, fact: run.activities.on_failed(fact),
     TimerFired: WorkflowRun._apply_timer_fired,
     SignalReceived: WorkflowRun._apply_signal_received,
     CancelRequested: WorkflowRun._apply_cancel_requested,
+    ChildWorkflowStarted: lambda run, fact: run.children.on_started(fact),
+    ChildWorkflowEnded: lambda run, fact: run.children.on_ended(fact),
 }
 
 

@@ -181,6 +181,37 @@ class NondeterminismError(DFError):
         self.produced = produced
 
 
+class ChildWorkflowError(DFError):
+    """A child workflow did not complete: it failed, timed out, was cancelled, or could not be
+    started (``status`` is then ``"not_started"``).
+
+    Attributes:
+        workflow_id: the child's id.
+        workflow_type: its registered name.
+        status: ``failed``, ``timed_out``, ``cancelled`` or ``not_started``.
+        cause_type: the type name of the child's error (``"ActivityError"``...).
+        cause_message: that error's message.
+    """
+
+    def __init__(
+        self,
+        workflow_id: str,
+        workflow_type: str,
+        status: str,
+        cause_type: str,
+        cause_message: str,
+    ) -> None:
+        super().__init__(
+            f"child workflow {workflow_id!r} ({workflow_type}) {status.replace('_', ' ')}: "
+            f"{cause_type}: {cause_message}"
+        )
+        self.workflow_id = workflow_id
+        self.workflow_type = workflow_type
+        self.status = status
+        self.cause_type = cause_type
+        self.cause_message = cause_message
+
+
 class ApplicationError(DFError):
     """Raise from an activity (or workflow) to fail it with control over retries.
 
@@ -311,7 +342,7 @@ def error_json(exc: BaseException) -> dict[str, Any]:
         error["type"] = exc.type
         error["message"] = exc.message
         error["details"] = list(exc.details)
-    if isinstance(exc, ActivityError):
+    if isinstance(exc, ActivityError | ChildWorkflowError):
         error["cause_type"] = exc.cause_type
     error["traceback"] = "".join(traceback.format_exception(exc)[-6:])
     return error

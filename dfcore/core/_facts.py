@@ -29,6 +29,7 @@ class WorkflowStarted:
     task_queue: str
     run_id: str
     execution_timeout: float | None = None
+    parent: Parent | None = None
     ts: int = field(default_factory=now_ms)
 
     def to_wire(self) -> dict[str, Any]:
@@ -43,6 +44,8 @@ class WorkflowStarted:
         }
         if self.execution_timeout:
             wire["execution_timeout"] = self.execution_timeout
+        if self.parent is not None:
+            wire["parent"] = self.parent.to_wire()
         return wire
 
     @classmethod
@@ -54,8 +57,32 @@ class WorkflowStarted:
             task_queue=str(wire.get("task_queue", "")),
             run_id=str(wire.get("run_id", "")),
             execution_timeout=float(timeout) if timeout else None,
+            parent=Parent.from_wire(wire.get("parent")),
             ts=int(wire.get("ts", 0)),
         )
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The workflow that started this one as its child: where its end is reported."""
+
+    workflow_id: str
+    history: str  # the parent's history subject
+    seq: int  # the parent's call that started it
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"workflow_id": self.workflow_id, "history": self.history, "seq": self.seq}
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> Parent | None:
+        if not isinstance(wire, Mapping):
+            return None
+        workflow_id, history, seq = wire.get("workflow_id"), wire.get("history"), wire.get("seq")
+        if not (isinstance(workflow_id, str) and isinstance(history, str)):
+            return None
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            return None
+        return cls(workflow_id, history, seq)
 
 
 @dataclass(frozen=True)
@@ -193,6 +220,72 @@ class WorkflowTaskFailed:
         )
 
 
+@dataclass(frozen=True)
+class ChildWorkflowStarted:
+    """The child of call ``seq`` has its history: it runs (appended by the parent's worker)."""
+
+    type: ClassVar[EventType] = EventType.CHILD_WORKFLOW_STARTED
+    seq: int
+    workflow_id: str
+    run_id: str = ""
+    ts: int = field(default_factory=now_ms)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": self.type.value,
+            "ts": self.ts,
+            "seq": self.seq,
+            "workflow_id": self.workflow_id,
+            "run_id": self.run_id,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> ChildWorkflowStarted:
+        return cls(
+            int(wire["seq"]),
+            str(wire["workflow_id"]),
+            str(wire.get("run_id", "")),
+            int(wire.get("ts", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class ChildWorkflowEnded:
+    """The child of call ``seq`` ended with ``status`` (a workflow status, or ``not_started``
+    when no history could be made for it): its ``result``, or ``error`` in ``error_json``'s
+    form."""
+
+    type: ClassVar[EventType] = EventType.CHILD_WORKFLOW_ENDED
+    seq: int
+    status: str
+    result: Any = None
+    error: Mapping[str, Any] | None = None
+    ts: int = field(default_factory=now_ms)
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "t": self.type.value,
+            "ts": self.ts,
+            "seq": self.seq,
+            "status": self.status,
+            "result": self.result,
+        }
+        if self.error is not None:
+            wire["error"] = dict(self.error)
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> ChildWorkflowEnded:
+        error = wire.get("error")
+        return cls(
+            seq=int(wire["seq"]),
+            status=str(wire["status"]),
+            result=wire.get("result"),
+            error=dict(error) if isinstance(error, Mapping) else None,
+            ts=int(wire.get("ts", 0)),
+        )
+
+
 Fact = (
     WorkflowStarted
     | ActivityCompleted
@@ -201,6 +294,8 @@ Fact = (
     | SignalReceived
     | CancelRequested
     | WorkflowTaskFailed
+    | ChildWorkflowStarted
+    | ChildWorkflowEnded
 )
 
 _FACTS: Mapping[str, Any] = {
@@ -213,6 +308,8 @@ _FACTS: Mapping[str, Any] = {
         SignalReceived,
         CancelRequested,
         WorkflowTaskFailed,
+        ChildWorkflowStarted,
+        ChildWorkflowEnded,
     )
 }
 

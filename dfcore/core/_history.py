@@ -40,6 +40,10 @@ class EventType(enum.StrEnum):
     CANCEL_REQUESTED = "CancelRequested"
     #: A note that the workflow's code failed (a bug): for people, ignored by replay.
     WORKFLOW_TASK_FAILED = "WorkflowTaskFailed"
+    #: A child this workflow started now has a history (appended by the parent's worker).
+    CHILD_WORKFLOW_STARTED = "ChildWorkflowStarted"
+    #: A child ended (appended by the child's worker), or could not be started.
+    CHILD_WORKFLOW_ENDED = "ChildWorkflowEnded"
     # Commands, inside a Decided record
     ACTIVITY_SCHEDULED = "ActivityScheduled"
     ACTIVITY_CANCEL_REQUESTED = "ActivityCancelRequested"
@@ -48,6 +52,9 @@ class EventType(enum.StrEnum):
     WORKFLOW_FAILED = "WorkflowFailed"
     WORKFLOW_CANCELLED = "WorkflowCancelled"
     WORKFLOW_TIMED_OUT = "WorkflowTimedOut"
+    CHILD_WORKFLOW_SCHEDULED = "ChildWorkflowScheduled"
+    CHILD_WORKFLOW_SIGNALLED = "ChildWorkflowSignalled"
+    CHILD_WORKFLOW_CANCEL_REQUESTED = "ChildWorkflowCancelRequested"
     #: Where the code first asked ``ctx.patched(id)`` (or ``deprecate_patch``) and went on
     #: with the new code: a replay answers the question from it.
     PATCH_RECORDED = "PatchRecorded"
@@ -66,6 +73,11 @@ TIMER_FIRED: Final = EventType.TIMER_FIRED.value
 SIGNAL_RECEIVED: Final = EventType.SIGNAL_RECEIVED.value
 CANCEL_REQUESTED: Final = EventType.CANCEL_REQUESTED.value
 WORKFLOW_TASK_FAILED: Final = EventType.WORKFLOW_TASK_FAILED.value
+CHILD_WORKFLOW_STARTED: Final = EventType.CHILD_WORKFLOW_STARTED.value
+CHILD_WORKFLOW_ENDED: Final = EventType.CHILD_WORKFLOW_ENDED.value
+CHILD_WORKFLOW_SCHEDULED: Final = EventType.CHILD_WORKFLOW_SCHEDULED.value
+CHILD_WORKFLOW_SIGNALLED: Final = EventType.CHILD_WORKFLOW_SIGNALLED.value
+CHILD_WORKFLOW_CANCEL_REQUESTED: Final = EventType.CHILD_WORKFLOW_CANCEL_REQUESTED.value
 ACTIVITY_SCHEDULED: Final = EventType.ACTIVITY_SCHEDULED.value
 ACTIVITY_CANCEL_REQUESTED: Final = EventType.ACTIVITY_CANCEL_REQUESTED.value
 TIMER_STARTED: Final = EventType.TIMER_STARTED.value
@@ -86,6 +98,8 @@ FACT_TYPES: Final = frozenset(
         SIGNAL_RECEIVED,
         CANCEL_REQUESTED,
         WORKFLOW_TASK_FAILED,
+        CHILD_WORKFLOW_STARTED,
+        CHILD_WORKFLOW_ENDED,
     }
 )
 COMMAND_TYPES: Final = frozenset(
@@ -98,6 +112,9 @@ COMMAND_TYPES: Final = frozenset(
         WORKFLOW_CANCELLED,
         WORKFLOW_TIMED_OUT,
         PATCH_RECORDED,
+        CHILD_WORKFLOW_SCHEDULED,
+        CHILD_WORKFLOW_SIGNALLED,
+        CHILD_WORKFLOW_CANCEL_REQUESTED,
     }
 )
 TERMINAL_STATUS: Final[Mapping[str, str]] = {
@@ -161,6 +178,8 @@ _REQUIRED: Final[Mapping[str, Mapping[str, type | tuple[type, ...]]]] = {
     SIGNAL_RECEIVED: {"name": str},
     CANCEL_REQUESTED: {},
     WORKFLOW_TASK_FAILED: {"error": dict},
+    CHILD_WORKFLOW_STARTED: {"seq": int, "workflow_id": str},
+    CHILD_WORKFLOW_ENDED: {"seq": int, "status": str},
     DECIDED: {"cmds": list},
     ACTIVITY_SCHEDULED: {"seq": int, "attempt": int, "activity": str, "args": list},
     ACTIVITY_CANCEL_REQUESTED: {"seq": int},
@@ -170,6 +189,21 @@ _REQUIRED: Final[Mapping[str, Mapping[str, type | tuple[type, ...]]]] = {
     WORKFLOW_CANCELLED: {},
     WORKFLOW_TIMED_OUT: {},
     PATCH_RECORDED: {"patch": str},
+    CHILD_WORKFLOW_SCHEDULED: {
+        "seq": int,
+        "workflow": str,
+        "workflow_id": str,
+        "task_queue": str,
+        "args": list,
+    },
+    CHILD_WORKFLOW_SIGNALLED: {
+        "seq": int,
+        "child": int,
+        "workflow_id": str,
+        "task_queue": str,
+        "name": str,
+    },
+    CHILD_WORKFLOW_CANCEL_REQUESTED: {"child": int, "workflow_id": str, "task_queue": str},
 }
 
 
@@ -221,6 +255,10 @@ def command_key(cmd: Mapping[str, Any]) -> tuple[Any, ...]:
         return (kind, cmd["timer"])
     if kind == PATCH_RECORDED:
         return (kind, cmd["patch"])
+    if kind in (CHILD_WORKFLOW_SCHEDULED, CHILD_WORKFLOW_SIGNALLED):
+        return (kind, cmd["seq"])
+    if kind == CHILD_WORKFLOW_CANCEL_REQUESTED:
+        return (kind, cmd["child"])
     return (kind,)
 
 
@@ -262,6 +300,12 @@ class HistoryEvent:
             return f"timer {a.get('timer')}{extra}"
         if self.type == SIGNAL_RECEIVED:
             return f"{a.get('name')} {_short(a.get('payload'))}"
+        if self.type == CHILD_WORKFLOW_SCHEDULED:
+            return f"#{a.get('seq')} {a.get('workflow')}({_args(a)}) id={a.get('workflow_id')}"
+        if self.type == CHILD_WORKFLOW_STARTED:
+            return f"#{a.get('seq')} {a.get('workflow_id')}"
+        if self.type == CHILD_WORKFLOW_ENDED:
+            return f"#{a.get('seq')} {a.get('status')}"
         if self.type == PATCH_RECORDED:
             return f"{a.get('patch')}" + (" (deprecated)" if a.get("deprecated") else "")
         if self.type == WORKFLOW_COMPLETED:
@@ -301,13 +345,16 @@ def is_user_command(cmd: Mapping[str, Any]) -> bool:
     """Commands whose seq comes from workflow code (and so must match on replay)."""
     if cmd["t"] == ACTIVITY_SCHEDULED:
         return int(cmd["attempt"]) == 1
+    if cmd["t"] in (CHILD_WORKFLOW_SCHEDULED, CHILD_WORKFLOW_SIGNALLED):
+        return True
     return cmd["t"] == TIMER_STARTED and cmd.get("purpose") == "timer"
 
 
 def same_command(recorded: Mapping[str, Any], produced: Mapping[str, Any]) -> bool:
     """Whether replayed code asked for what the history recorded."""
     same_key = command_key(recorded) == command_key(produced)
-    return same_key and recorded.get("activity") == produced.get("activity")
+    same_activity = recorded.get("activity") == produced.get("activity")
+    return same_key and same_activity and recorded.get("workflow") == produced.get("workflow")
 
 
 def command_step(cmd: Mapping[str, Any]) -> int:
@@ -328,4 +375,10 @@ def describe_command(cmd: Mapping[str, Any]) -> str:
         return f"cancellation of activity #{cmd.get('seq')}"
     if kind == PATCH_RECORDED:
         return f"patch {cmd.get('patch')!r}"
+    if kind == CHILD_WORKFLOW_SCHEDULED:
+        return f"child workflow {cmd.get('workflow')!r} ({cmd.get('workflow_id')})"
+    if kind == CHILD_WORKFLOW_SIGNALLED:
+        return f"signal {cmd.get('name')!r} to child #{cmd.get('child')}"
+    if kind == CHILD_WORKFLOW_CANCEL_REQUESTED:
+        return f"cancellation of child #{cmd.get('child')}"
     return str(kind)

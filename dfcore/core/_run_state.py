@@ -1,12 +1,15 @@
-"""What a workflow run keeps between records: its info, and each activity call and timer."""
+"""What a workflow run keeps between records: its info, and each activity call and timer;
+and what the run's parts (activities, children) may ask of it."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from dfcore.core._definitions import ActivityOptions, RetryPolicy
+from dfcore.core._commands import Command
+from dfcore.core._definitions import ActivityOptions, RetryPolicy, WorkflowDefinition
 
 
 @dataclass
@@ -47,3 +50,38 @@ class RunInfo:
     namespace: str = ""
     attempt: int = 1
     start_time_ms: int = 0
+    parent: Any = None  # a _facts.Parent when a workflow started this one as its child
+
+
+class Run(Protocol):
+    """The run, as its parts see it (``_engine.WorkflowRun`` is the one implementation)."""
+
+    info: RunInfo
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def now_ms(self) -> int: ...
+
+    def allocate_seq(self) -> int: ...
+
+    def produce(self, command: Command) -> None: ...
+
+    def check_args(self, what: str, args: Sequence[Any]) -> None: ...
+
+    def check_value(self, value: Any, what: str) -> None: ...
+
+    def start_timer(
+        self,
+        timer_id: str,
+        purpose: str,
+        delay: float,
+        *,
+        seq: int | None = None,
+        label: str | None = None,
+    ) -> TimerState: ...
+
+    def recorded_call(self, seq: int) -> Mapping[str, Any] | None: ...
+
+    def resolve_workflow(self, name: str) -> WorkflowDefinition | None: ...

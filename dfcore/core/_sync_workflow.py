@@ -81,6 +81,15 @@ class SyncWorkflowContext:
         """
         return list(self._bridge.call(lambda: self._inner.gather(*started)))
 
+    def child(self, workflow: Any, *args: Any, **options: Any) -> Any:
+        """Run a child workflow and return its result (raises ChildWorkflowError)."""
+        return self._bridge.call(lambda: self._inner.child(workflow, *args, **options))
+
+    def start_child(self, workflow: Any, *args: Any, **options: Any) -> SyncChildHandle:
+        """Start a child workflow; returns once it runs."""
+        handle = self._bridge.call(lambda: self._inner.start_child(workflow, *args, **options))
+        return SyncChildHandle(handle, self._bridge)
+
     def activity_async(self, fn: Any, *args: Any, **options: Any) -> Any:
         """Start an activity without waiting; pass the result to :meth:`gather`.
 
@@ -90,6 +99,24 @@ class SyncWorkflowContext:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)  # now(), random(), uuid4(), logger, info ...
+
+
+class SyncChildHandle:
+    """A child workflow as a plain ``def`` workflow holds it: calls block until done."""
+
+    def __init__(self, inner: Any, bridge: SyncBridge) -> None:
+        self._inner = inner
+        self._bridge = bridge
+        self.workflow_id: str = inner.workflow_id
+
+    def result(self) -> Any:
+        return self._bridge.call(self._inner.result)
+
+    def signal(self, name: str, payload: Any = None) -> None:
+        self._bridge.call(lambda: self._inner.signal(name, payload))
+
+    def cancel(self) -> None:
+        self._bridge.call(self._inner.cancel)
 
 
 async def run_sync_workflow(

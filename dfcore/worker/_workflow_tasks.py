@@ -30,8 +30,11 @@ from nats.aio.msg import Msg
 
 from dfcore.core import _history as h
 from dfcore.core._commands import (
+    CancelChild,
     RequestActivityCancel,
     ScheduleActivity,
+    SignalChild,
+    StartChild,
     StartTimer,
     command_from_wire,
 )
@@ -53,6 +56,7 @@ from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._pull import PullConsumer
 from dfcore.jetstream._store import AppendConflict, delivery_stamp, verified_prev
+from dfcore.worker._children import cancel_child, report_to_parent, signal_child, start_child
 from dfcore.worker._delivery import KeepAlive, retry_delay
 from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_records import (
@@ -535,6 +539,8 @@ class WorkflowProcessor:
         await asyncio.gather(*(self._dispatch_one(entry, run, record.seq, c) for c in cmds))
         if h.terminal_status(cmds):
             await self.store.mark_ended(entry.subject, record.body, record.seq)
+            parent = run.info.parent if run is not None else None
+            await report_to_parent(self.store, entry.subject, parent, record)
             if run is None or run.has_pending_timers():
                 await self.store.purge_timers(entry.subject)
         if not delivered:
@@ -562,3 +568,11 @@ class WorkflowProcessor:
         elif isinstance(command, RequestActivityCancel):
             subject = self.store.layout.activity_cancel_subject(workflow_id)
             await self.store.nc.publish(subject, orjson.dumps({"seq": command.seq}))
+        elif isinstance(command, StartChild):
+            child = run.children.get(command.seq) if run is not None else None
+            if child is None or not child.started.done():
+                await start_child(self.store, workflow_id, entry.subject, decision_seq, command)
+        elif isinstance(command, SignalChild):
+            await signal_child(self.store, workflow_id, command)
+        elif isinstance(command, CancelChild):
+            await cancel_child(self.store, workflow_id, command)
