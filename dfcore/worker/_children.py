@@ -96,9 +96,12 @@ async def cancel_child(store: WorkerStore, parent_id: str, cmd: CancelChild) -> 
 
 
 async def report_to_parent(
-    store: WorkerStore, subject: str, parent: Parent | None, decision: h.Record
+    store: WorkerStore, subject: str, decision: h.Record, parent: Parent | None = None
 ) -> None:
-    """A workflow ended with ``decision``: if a parent started it, append its end there."""
+    """A workflow ended with ``decision``: if a parent started it, append its end there.
+
+    ``parent``: the workflow's, when the caller knows it; else its start is read.
+    """
     if parent is None:
         first = await store.first(subject)
         if first is None or first.type != h.WORKFLOW_STARTED:

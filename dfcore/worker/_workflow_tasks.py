@@ -539,8 +539,10 @@ class WorkflowProcessor:
         await asyncio.gather(*(self._dispatch_one(entry, run, record.seq, c) for c in cmds))
         if h.terminal_status(cmds):
             await self.store.mark_ended(entry.subject, record.body, record.seq)
-            parent = run.info.parent if run is not None else None
-            await report_to_parent(self.store, entry.subject, parent, record)
+            if run is None:  # not cached here: its start says whether a parent waits
+                await report_to_parent(self.store, entry.subject, record)
+            elif run.info.parent is not None:
+                await report_to_parent(self.store, entry.subject, record, run.info.parent)
             if run is None or run.has_pending_timers():
                 await self.store.purge_timers(entry.subject)
         if not delivered:
