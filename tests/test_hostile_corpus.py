@@ -88,12 +88,19 @@ def broken_record(draw: Any) -> bytes:
         required = [*h._REQUIRED[kind], "ts"]  # the engine's own schema
         field = draw(st.sampled_from(required))
         if draw(st.booleans()):
-            body.pop(field)
-        else:
-            body[field] = draw(st.sampled_from(["x", 1.5, None, [], True]))
+            body.pop(field, None)  # (the child facts' fields are not in the base body)
+        else:  # a value of another type than the field's ("x" is a valid name or timer id)
+            wanted = h._REQUIRED[kind].get(field, int)
+            wrong = [v for v in ["x", 1.5, None, [], True] if not _fits(v, wanted)]
+            body[field] = draw(st.sampled_from(wrong))
         if field == "ts" and "ts" not in body:
             return draw(broken_record())  # a record without ts is valid (ts defaults to 0)
     return orjson.dumps(body)
+
+
+def _fits(value: Any, wanted: type | tuple[type, ...]) -> bool:
+    """Whether the engine's schema accepts ``value`` where it wants ``wanted``."""
+    return isinstance(value, wanted) and not (wanted is int and isinstance(value, bool))
 
 
 well_formed_fact = st.sampled_from(

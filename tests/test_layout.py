@@ -97,6 +97,7 @@ async def test_streams_and_consumers_created_by_a_worker(
     assert hist.config.retention == api.RetentionPolicy.LIMITS
     assert hist.config.storage == api.StorageType.FILE
     assert hist.config.allow_direct and hist.config.allow_msg_schedules
+    assert hist.config.allow_rollup_hdrs and hist.config.allow_msg_ttl  # history retention
     tasks = await js.stream_info(f"DF_{namespace}_TASKS")  # type: ignore[attr-defined]
     assert tasks.config.retention == api.RetentionPolicy.WORK_QUEUE
     assert tasks.config.subjects == [f"{namespace}.task.>", f"{namespace}.admit.>"]
@@ -111,7 +112,7 @@ async def test_streams_and_consumers_created_by_a_worker(
     assert dlq.config.subjects == [f"{namespace}.dlq.>"]
     assert dlq.config.retention == api.RetentionPolicy.LIMITS
     assert dlq.config.storage == api.StorageType.FILE
-    assert dlq.config.max_age == 30 * 24 * 3600
+    assert dlq.config.max_age == 7 * 24 * 3600  # history_retention
     nc = js._nc  # type: ignore[attr-defined]
     for queue in ("default", "gpu"):
         for p in range(PARTITIONS):

@@ -39,6 +39,9 @@ storage                     ``file``                   JetStream storage: file o
 codec                       ``None``                   a PayloadCodec, or its import path
 default_activity_timeout    ``300.0``                  start-to-close seconds when an
                                                        activity sets none
+history_retention           ``604800.0`` (7 days)      seconds a finished workflow's history,
+                                                       status and dead letters are kept;
+                                                       ``0`` keeps them for ever
 nats_token                  ``None``                   token the server expects
                                                        (``authorization { token }``)
 nats_user                   ``None``                   user name; needs nats_password
@@ -165,6 +168,9 @@ class Settings:
         codec: a PayloadCodec, a codec class, an import path, or ``None``; see
             :meth:`load_codec`.
         default_activity_timeout: start-to-close seconds when an activity sets none.
+        history_retention: seconds a finished workflow's history and status record are kept
+            after it ended (the server removes them then; running workflows are never
+            touched), and dead letters after they were filed; ``0`` keeps them for ever.
         nats_token: token for servers with ``authorization { token: ... }`` (secret).
         nats_user: user name for user/password authentication; needs :attr:`nats_password`.
         nats_password: the user's password (secret).
@@ -200,6 +206,7 @@ class Settings:
     storage: str = "file"
     codec: object | None = None
     default_activity_timeout: float = 300.0
+    history_retention: float = 7 * 24 * 3600.0
     nats_token: str | None = None
     nats_user: str | None = None
     nats_password: str | None = None

@@ -162,6 +162,7 @@ PARSERS: dict[str, _Parser] = {
     "storage": _parse_storage,
     "codec": _parse_codec,
     "default_activity_timeout": _seconds(0, inclusive=False),
+    "history_retention": _seconds(0, inclusive=True),
     **SECURITY_PARSERS,
 }
 

@@ -14,6 +14,17 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from dfcore.core import _history as h
+from dfcore.jetstream._naming import Layout
+
+
+def removal_marker(headers: Mapping[str, str], layout: Layout) -> bool:
+    """Whether a message on a history subject is the marker history retention left there.
+
+    The server writes it from the schedule a status record holds (``Store._removal``), and
+    names that status subject in ``Nats-Scheduler``; it expires a second later.
+    """
+    scheduler = headers.get("Nats-Scheduler")
+    return scheduler is not None and scheduler.startswith(layout.status_all[:-1])
 
 
 def delivery_stamp(msg: Msg) -> int | None:

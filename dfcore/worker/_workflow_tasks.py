@@ -55,6 +55,7 @@ from dfcore.core._replay import new_run
 from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._pull import PullConsumer
+from dfcore.jetstream._stamps import removal_marker
 from dfcore.jetstream._store import AppendConflict, delivery_stamp, verified_prev
 from dfcore.worker._children import cancel_child, report_to_parent, signal_child, start_child
 from dfcore.worker._delivery import KeepAlive, retry_delay
@@ -284,6 +285,9 @@ class WorkflowProcessor:
     async def handle(self, msg: Msg) -> None:
         if self._sent and self._sent.pop(msg.metadata.sequence.stream, None) == msg.subject:
             await msg.ack()  # our own decision, delivered back: its work is published
+            return
+        if removal_marker(msg.headers or {}, self.store.layout):
+            await msg.ack()  # the server removed an ended workflow's records (retention)
             return
         if self._no_room_for(msg):
             await self._defer(msg)
