@@ -97,7 +97,7 @@ async def test_streams_and_consumers_created_by_a_worker(
     assert hist.config.retention == api.RetentionPolicy.LIMITS
     assert hist.config.storage == api.StorageType.FILE
     assert hist.config.allow_direct and hist.config.allow_msg_schedules
-    assert hist.config.allow_rollup_hdrs and hist.config.allow_msg_ttl  # history retention
+    assert hist.config.allow_msg_ttl  # history retention's marker expires
     tasks = await js.stream_info(f"DF_{namespace}_TASKS")  # type: ignore[attr-defined]
     assert tasks.config.retention == api.RetentionPolicy.WORK_QUEUE
     assert tasks.config.subjects == [f"{namespace}.task.>", f"{namespace}.admit.>"]

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from dfcore.core._commands import RequestActivityCancel, ScheduleActivity
+from dfcore.core._config_parsers import check_queue_name
 from dfcore.core._convert import convert
 from dfcore.core._definitions import ActivityOptions, RetryPolicy
 from dfcore.core._errors import ActivityError, RegistrationError, SerializationError
@@ -45,6 +46,8 @@ class Activities:
         name, defaults, hint = self._lookup(ref)
         opts = defaults.merged(options)
         opts.validate(name)
+        if opts.task_queue is not None:
+            check_queue_name(opts.task_queue, f"activity {name!r}")
         run.check_args(f"activity {name!r}", args)
         seq = run.allocate_seq()
         call = ActivityCall(

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from dfcore.core._call_args import return_hint
 from dfcore.core._commands import CancelChild, SignalChild, StartChild
+from dfcore.core._config_parsers import check_queue_name
 from dfcore.core._convert import convert
 from dfcore.core._definitions import WorkflowDefinition
 from dfcore.core._errors import ChildWorkflowError, RegistrationError, SerializationError
@@ -110,6 +111,8 @@ class Children:
             raise ValueError(
                 f"parent_close_policy must be 'cancel' or 'abandon', got {parent_close_policy!r}"
             )
+        if task_queue is not None:
+            check_queue_name(task_queue, f"child workflow {name!r}")
         seq = run.allocate_seq()
         child_id = workflow_id if workflow_id is not None else f"{run.info.workflow_id}/{seq}"
         if not isinstance(child_id, str) or not 0 < len(child_id) <= MAX_CHILD_ID:
@@ -118,12 +121,20 @@ class Children:
                 "pass a shorter workflow_id= to ctx.child"
             )
         run.check_args(f"child workflow {name!r}", args)
+        queue = task_queue or run.info.task_queue
+        recorded = run.recorded_call(seq)
+        if recorded is not None and recorded.get("workflow") == name:
+            # On replay the child is the one the history started, whatever today's code says
+            # of its id, queue or policy: later signals and cancellations must reach it.
+            child_id, queue = str(recorded["workflow_id"]), str(recorded["task_queue"])
+            if recorded.get("parent_close_policy") in POLICIES:
+                parent_close_policy = str(recorded["parent_close_policy"])
         loop = run.loop
         call = ChildCall(
             seq=seq,
             workflow=name,
             workflow_id=child_id,
-            task_queue=task_queue or run.info.task_queue,
+            task_queue=queue,
             policy=parent_close_policy,
             result_hint=hint,
             started=loop.create_future(),

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dfcore.core._history import EventType
+from dfcore.core._history import EventType, int_or, mapping_or_empty, seconds_or_none
 
 
 @dataclass(frozen=True)
@@ -234,10 +234,10 @@ def command_from_wire(wire: Mapping[str, Any]) -> Command:
             activity=str(wire["activity"]),
             args=list(wire["args"]),
             task_queue=str(wire["task_queue"]),
-            start_to_close=wire.get("start_to_close"),
-            heartbeat_timeout=wire.get("heartbeat_timeout"),
-            schedule_to_close=wire.get("schedule_to_close"),
-            retry=wire.get("retry") or {},
+            start_to_close=seconds_or_none(wire.get("start_to_close")),
+            heartbeat_timeout=seconds_or_none(wire.get("heartbeat_timeout")),
+            schedule_to_close=seconds_or_none(wire.get("schedule_to_close")),
+            retry=mapping_or_empty(wire.get("retry")),
             heartbeat=wire.get("heartbeat"),
         )
     if kind == EventType.ACTIVITY_CANCEL_REQUESTED:
@@ -246,21 +246,20 @@ def command_from_wire(wire: Mapping[str, Any]) -> Command:
         return StartTimer(
             timer=str(wire["timer"]),
             purpose=str(wire["purpose"]),
-            duration=float(wire.get("duration") or 0.0),
+            duration=seconds_or_none(wire.get("duration")) or 0.0,
             fire_at=int(wire["fire_at"]),
-            seq=wire.get("seq"),
-            label=wire.get("label"),
+            seq=int_or(wire.get("seq"), 0) or None,
+            label=wire["label"] if isinstance(wire.get("label"), str) else None,
         )
     if kind == EventType.WORKFLOW_COMPLETED:
         return CompleteWorkflow(wire.get("result"))
     if kind == EventType.WORKFLOW_FAILED:
-        return FailWorkflow(wire.get("error") or {})
+        return FailWorkflow(mapping_or_empty(wire.get("error")))
     if kind == EventType.WORKFLOW_TIMED_OUT:
-        return TimeOutWorkflow(wire.get("error") or {})
+        return TimeOutWorkflow(mapping_or_empty(wire.get("error")))
     if kind == EventType.WORKFLOW_CANCELLED:
         return CancelWorkflow()
     if kind == EventType.CHILD_WORKFLOW_SCHEDULED:
-        timeout = wire.get("execution_timeout")
         return StartChild(
             seq=int(wire["seq"]),
             workflow=str(wire["workflow"]),
@@ -268,22 +267,22 @@ def command_from_wire(wire: Mapping[str, Any]) -> Command:
             task_queue=str(wire["task_queue"]),
             args=list(wire["args"]),
             parent_close_policy=str(wire.get("parent_close_policy") or "cancel"),
-            execution_timeout=float(timeout) if timeout else None,
+            execution_timeout=seconds_or_none(wire.get("execution_timeout")),
         )
     if kind == EventType.CHILD_WORKFLOW_SIGNALLED:
         return SignalChild(
             seq=int(wire["seq"]),
             child=int(wire["child"]),
-            workflow_id=str(wire.get("workflow_id", "")),
-            task_queue=str(wire.get("task_queue", "")),
+            workflow_id=str(wire["workflow_id"]),
+            task_queue=str(wire["task_queue"]),
             name=str(wire["name"]),
             payload=wire.get("payload"),
         )
     if kind == EventType.CHILD_WORKFLOW_CANCEL_REQUESTED:
         return CancelChild(
             child=int(wire["child"]),
-            workflow_id=str(wire.get("workflow_id", "")),
-            task_queue=str(wire.get("task_queue", "")),
+            workflow_id=str(wire["workflow_id"]),
+            task_queue=str(wire["task_queue"]),
         )
     if kind == EventType.PATCH_RECORDED:
         return RecordPatch(str(wire["patch"]), bool(wire.get("deprecated")))

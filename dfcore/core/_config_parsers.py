@@ -167,6 +167,15 @@ PARSERS: dict[str, _Parser] = {
 }
 
 
+def check_queue_name(queue: Any, what: str) -> None:
+    """Raise ConfigurationError unless ``queue`` can name a task queue (``what`` uses it)."""
+    try:
+        PARSERS["task_queue"](queue)
+    except ValueError as exc:
+        problem = f"{what}: task_queue {queue!r} is invalid: expected {exc}"
+        raise ConfigurationError(problem) from None
+
+
 def parse(name: str, value: Any, label: str) -> Any:
     try:
         return PARSERS[name](value)

@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from dfcore.core._history import DECIDED, EventType, now_ms
+from dfcore.core._history import (
+    DECIDED,
+    EventType,
+    int_or,
+    mapping_or_empty,
+    now_ms,
+    seconds_or_none,
+)
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,12 @@ class WorkflowStarted:
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> WorkflowStarted:
-        timeout = wire.get("execution_timeout")
         return cls(
             workflow=str(wire["workflow"]),
             args=list(wire["args"]),
-            task_queue=str(wire.get("task_queue", "")),
-            run_id=str(wire.get("run_id", "")),
-            execution_timeout=float(timeout) if timeout else None,
+            task_queue=str(wire.get("task_queue") or ""),
+            run_id=str(wire.get("run_id") or ""),
+            execution_timeout=seconds_or_none(wire.get("execution_timeout")),
             parent=Parent.from_wire(wire.get("parent")),
             ts=int(wire.get("ts", 0)),
         )
@@ -140,7 +146,7 @@ class ActivityFailed:
         return cls(
             seq=int(wire["seq"]),
             attempt=int(wire["attempt"]),
-            error=dict(wire.get("error") or {}),
+            error=mapping_or_empty(wire.get("error")),
             heartbeat=wire.get("heartbeat"),
             ts=int(wire.get("ts", 0)),
         )
@@ -214,8 +220,8 @@ class WorkflowTaskFailed:
     def from_wire(cls, wire: Mapping[str, Any]) -> WorkflowTaskFailed:
         return cls(
             error=dict(wire["error"]),
-            attempt=int(wire.get("attempt", 0)),
-            prev=int(wire.get("prev", 0)),
+            attempt=int_or(wire.get("attempt"), 0),
+            prev=int_or(wire.get("prev"), 0),
             ts=int(wire.get("ts", 0)),
         )
 
@@ -244,7 +250,7 @@ class ChildWorkflowStarted:
         return cls(
             int(wire["seq"]),
             str(wire["workflow_id"]),
-            str(wire.get("run_id", "")),
+            str(wire.get("run_id") or ""),
             int(wire.get("ts", 0)),
         )
 
@@ -281,7 +287,7 @@ class ChildWorkflowEnded:
             seq=int(wire["seq"]),
             status=str(wire["status"]),
             result=wire.get("result"),
-            error=dict(error) if isinstance(error, Mapping) else None,
+            error=mapping_or_empty(error) if error is not None else None,
             ts=int(wire.get("ts", 0)),
         )
 

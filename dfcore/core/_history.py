@@ -181,7 +181,13 @@ _REQUIRED: Final[Mapping[str, Mapping[str, type | tuple[type, ...]]]] = {
     CHILD_WORKFLOW_STARTED: {"seq": int, "workflow_id": str},
     CHILD_WORKFLOW_ENDED: {"seq": int, "status": str},
     DECIDED: {"cmds": list},
-    ACTIVITY_SCHEDULED: {"seq": int, "attempt": int, "activity": str, "args": list},
+    ACTIVITY_SCHEDULED: {
+        "seq": int,
+        "attempt": int,
+        "activity": str,
+        "args": list,
+        "task_queue": str,
+    },
     ACTIVITY_CANCEL_REQUESTED: {"seq": int},
     TIMER_STARTED: {"timer": str, "fire_at": int, "purpose": str},
     WORKFLOW_COMPLETED: {},
@@ -205,6 +211,28 @@ _REQUIRED: Final[Mapping[str, Mapping[str, type | tuple[type, ...]]]] = {
     },
     CHILD_WORKFLOW_CANCEL_REQUESTED: {"child": int, "workflow_id": str, "task_queue": str},
 }
+
+
+def seconds_or_none(value: Any) -> float | None:
+    """An optional duration field as stored: a positive finite number, else None.
+
+    Readers use it for fields the record check does not require, so a forged value is read
+    as absent instead of failing every replay.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if 0 < number < float("inf") else None
+
+
+def mapping_or_empty(value: Any) -> dict[str, Any]:
+    """An optional JSON object field as stored (an error, a retry policy), else ``{}``."""
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def int_or(value: Any, default: int) -> int:
+    """An optional integer field as stored, else ``default``."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def validate_record(seq: int, body: Any, stamp: int | None = None) -> Record:

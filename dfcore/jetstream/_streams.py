@@ -100,8 +100,9 @@ class Streams:
             num_replicas=self.settings.stream_replicas,
             allow_direct=True,
             allow_msg_schedules=True,  # the server refuses discard=new with schedules
-            allow_rollup_hdrs=True,  # history retention: a scheduled rollup removes records
-            allow_msg_ttl=True,  # ... and its own marker expires
+            # (The server turns allow_rollup_hdrs on itself with schedules: history retention's
+            # rollup needs nothing more, and publishers can roll up too; docs/security.md.)
+            allow_msg_ttl=True,  # history retention: the rollup's marker expires
             duplicate_window=120.0,
             description="DurableFuture workflow histories and timer schedules",
         )
@@ -154,7 +155,7 @@ class Streams:
         missing = [s for s in config.subjects or [] if s not in (existing.subjects or [])]
         features = [
             name
-            for name in ("allow_rollup_hdrs", "allow_msg_ttl")
+            for name in ("allow_msg_ttl",)
             if getattr(config, name) and not getattr(existing, name)
         ]
         if (config.max_age or 0.0) != (existing.max_age or 0.0):

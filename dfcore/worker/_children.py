@@ -75,7 +75,12 @@ async def start_child(
     await store.append_fact(parent_subject, fact.to_wire(), msg_id=msg_id, after_seq=decision_seq)
 
 
-async def signal_child(store: WorkerStore, parent_id: str, cmd: SignalChild) -> None:
+async def signal_child(
+    store: WorkerStore, parent_id: str, parent_subject: str, cmd: SignalChild
+) -> None:
+    if not await _ours(store, cmd.workflow_id, Parent(parent_id, parent_subject, cmd.child)):
+        log.warning("workflow %s: %s is not its child; signal not sent", parent_id, cmd.workflow_id)
+        return
     subject = store.layout.history_subject(cmd.task_queue, cmd.workflow_id)
     body = SignalReceived(cmd.name, cmd.payload).to_wire()
     msg_id = f"{workflow_token(parent_id)}:child-signal:{cmd.seq}"
@@ -85,7 +90,13 @@ async def signal_child(store: WorkerStore, parent_id: str, cmd: SignalChild) -> 
         log.warning("workflow %s: child %s is gone; signal not sent", parent_id, cmd.workflow_id)
 
 
-async def cancel_child(store: WorkerStore, parent_id: str, cmd: CancelChild) -> None:
+async def cancel_child(
+    store: WorkerStore, parent_id: str, parent_subject: str, cmd: CancelChild
+) -> None:
+    """Cancel the child, if the workflow under its id is this parent's child (an id given in
+    code may belong to another workflow, whose start then failed)."""
+    if not await _ours(store, cmd.workflow_id, Parent(parent_id, parent_subject, cmd.child)):
+        return  # not started (or not ours): nothing to cancel
     subject = store.layout.history_subject(cmd.task_queue, cmd.workflow_id)
     body = CancelRequested(f"its parent {parent_id!r} asked").to_wire()
     msg_id = f"{workflow_token(cmd.workflow_id)}:cancel"
@@ -109,6 +120,13 @@ async def report_to_parent(
         parent = Parent.from_wire(first.body.get("parent"))
         if parent is None:
             return
+    try:  # a start names its parent, and anyone may start: only a parent's history will do
+        _, named = store.layout.parse_history_subject(parent.history)
+    except ValueError:
+        named = None
+    if named != parent.workflow_id:
+        log.warning("ignoring the parent a workflow's start names: %s", parent)
+        return
     ended = _ending(parent.seq, decision.commands)
     msg_id = f"{workflow_token(parent.workflow_id)}:child:{parent.seq}:ended"
     try:

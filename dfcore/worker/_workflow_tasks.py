@@ -540,7 +540,11 @@ class WorkflowProcessor:
         again; otherwise (just appended) it will be, and is then acked unread.
         """
         cmds = record.commands
-        await asyncio.gather(*(self._dispatch_one(entry, run, record.seq, c) for c in cmds))
+        starts = [c for c in cmds if c["t"] == h.CHILD_WORKFLOW_SCHEDULED]
+        if starts:  # children first: a cancellation or signal beside them must find them
+            await asyncio.gather(*(self._dispatch_one(entry, run, record.seq, c) for c in starts))
+        later = [c for c in cmds if c["t"] != h.CHILD_WORKFLOW_SCHEDULED] if starts else cmds
+        await asyncio.gather(*(self._dispatch_one(entry, run, record.seq, c) for c in later))
         if h.terminal_status(cmds):
             await self.store.mark_ended(entry.subject, record.body, record.seq)
             if run is None:  # not cached here: its start says whether a parent waits
@@ -579,6 +583,6 @@ class WorkflowProcessor:
             if child is None or not child.started.done():
                 await start_child(self.store, workflow_id, entry.subject, decision_seq, command)
         elif isinstance(command, SignalChild):
-            await signal_child(self.store, workflow_id, command)
+            await signal_child(self.store, workflow_id, entry.subject, command)
         elif isinstance(command, CancelChild):
-            await cancel_child(self.store, workflow_id, command)
+            await cancel_child(self.store, workflow_id, entry.subject, command)
