@@ -139,7 +139,7 @@ class Streams:
                 await self.js.add_stream(config)
             else:
                 self._check_replicas(config, info.config.num_replicas or 1)
-                await self._add_missing_subjects(config, info.config)
+                await self._bring_up_to_date(config, info.config)
         except APIError as exc:
             raise DFError(
                 f"could not create JetStream stream {config.name}: {exc.description}. "
@@ -148,7 +148,7 @@ class Streams:
         except Exception as exc:
             raise wrap(exc, "creating streams") from exc
 
-    async def _add_missing_subjects(
+    async def _bring_up_to_date(
         self, config: api.StreamConfig, existing: api.StreamConfig
     ) -> None:
         """Give a stream made by an older version the subjects and features this one adds."""
