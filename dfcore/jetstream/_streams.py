@@ -148,9 +148,7 @@ class Streams:
         except Exception as exc:
             raise wrap(exc, "creating streams") from exc
 
-    async def _bring_up_to_date(
-        self, config: api.StreamConfig, existing: api.StreamConfig
-    ) -> None:
+    async def _bring_up_to_date(self, config: api.StreamConfig, existing: api.StreamConfig) -> None:
         """Give a stream made by an older version the subjects and features this one adds."""
         missing = [s for s in config.subjects or [] if s not in (existing.subjects or [])]
         features = [
