@@ -206,6 +206,6 @@ def _alive(pid: int) -> bool:
     # An exited child of a dead parent is reaped by init; until then it is a zombie.
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False  # reaped between the two checks
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
