@@ -93,6 +93,7 @@ async def test_streams_and_consumers_created_by_a_worker(
         f"{namespace}.history.>",
         f"{namespace}.timer.>",
         f"{namespace}.status.>",
+        f"{namespace}.runs.>",
     ]
     assert hist.config.retention == api.RetentionPolicy.LIMITS
     assert hist.config.storage == api.StorageType.FILE

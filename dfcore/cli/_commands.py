@@ -295,19 +295,28 @@ def workflow_list(limit: int) -> None:
     is_flag=True,
     help="Print the history as stored, for 'workflow replay' and scripts.",
 )
+@click.option(
+    "--run",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Show this earlier run of a workflow that continued as new (default: the current).",
+)
 @app_option(hidden=True)
-def workflow_show(workflow_id: str, as_json: bool) -> None:
+def workflow_show(workflow_id: str, as_json: bool, run: int | None) -> None:
     """Print a workflow's status and event history."""
     host = current_host()
     handle = host.app().get_handle(workflow_id)
     if as_json:
-        host.echo(orjson.dumps(handle.export(), option=orjson.OPT_INDENT_2).decode())
+        host.echo(orjson.dumps(handle.export(run), option=orjson.OPT_INDENT_2).decode())
         return
     status = handle.status()
-    host.echo(f"Workflow {workflow_id} ({status.workflow_type}): {status.status}")
+    of_run = f", run {status.run}" if status.run and status.run > 1 else ""
+    host.echo(f"Workflow {workflow_id} ({status.workflow_type}{of_run}): {status.status}")
     if status.failure:
         host.echo(f"  failing: {status.failure}")
-    host.echo(render_history(handle.history()))
+    if run is not None and run != status.run:
+        host.echo(f"Run {run}:")
+    host.echo(render_history(handle.history(run)))
 
 
 @workflow.command("result", context_settings=CONTEXT)

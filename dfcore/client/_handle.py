@@ -18,7 +18,7 @@ from dfcore.core import _history as h
 from dfcore.core._config import Settings
 from dfcore.core._convert import convert
 from dfcore.core._errors import DFError, WorkflowFailureError, WorkflowNotFoundError
-from dfcore.core._facts import CancelRequested, SignalReceived
+from dfcore.core._facts import CancelRequested, SignalReceived, run_of
 from dfcore.core._replay import export_history
 from dfcore.jetstream._naming import workflow_token
 
@@ -84,10 +84,17 @@ class WorkflowStatus:
     failure: str | None = None
     """``"Type: message"``: while ``status`` is ``"failing"``, the error the workflow keeps
     hitting; once it is ``"failed"`` or ``"timed_out"``, the error that ended it."""
+    run: int | None = None
+    """The current run: 1, and 2 and on once the workflow continued as new (``None`` in
+    listings, which do not read it)."""
 
 
 def status_of(
-    workflow_id: str, kind: str | None, last: h.Record, ended: h.Record | None
+    workflow_id: str,
+    kind: str | None,
+    last: h.Record,
+    ended: h.Record | None,
+    run: int | None = None,
 ) -> WorkflowStatus:
     """A workflow's status from the last record of its history and its outcome, if any.
 
@@ -104,7 +111,7 @@ def status_of(
         if ending is not None:
             failure = f"{ending['error'].get('type')}: {ending['error'].get('message')}"
     when = datetime.fromtimestamp(last.time_ms / 1000, tz=UTC) if last.time_ms else None
-    return WorkflowStatus(workflow_id, kind, status or "running", when, failure)
+    return WorkflowStatus(workflow_id, kind, status or "running", when, failure, run)
 
 
 class WorkflowHandle(Generic[R]):
@@ -218,35 +225,60 @@ class WorkflowHandle(Generic[R]):
         if last is None:
             raise _not_found(self.workflow_id, store.settings)
         kind = str(first.body.get("workflow")) if first is not None else None
-        return status_of(self.workflow_id, kind, last, ended)
+        run = run_of(first.body) if first is not None else 1
+        return status_of(self.workflow_id, kind, last, ended, run)
 
     def status(self) -> WorkflowStatus:
         """Sync twin of :meth:`astatus`."""
         return run_sync(self.astatus())
 
     @_client_call("read the history of workflow {id}")
-    async def ahistory(self) -> list[h.HistoryEvent]:
-        """Every event of the workflow, in order (decisions expanded into their commands)."""
-        store, subject = await self._locate()
-        return h.flatten(await store.load(subject))
+    async def ahistory(self, run: int | None = None) -> list[h.HistoryEvent]:
+        """Every event of the workflow's current run, in order (decisions expanded into their
+        commands); of its earlier run ``run`` if it continued as new (``status().run`` says
+        which run is current).
 
-    def history(self) -> list[h.HistoryEvent]:
+        Raises:
+            WorkflowNotFoundError: no such workflow, or no such run (never made, or removed
+                after ``history_retention``).
+        """
+        return h.flatten(await self._records(run))
+
+    def history(self, run: int | None = None) -> list[h.HistoryEvent]:
         """Sync twin of :meth:`ahistory`."""
-        return run_sync(self.ahistory())
+        return run_sync(self.ahistory(run))
 
-    async def aexport(self) -> dict[str, Any]:
-        """The workflow's history as JSON-ready data, every record as stored (decoded).
+    async def aexport(self, run: int | None = None) -> dict[str, Any]:
+        """The workflow's history as JSON-ready data, every record as stored (decoded); of
+        its earlier run ``run`` when given.
 
         What ``dfcore workflow show ID --json`` prints and ``dfcore workflow replay`` (or
         :func:`dfcore.testing.replay`) replays against changed code.
         """
-        store, subject = await self._locate()
-        records = await store.load(subject)
+        records = await self._records(run)
+        store = await self.client.store()
         return export_history(self.workflow_id, store.settings.namespace, records)
 
-    def export(self) -> dict[str, Any]:
+    def export(self, run: int | None = None) -> dict[str, Any]:
         """Sync twin of :meth:`aexport`."""
-        return run_sync(self.aexport())
+        return run_sync(self.aexport(run))
+
+    async def _records(self, run: int | None) -> list[h.Record]:
+        store, subject = await self._locate()
+        records = await store.load(subject)
+        if run is None or (records and run_of(records[0].body) == run):
+            return records
+        kept = await store.load_run(subject, run) if isinstance(run, int) and run > 0 else None
+        if kept is None:
+            current = run_of(records[0].body) if records else 1
+            raise WorkflowNotFoundError(
+                self.workflow_id,
+                store.settings.namespace,
+                detail=f"workflow {self.workflow_id!r} has no run {run!r} to show: its runs "
+                f"are 1 to {current} (the current one), and earlier runs are kept for "
+                "history_retention after they ended",
+            )
+        return kept
 
     # -- interaction ------------------------------------------------------------------------
 

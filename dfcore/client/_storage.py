@@ -59,8 +59,11 @@ class ClientStore(Protocol):
         expected_subject: str | None = None,
         status: str | None = None,
         data: bytes | None = None,
+        rollup: bool = False,
     ) -> int:
-        """Append one record; its stream sequence (``AppendConflict`` if an expectation fails)."""
+        """Append one record; its stream sequence (``AppendConflict`` if an expectation fails).
+
+        ``rollup``: every earlier record of the subject is deleted as it is stored."""
 
     async def append_fact(
         self, subject: str, body: Mapping[str, Any], *, msg_id: str | None, after_seq: int
@@ -68,6 +71,12 @@ class ClientStore(Protocol):
         """Append a fact (signal, cancel, activity outcome) to a history that exists."""
 
     async def last_seq(self, subject: str) -> int: ...
+
+    async def read(self, subject: str, after_seq: int = 0) -> tuple[list[h.Record], int]:
+        """The records after ``after_seq`` and the last sequence read, unreadable ones too."""
+
+    async def load_run(self, history_subject: str, run: int) -> list[h.Record] | None:
+        """The records of an earlier run of a workflow that continued as new, if kept."""
 
     async def load(self, subject: str, after_seq: int = 0) -> list[h.Record]: ...
 

@@ -22,7 +22,7 @@ from dfcore.core._convert import convert
 from dfcore.core._definitions import WorkflowDefinition
 from dfcore.core._errors import ChildWorkflowError, RegistrationError, SerializationError
 from dfcore.core._facts import ChildWorkflowEnded, ChildWorkflowStarted
-from dfcore.core._run_state import Run
+from dfcore.core._run_state import Run, RunInfo
 
 POLICIES: Final = ("cancel", "abandon")
 MAX_CHILD_ID: Final = 255
@@ -42,6 +42,13 @@ class ChildCall:
     result: asyncio.Future[Any]
     cancel_requested: bool = False
     ended: bool = False
+
+
+def default_child_id(info: RunInfo, seq: int) -> str:
+    """``<parent id>/<step>``; from a continued run on, ``<parent id>/r<run>/<step>``."""
+    if info.run > 1:
+        return f"{info.workflow_id}/r{info.run}/{seq}"
+    return f"{info.workflow_id}/{seq}"
 
 
 class ChildWorkflowHandle:
@@ -114,7 +121,7 @@ class Children:
         if task_queue is not None:
             check_queue_name(task_queue, f"child workflow {name!r}")
         seq = run.allocate_seq()
-        child_id = workflow_id if workflow_id is not None else f"{run.info.workflow_id}/{seq}"
+        child_id = workflow_id if workflow_id is not None else default_child_id(run.info, seq)
         if not isinstance(child_id, str) or not 0 < len(child_id) <= MAX_CHILD_ID:
             raise ValueError(
                 f"child workflow id {child_id!r} must be 1 to {MAX_CHILD_ID} characters: "

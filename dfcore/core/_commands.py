@@ -116,6 +116,32 @@ class CancelWorkflow:
 
 
 @dataclass(frozen=True)
+class ContinueAsNew:
+    """End this run; a fresh run of the same workflow, under the same id, starts with
+    ``args`` (``ctx.continue_as_new``).
+
+    ``carried``: the signals this run received and did not wait for, which the next run gets
+    (as ``SignalReceived`` records); ``after``: the record at which the run ended, so the
+    signals and cancellations that came later reach the next run too.
+    """
+
+    args: list[Any]
+    deadline: int | None = None  # epoch ms: when the execution timeout ends the workflow
+    carried: tuple[Mapping[str, Any], ...] = ()
+    after: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"t": EventType.WORKFLOW_CONTINUED_AS_NEW.value, "args": self.args}
+        if self.deadline is not None:
+            wire["deadline"] = self.deadline
+        if self.carried:
+            wire["carried"] = [dict(fact) for fact in self.carried]
+        if self.after:
+            wire["after"] = self.after
+        return wire
+
+
+@dataclass(frozen=True)
 class RecordPatch:
     """The code asked ``ctx.patched(patch)`` here and took the new path (or, ``deprecated``,
     called ``ctx.deprecate_patch``: the old path is gone from the code)."""
@@ -217,6 +243,7 @@ Command = (
     | FailWorkflow
     | TimeOutWorkflow
     | CancelWorkflow
+    | ContinueAsNew
     | RecordPatch
     | StartChild
     | SignalChild
@@ -259,6 +286,16 @@ def command_from_wire(wire: Mapping[str, Any]) -> Command:
         return TimeOutWorkflow(mapping_or_empty(wire.get("error")))
     if kind == EventType.WORKFLOW_CANCELLED:
         return CancelWorkflow()
+    if kind == EventType.WORKFLOW_CONTINUED_AS_NEW:
+        carried = wire.get("carried")
+        return ContinueAsNew(
+            list(wire["args"]),
+            deadline=int_or(wire.get("deadline"), 0) or None,
+            carried=tuple(c for c in carried if isinstance(c, Mapping))
+            if isinstance(carried, list)
+            else (),
+            after=int_or(wire.get("after"), 0),
+        )
     if kind == EventType.CHILD_WORKFLOW_SCHEDULED:
         return StartChild(
             seq=int(wire["seq"]),

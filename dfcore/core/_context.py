@@ -9,11 +9,12 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
 from dfcore.core._children import ChildWorkflowHandle
 from dfcore.core._definitions import ActivityOptions, RetryPolicy
 from dfcore.core._engine import WorkflowRun
+from dfcore.core._errors import outside_workflow
 
 _T = TypeVar("_T")
 
@@ -31,6 +32,7 @@ class WorkflowInfo:
     namespace: str
     attempt: int  # always 1: a workflow is not retried as a whole, its activities are
     start_time: datetime
+    run: int = 1  # 2 and on: this run was continued as new from the one before
 
 
 class _ReplaySafeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -76,6 +78,7 @@ class WorkflowContext:
             namespace=i.namespace,
             attempt=i.attempt,
             start_time=datetime.fromtimestamp(i.start_time_ms / 1000, tz=UTC),
+            run=i.run,
         )
 
     @property
@@ -233,6 +236,27 @@ class WorkflowContext:
         """
         self._run.patched(patch_id, deprecated=True)
 
+    def continue_as_new(self, *args: Any) -> NoReturn:
+        """End this run and start the workflow afresh with ``args``, under the same id.
+
+        A loop that runs for ever keeps a bounded history this way: the next run starts from
+        an empty one (earlier runs stay readable, ``handle.history(run=N)``). It does not
+        return: call it from the workflow function itself, as its last step. Signals sent
+        meanwhile reach the next run; unfinished activities and timers are dropped, and
+        children end by their ``parent_close_policy``. ``handle.result()`` waits for the last
+        run's result.
+
+        Raises:
+            DFError: called from somewhere other than this workflow's code (an activity,
+                another thread).
+            SerializationError: an argument cannot be sent.
+        """
+        _check_in_loop(self._run, "continue_as_new")
+        raise self._next_run(args)
+
+    def _next_run(self, args: tuple[Any, ...]) -> BaseException:
+        return self._run.continue_as_new(args)
+
     def now(self) -> datetime:
         """The workflow's current time (UTC), as recorded in its history."""
         return datetime.fromtimestamp(self._run.now_ms / 1000, tz=UTC)
@@ -244,3 +268,12 @@ class WorkflowContext:
     def uuid4(self) -> uuid.UUID:
         """A UUID that stays the same on replay."""
         return uuid.UUID(int=self._random.getrandbits(128), version=4)
+
+
+def _check_in_loop(run: WorkflowRun, what: str) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not run.loop:
+        raise outside_workflow(what)

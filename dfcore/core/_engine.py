@@ -25,6 +25,7 @@ from dfcore.core._commands import (
     CancelWorkflow,
     Command,
     CompleteWorkflow,
+    ContinueAsNew,
     FailWorkflow,
     RecordPatch,
     StartTimer,
@@ -68,6 +69,20 @@ class _Abort(BaseException):
     """Unwinds workflow code after a non-determinism was found; user code must not catch it."""
 
 
+class ContinueAsNewRequest(BaseException):
+    """Raised by ``ctx.continue_as_new``: unwinds the run, which ends with these arguments
+    for the next one. A BaseException, so ``except Exception`` in workflow code lets it by."""
+
+    def __init__(self, args: list[Any]) -> None:
+        super().__init__("continue as new")
+        self.next_args = args
+
+
+# Facts that answer a command of one run: a continued workflow ignores an earlier run's.
+_ANSWERS = (ActivityCompleted, ActivityFailed, TimerFired, ChildWorkflowStarted, ChildWorkflowEnded)
+_ENDINGS = (CompleteWorkflow, FailWorkflow, TimeOutWorkflow, CancelWorkflow, ContinueAsNew)
+
+
 class WorkflowRun:
     """One workflow's live state, rebuilt by applying its history."""
 
@@ -94,6 +109,7 @@ class WorkflowRun:
         self._check_payload = check_payload
         self._now_ms = 0
         self._next_seq = 0
+        self._applying = 0  # the record being applied
         self.loop = DeterministicLoop(  # type: ignore[abstract]  # I/O methods are unused
             self._clock, self._start_user_timer, self._loop_error
         )
@@ -120,6 +136,7 @@ class WorkflowRun:
         self._prescan(batch)
         replay_until = max((r.seq for r in batch if r.type == h.DECIDED), default=0)
         for record in batch:
+            self._applying = record.seq
             self.replaying = record.seq < replay_until
             if record.type == h.DECIDED:
                 self._apply_decided(record)
@@ -208,6 +225,8 @@ class WorkflowRun:
     def _apply_fact(self, record: h.Record) -> None:
         self._now_ms = max(self._now_ms, record.time_ms)  # the server's time, not the writer's
         fact = fact_from_wire(record.body)
+        if isinstance(fact, _ANSWERS) and fact.run != self.info.run:
+            return  # a late answer to a run that continued as new: nothing waits for it
         _FACT_HANDLERS[type(fact)](self, fact)
         self._run_code()
 
@@ -220,6 +239,7 @@ class WorkflowRun:
         info.run_id = fact.run_id
         info.task_queue = fact.task_queue
         info.parent = fact.parent
+        info.run = fact.run
         info.start_time_ms = self._now_ms
         defn = self.resolve_workflow(info.workflow_type)
         if defn is None:
@@ -231,9 +251,15 @@ class WorkflowRun:
             self._fail_workflow(exc)
             return
         timeout = fact.execution_timeout or defn.execution_timeout
+        if fact.deadline or timeout:
+            info.deadline_ms = fact.deadline or self._now_ms + int(float(timeout or 0) * 1000)
         self._main = self.loop.create_task(self._run_workflow(defn, args))
-        if timeout:
-            self.start_timer("x", "execution_timeout", float(timeout))
+        if info.deadline_ms is not None:
+            left = max(info.deadline_ms - self._now_ms, 0) / 1000
+            self.start_timer("x", "execution_timeout", left)
+        for carried in fact.carried:  # what reached the last run after it decided to go on
+            carried_fact = fact_from_wire(carried)
+            _FACT_HANDLERS[type(carried_fact)](self, carried_fact)
 
     def _apply_timer_fired(self, fact: TimerFired) -> None:
         timer = self._timers.get(fact.timer)
@@ -297,7 +323,9 @@ class WorkflowRun:
         if main.cancelled():
             self.produce(CancelWorkflow())
         elif (exc := main.exception()) is not None:
-            if isinstance(exc, asyncio.CancelledError):
+            if isinstance(exc, ContinueAsNewRequest):
+                self._continue(exc.next_args)
+            elif isinstance(exc, asyncio.CancelledError):
                 self.produce(CancelWorkflow())
             elif isinstance(exc, DFError | TimeoutError):
                 self.produce(FailWorkflow(error_json(exc)))
@@ -308,6 +336,16 @@ class WorkflowRun:
         else:
             self._complete(main.result())
         self.closed = True
+
+    def _continue(self, args: list[Any]) -> None:
+        """End the run for the next: it gets the signals this one did not wait for."""
+        unread = [
+            SignalReceived(name, payload, self._now_ms).to_wire()
+            for name, buffered in self._signals.items()
+            for payload in buffered
+        ]
+        deadline = self.info.deadline_ms
+        self.produce(ContinueAsNew(args, deadline, tuple(unread), after=self._applying))
 
     def check_args(self, what: str, args: Sequence[Any]) -> None:
         """Fail at the call (``what``: "activity 'x'"), not later in the worker, naming the
@@ -346,6 +384,11 @@ class WorkflowRun:
         """End the workflow with ``exc`` before its code could run."""
         self.produce(FailWorkflow(error_json(exc)))
         self.closed = True
+
+    def continue_as_new(self, args: Sequence[Any]) -> ContinueAsNewRequest:
+        """What ``ctx.continue_as_new(*args)`` raises, once the arguments are known to send."""
+        self.check_args(f"the next run of workflow {self.info.workflow_type!r}", args)
+        return ContinueAsNewRequest(list(args))
 
     def allocate_seq(self) -> int:
         self._next_seq += 1
@@ -397,7 +440,7 @@ class WorkflowRun:
     def produce(self, command: Command) -> None:
         if self.closed or self._nondeterminism is not None:
             return
-        if isinstance(command, CompleteWorkflow | FailWorkflow | TimeOutWorkflow | CancelWorkflow):
+        if isinstance(command, _ENDINGS):
             self.children.close()  # the children not abandoned end with their parent
         cmd = command.to_wire()  # what decisions store, and what replay compares
         key = h.command_key(cmd)

@@ -346,3 +346,12 @@ def error_json(exc: BaseException) -> dict[str, Any]:
         error["cause_type"] = exc.cause_type
     error["traceback"] = "".join(traceback.format_exception(exc)[-6:])
     return error
+
+
+def outside_workflow(what: str) -> DFError:
+    """``ctx.<what>()`` was called where no workflow code runs."""
+    return DFError(
+        f"ctx.{what}() was called outside the workflow's code (from an activity, another "
+        "thread or a callback): call it in the workflow function itself, which ctx was "
+        "passed to"
+    )

@@ -38,6 +38,9 @@ class WorkflowStarted:
     execution_timeout: float | None = None
     parent: Parent | None = None
     ts: int = field(default_factory=now_ms)
+    run: int = 1  # the run's number: 2 and on are continued as new (``ctx.continue_as_new``)
+    deadline: int | None = None  # epoch ms: a continued run's execution timeout goes on
+    carried: tuple[Mapping[str, Any], ...] = ()  # signals and cancellations the last run missed
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -53,10 +56,18 @@ class WorkflowStarted:
             wire["execution_timeout"] = self.execution_timeout
         if self.parent is not None:
             wire["parent"] = self.parent.to_wire()
+        if self.run > 1:
+            wire["run"] = self.run
+        if self.deadline is not None:
+            wire["deadline"] = self.deadline
+        if self.carried:
+            wire["carried"] = [dict(fact) for fact in self.carried]
         return wire
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> WorkflowStarted:
+        deadline = wire.get("deadline")
+        carried = wire.get("carried")
         return cls(
             workflow=str(wire["workflow"]),
             args=list(wire["args"]),
@@ -65,6 +76,9 @@ class WorkflowStarted:
             execution_timeout=seconds_or_none(wire.get("execution_timeout")),
             parent=Parent.from_wire(wire.get("parent")),
             ts=int(wire.get("ts", 0)),
+            run=run_of(wire),
+            deadline=int_or(deadline, 0) or None,
+            carried=tuple(_carried(carried)),
         )
 
 
@@ -75,9 +89,17 @@ class Parent:
     workflow_id: str
     history: str  # the parent's history subject
     seq: int  # the parent's call that started it
+    run: int = 1  # the parent's run that made the call
 
     def to_wire(self) -> dict[str, Any]:
-        return {"workflow_id": self.workflow_id, "history": self.history, "seq": self.seq}
+        wire: dict[str, Any] = {
+            "workflow_id": self.workflow_id,
+            "history": self.history,
+            "seq": self.seq,
+        }
+        if self.run > 1:
+            wire["run"] = self.run
+        return wire
 
     @classmethod
     def from_wire(cls, wire: Any) -> Parent | None:
@@ -88,7 +110,7 @@ class Parent:
             return None
         if not isinstance(seq, int) or isinstance(seq, bool):
             return None
-        return cls(workflow_id, history, seq)
+        return cls(workflow_id, history, seq, run_of(wire))
 
 
 @dataclass(frozen=True)
@@ -100,20 +122,22 @@ class ActivityCompleted:
     attempt: int
     result: Any
     ts: int = field(default_factory=now_ms)
+    run: int = 1
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "t": self.type.value,
             "ts": self.ts,
             "seq": self.seq,
             "attempt": self.attempt,
             "result": self.result,
         }
+        return _with_run(wire, self.run)
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> ActivityCompleted:
         ts = int(wire.get("ts", 0))
-        return cls(int(wire["seq"]), int(wire["attempt"]), wire.get("result"), ts)
+        return cls(int(wire["seq"]), int(wire["attempt"]), wire.get("result"), ts, run_of(wire))
 
 
 @dataclass(frozen=True)
@@ -130,9 +154,10 @@ class ActivityFailed:
     error: Mapping[str, Any]
     heartbeat: Any = None
     ts: int = field(default_factory=now_ms)
+    run: int = 1
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "t": self.type.value,
             "ts": self.ts,
             "seq": self.seq,
@@ -140,6 +165,7 @@ class ActivityFailed:
             "error": dict(self.error),
             "heartbeat": self.heartbeat,
         }
+        return _with_run(wire, self.run)
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> ActivityFailed:
@@ -149,6 +175,7 @@ class ActivityFailed:
             error=mapping_or_empty(wire.get("error")),
             heartbeat=wire.get("heartbeat"),
             ts=int(wire.get("ts", 0)),
+            run=run_of(wire),
         )
 
 
@@ -159,13 +186,14 @@ class TimerFired:
     type: ClassVar[EventType] = EventType.TIMER_FIRED
     timer: str
     ts: int
+    run: int = 1
 
     def to_wire(self) -> dict[str, Any]:
-        return {"t": self.type.value, "timer": self.timer, "ts": self.ts}
+        return _with_run({"t": self.type.value, "timer": self.timer, "ts": self.ts}, self.run)
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> TimerFired:
-        return cls(str(wire["timer"]), int(wire.get("ts", 0)))
+        return cls(str(wire["timer"]), int(wire.get("ts", 0)), run_of(wire))
 
 
 @dataclass(frozen=True)
@@ -235,15 +263,17 @@ class ChildWorkflowStarted:
     workflow_id: str
     run_id: str = ""
     ts: int = field(default_factory=now_ms)
+    run: int = 1  # the parent's run that started it
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "t": self.type.value,
             "ts": self.ts,
             "seq": self.seq,
             "workflow_id": self.workflow_id,
             "run_id": self.run_id,
         }
+        return _with_run(wire, self.run)
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> ChildWorkflowStarted:
@@ -252,6 +282,7 @@ class ChildWorkflowStarted:
             str(wire["workflow_id"]),
             str(wire.get("run_id") or ""),
             int(wire.get("ts", 0)),
+            run_of(wire),
         )
 
 
@@ -267,6 +298,7 @@ class ChildWorkflowEnded:
     result: Any = None
     error: Mapping[str, Any] | None = None
     ts: int = field(default_factory=now_ms)
+    run: int = 1  # the parent's run that started it
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -278,7 +310,7 @@ class ChildWorkflowEnded:
         }
         if self.error is not None:
             wire["error"] = dict(self.error)
-        return wire
+        return _with_run(wire, self.run)
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> ChildWorkflowEnded:
@@ -289,6 +321,7 @@ class ChildWorkflowEnded:
             result=wire.get("result"),
             error=mapping_or_empty(error) if error is not None else None,
             ts=int(wire.get("ts", 0)),
+            run=run_of(wire),
         )
 
 
@@ -320,6 +353,40 @@ _FACTS: Mapping[str, Any] = {
 }
 
 
+def run_of(wire: Mapping[str, Any]) -> int:
+    """The run a record belongs to, or whose command it answers: ``run`` if stored, else 1.
+
+    A continued workflow's history can still receive answers to an earlier run's commands (an
+    activity that finished late); the engine tells them apart by this number.
+    """
+    run = int_or(wire.get("run"), 1)
+    return run if run >= 1 else 1
+
+
+def _with_run(wire: dict[str, Any], run: int) -> dict[str, Any]:
+    if run > 1:
+        wire["run"] = run
+    return wire
+
+
+def _carried(value: Any) -> list[Mapping[str, Any]]:
+    """The facts a continued run's start carries: signals and cancellations, as stored."""
+    if not isinstance(value, list):
+        return []
+    kinds = (EventType.SIGNAL_RECEIVED.value, EventType.CANCEL_REQUESTED.value)
+    out: list[Mapping[str, Any]] = []
+    for fact in value:
+        if not isinstance(fact, Mapping) or fact.get("t") not in kinds:
+            continue
+        ts = fact.get("ts", 0)
+        if not isinstance(ts, int) or isinstance(ts, bool):
+            continue
+        if fact["t"] == EventType.SIGNAL_RECEIVED.value and not isinstance(fact.get("name"), str):
+            continue
+        out.append(fact)
+    return out
+
+
 def fact_from_wire(wire: Mapping[str, Any]) -> Fact:
     """The fact a stored record holds (its shape already checked on read)."""
     kind = _FACTS.get(wire["t"])
@@ -340,12 +407,13 @@ class Decision:
     prev: int
     more: bool = False
     ts: int = field(default_factory=now_ms)
+    run: int = 1  # the run that decided (workers dispatching it need not have it cached)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"t": DECIDED, "ts": self.ts, "cmds": self.cmds, "prev": self.prev}
         if self.more:
             wire["more"] = True
-        return wire
+        return _with_run(wire, self.run)
 
 
 def status_pointer(decision: Mapping[str, Any], seq: int) -> dict[str, Any]:

@@ -55,6 +55,9 @@ class EventType(enum.StrEnum):
     CHILD_WORKFLOW_SCHEDULED = "ChildWorkflowScheduled"
     CHILD_WORKFLOW_SIGNALLED = "ChildWorkflowSignalled"
     CHILD_WORKFLOW_CANCEL_REQUESTED = "ChildWorkflowCancelRequested"
+    #: The run ended with ``ctx.continue_as_new(...)``: a fresh run of the workflow follows,
+    #: under the same id, starting from a history of its own.
+    WORKFLOW_CONTINUED_AS_NEW = "WorkflowContinuedAsNew"
     #: Where the code first asked ``ctx.patched(id)`` (or ``deprecate_patch``) and went on
     #: with the new code: a replay answers the question from it.
     PATCH_RECORDED = "PatchRecorded"
@@ -86,6 +89,7 @@ WORKFLOW_FAILED: Final = EventType.WORKFLOW_FAILED.value
 WORKFLOW_CANCELLED: Final = EventType.WORKFLOW_CANCELLED.value
 WORKFLOW_TIMED_OUT: Final = EventType.WORKFLOW_TIMED_OUT.value
 PATCH_RECORDED: Final = EventType.PATCH_RECORDED.value
+WORKFLOW_CONTINUED_AS_NEW: Final = EventType.WORKFLOW_CONTINUED_AS_NEW.value
 # Records only: a decision holding commands; users see its commands, not it.
 DECIDED: Final = "Decided"
 
@@ -115,6 +119,7 @@ COMMAND_TYPES: Final = frozenset(
         CHILD_WORKFLOW_SCHEDULED,
         CHILD_WORKFLOW_SIGNALLED,
         CHILD_WORKFLOW_CANCEL_REQUESTED,
+        WORKFLOW_CONTINUED_AS_NEW,
     }
 )
 TERMINAL_STATUS: Final[Mapping[str, str]] = {
@@ -143,12 +148,15 @@ class Record:
     """One history message: its stream sequence, decoded body, and when the server stored it.
 
     ``stamp`` (milliseconds since the epoch) is the server's, so no writer can forge it;
-    None only for records built in memory (a decision just appended, tests).
+    None only for records built in memory (a decision just appended, tests). ``opens``: the
+    server's checks prove it is the first record of its history (a start; see
+    ``Store.is_first_record``).
     """
 
     seq: int
     body: Mapping[str, Any]
     stamp: int | None = None
+    opens: bool = False
 
     @property
     def type(self) -> str:
@@ -195,6 +203,7 @@ _REQUIRED: Final[Mapping[str, Mapping[str, type | tuple[type, ...]]]] = {
     WORKFLOW_CANCELLED: {},
     WORKFLOW_TIMED_OUT: {},
     PATCH_RECORDED: {"patch": str},
+    WORKFLOW_CONTINUED_AS_NEW: {"args": list},
     CHILD_WORKFLOW_SCHEDULED: {
         "seq": int,
         "workflow": str,
@@ -313,7 +322,10 @@ class HistoryEvent:
         """A one-line description of the event for tables and logs."""
         a = self.attributes
         if self.type == WORKFLOW_STARTED:
-            return f"{a.get('workflow')}({_args(a)}) queue={a.get('task_queue')}"
+            run = f" run={a.get('run')}" if a.get("run") else ""
+            return f"{a.get('workflow')}({_args(a)}) queue={a.get('task_queue')}{run}"
+        if self.type == WORKFLOW_CONTINUED_AS_NEW:
+            return f"({_args(a)})"
         if self.type == ACTIVITY_SCHEDULED:
             return f"#{a.get('seq')} {a.get('activity')}({_args(a)}) attempt={a.get('attempt')}"
         if self.type == ACTIVITY_COMPLETED:
@@ -409,4 +421,6 @@ def describe_command(cmd: Mapping[str, Any]) -> str:
         return f"signal {cmd.get('name')!r} to child #{cmd.get('child')}"
     if kind == CHILD_WORKFLOW_CANCEL_REQUESTED:
         return f"cancellation of child #{cmd.get('child')}"
+    if kind == WORKFLOW_CONTINUED_AS_NEW:
+        return "continue-as-new"
     return str(kind)

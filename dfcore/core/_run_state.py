@@ -51,6 +51,8 @@ class RunInfo:
     attempt: int = 1
     start_time_ms: int = 0
     parent: Any = None  # a _facts.Parent when a workflow started this one as its child
+    run: int = 1  # 2 and on: continued as new from the run before
+    deadline_ms: int | None = None  # when the execution timeout ends the workflow
 
 
 class Run(Protocol):

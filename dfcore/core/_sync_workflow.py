@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
+
+from dfcore.core._errors import outside_workflow
 
 
 class _Evicted(BaseException):
@@ -28,6 +30,7 @@ class SyncBridge:
         self.error: BaseException | None = None
         self._answer: tuple[bool, Any] = (True, None)
         self.evicted = False
+        self.thread: threading.Thread | None = None  # the workflow's own
 
     # workflow thread side
     def call(self, make_awaitable: Callable[[], Any]) -> Any:
@@ -90,6 +93,12 @@ class SyncWorkflowContext:
         handle = self._bridge.call(lambda: self._inner.start_child(workflow, *args, **options))
         return SyncChildHandle(handle, self._bridge)
 
+    def continue_as_new(self, *args: Any) -> NoReturn:
+        """End this run and start the workflow afresh with ``args`` (does not return)."""
+        if threading.current_thread() is not self._bridge.thread:
+            raise outside_workflow("continue_as_new")
+        raise self._inner._next_run(args)
+
     def activity_async(self, fn: Any, *args: Any, **options: Any) -> Any:
         """Start an activity without waiting; pass the result to :meth:`gather`.
 
@@ -146,7 +155,7 @@ async def run_sync_workflow(
         except BaseException as exc:
             bridge.finish(None, exc)
 
-    thread = threading.Thread(target=body, name=f"df-wf-{workflow_id}", daemon=True)
+    thread = bridge.thread = threading.Thread(target=body, name=f"df-wf-{workflow_id}", daemon=True)
     thread.start()
     while True:
         bridge.wait()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dfcore.core._commands import ScheduleActivity
+from dfcore.core._facts import run_of
 
 #: Required fields of the wire form, with their JSON types.
 _REQUIRED: Mapping[str, type] = {
@@ -40,6 +41,7 @@ class ActivityTask:
         decision_seq: the sequence of the decision that scheduled it (outcomes chain to it).
         start_to_close, heartbeat_timeout: seconds, or None.
         heartbeat: the details of the previous attempt's last heartbeat.
+        run: the workflow's run that scheduled it (its outcome names it).
     """
 
     workflow_id: str
@@ -53,10 +55,16 @@ class ActivityTask:
     start_to_close: float | None = None
     heartbeat_timeout: float | None = None
     heartbeat: Any = field(default=None, compare=False)
+    run: int = 1
 
     @classmethod
     def scheduled(
-        cls, workflow_id: str, history: str, decision_seq: int, command: ScheduleActivity
+        cls,
+        workflow_id: str,
+        history: str,
+        decision_seq: int,
+        command: ScheduleActivity,
+        run: int = 1,
     ) -> ActivityTask:
         """The task a ``ScheduleActivity`` command of decision ``decision_seq`` asks for."""
         return cls(
@@ -71,10 +79,11 @@ class ActivityTask:
             start_to_close=command.start_to_close,
             heartbeat_timeout=command.heartbeat_timeout,
             heartbeat=command.heartbeat,
+            run=run,
         )
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "wf": self.workflow_id,
             "h": self.history,
             "seq": self.seq,
@@ -87,6 +96,9 @@ class ActivityTask:
             "heartbeat": self.heartbeat,
             "dseq": self.decision_seq,
         }
+        if self.run > 1:
+            wire["run"] = self.run
+        return wire
 
     @classmethod
     def from_wire(cls, body: Any) -> ActivityTask:
@@ -120,5 +132,6 @@ class ActivityTask:
             decision_seq=body["dseq"],
             task_queue=queue,
             heartbeat=body.get("heartbeat"),
+            run=run_of(body),
             **timeouts,
         )

@@ -54,6 +54,14 @@ def workflow_token(workflow_id: str) -> str:
     return "~" + encoded
 
 
+def run_token(workflow_id: str, run: int) -> str:
+    """What message ids of run ``run`` of a workflow start with: its token, ``#<run>`` added
+    from the second run on (a continued run repeats the steps of the one before, and must not
+    be deduplicated against them)."""
+    token = workflow_token(workflow_id)
+    return token if run <= 1 else f"{token}#{run}"
+
+
 def workflow_id_from_token(token: str) -> str:
     """Inverse of :func:`workflow_token`."""
     if not token.startswith("~"):
@@ -78,7 +86,9 @@ class Layout:
         ``DF_<ns>_HISTORY``  limits retention; ``<ns>.history.<queue>.<p>.<wf>`` holds each
                              workflow's records (``p``: its partition, see :func:`partition_of`);
                              ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timers;
-                             ``<ns>.status.<queue>.<wf>`` its final outcome, once it ended.
+                             ``<ns>.status.<queue>.<wf>`` its final outcome, once it ended;
+                             ``<ns>.runs.<queue>.<wf>.<n>`` the records of its run ``n``, kept
+                             once it continued as new.
         ``DF_<ns>_TASKS``    work-queue retention; ``<ns>.task.<queue>`` holds activity tasks;
                              ``<ns>.admit.<queue>.<p>`` starts waiting for room in the cache of
                              the worker that serves partition ``p``.
@@ -137,6 +147,14 @@ class Layout:
 
     def timers_of(self, queue: str, workflow_id: str) -> str:
         return f"{self.namespace}.timer.{queue}.{workflow_token(workflow_id)}.>"
+
+    def runs_subject(self, queue: str, workflow_id: str, run: int) -> str:
+        """Where run ``run`` of a workflow that continued as new keeps its records."""
+        return f"{self.namespace}.runs.{queue}.{workflow_token(workflow_id)}.{run}"
+
+    @property
+    def runs_all(self) -> str:
+        return f"{self.namespace}.runs.>"
 
     def status_subject(self, queue: str, workflow_id: str) -> str:
         return f"{self.namespace}.status.{queue}.{workflow_token(workflow_id)}"

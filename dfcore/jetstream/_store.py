@@ -9,6 +9,7 @@ JetStream API calls), ``_streams`` (streams and consumers), ``_dlq`` (dead lette
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -118,13 +119,19 @@ class Store:
         expected_subject: str | None = None,
         status: str | None = None,
         data: bytes | None = None,
+        rollup: bool = False,
     ) -> int:
         """Append one record; return its stream sequence.
+
+        ``rollup``: the server deletes every earlier record of the subject as it stores this
+        one (a continued run's start).
 
         Raises:
             AppendConflict: ``expected_seq`` no longer matches the subject's last sequence.
         """
         headers = {h.HDR_EVENT: event_header(body)}
+        if rollup:
+            headers["Nats-Rollup"] = "sub"
         if msg_id is not None:
             headers["Nats-Msg-Id"] = msg_id
         if expected_seq is not None:
@@ -401,7 +408,10 @@ class Store:
         seq = int(headers.get("Nats-Sequence", 0))
         try:
             body = self.decode(msg.data, f"history message {seq}")
-            return h.validate_record(seq, body, stored_stamp(headers))
+            record = h.validate_record(seq, body, stored_stamp(headers))
+            if record.type == h.WORKFLOW_STARTED and self._opens(headers):
+                return dataclasses.replace(record, opens=True)
+            return record
         except CodecUnavailableError:
             raise  # this process lacks a key: nothing may be skipped, retry once it is fixed
         except (PayloadError, h.MalformedRecordError) as exc:
@@ -413,6 +423,79 @@ class Store:
             )
             return None
 
+    # -- earlier runs (continue-as-new) ------------------------------------------------------
+
+    async def keep_run(self, history_subject: str, run: int, records: list[h.Record]) -> None:
+        """Copy a run's records to its runs subject before the next run's start rolls them up.
+
+        A few messages, each holding as many records as fit; they expire after
+        ``history_retention`` like an ended workflow's history. Idempotent within the
+        duplicate window; a copy made twice after it is read once (:meth:`load_run`).
+        """
+        queue, workflow_id = self.layout.parse_history_subject(history_subject)
+        subject = self.layout.runs_subject(queue, workflow_id, run)
+        headers: dict[str, str] = {h.HDR_EVENT: "RunRecords"}
+        if self.streams.removes_histories:
+            headers["Nats-TTL"] = f"{self.settings.history_retention}s"
+        for part, body in enumerate(self._run_parts(run, records)):
+            part_headers = {**headers, "Nats-Msg-Id": f"{history_subject}:run:{run}:{part}"}
+            data = self.encode(body, f"the records of run {run}")
+            await self.api.publish(subject, data, part_headers, f"keeping run {run}")
+
+    def _run_parts(self, run: int, records: list[h.Record]) -> list[dict[str, Any]]:
+        limit = int(self.max_payload * 0.6)
+        parts: list[list[dict[str, Any]]] = [[]]
+        used = 0
+        for record in records:
+            kept = {"seq": record.seq, "stamp": record.stamp, "body": dict(record.body)}
+            size = len(self.converter.dumps(kept, what="a record"))
+            if parts[-1] and used + size > limit:
+                parts.append([])
+                used = 0
+            parts[-1].append(kept)
+            used += size
+        return [{"t": "RunRecords", "run": run, "records": part} for part in parts if part]
+
+    async def load_run(self, history_subject: str, run: int) -> list[h.Record] | None:
+        """The records of an earlier run, in order; None when none are kept (never made, or
+        removed after ``history_retention``)."""
+        queue, workflow_id = self.layout.parse_history_subject(history_subject)
+        subject = self.layout.runs_subject(queue, workflow_id, run)
+        kept: dict[int, h.Record] = {}
+        start = 1
+        while True:
+            msgs, more = await self.api.direct_get(
+                {"seq": start, "next_by_subj": subject, "batch": 64}
+            )
+            for msg in msgs:
+                for record in self._kept_records(msg, run):
+                    kept[record.seq] = record
+            if not more or not msgs:
+                break
+            start = int(msgs[-1].headers["Nats-Sequence"]) + 1
+        return [kept[seq] for seq in sorted(kept)] if kept else None
+
+    def _kept_records(self, msg: Msg, run: int) -> list[h.Record]:
+        try:
+            body = self.decode(msg.data, f"the records of run {run}")
+            items = body["records"]
+            return [
+                h.validate_record(int(item["seq"]), item["body"], item.get("stamp"))
+                for item in items
+            ]
+        except CodecUnavailableError:
+            raise
+        except (PayloadError, ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping an unreadable copy of run %s on %s: %s", run, msg.subject, exc)
+            return []
+
+    def _opens(self, headers: Mapping[str, str]) -> bool:
+        subject = headers.get("Nats-Subject", "")
+        try:
+            return self.is_first_record(headers, subject)
+        except ValueError:
+            return False  # not a history subject
+
     # -- dead letters -----------------------------------------------------------------------
 
     def is_first_record(self, headers: Mapping[str, str] | None, history_subject: str) -> bool:
@@ -420,8 +503,11 @@ class Store:
 
         A start is appended with ``Nats-Expected-Last-Subject-Sequence: 0``, checked against
         its own subject or against ``<ns>.history.*.<p>.<wf>``; the server stored it only if that
-        held, and keeps the headers. Checked against any other subject it proves nothing.
+        held, and keeps the headers. Checked against any other subject it proves nothing. A
+        continued run's start rolled up (deleted) every record before it on its subject.
         """
+        if headers and headers.get("Nats-Rollup") == "sub":
+            return True
         if not headers or headers.get("Nats-Expected-Last-Subject-Sequence") != "0":
             return False
         against = headers.get("Nats-Expected-Last-Subject-Sequence-Subject")
@@ -485,14 +571,17 @@ class Store:
             subject, data, {"Nats-Msg-Id": msg_id}, f"publishing a task to {queue!r}"
         )
 
-    async def schedule_timer(self, history_subject: str, timer_id: str, fire_at_ms: int) -> None:
+    async def schedule_timer(
+        self, history_subject: str, timer_id: str, fire_at_ms: int, run: int = 1
+    ) -> None:
         """Have the server append a TimerFired record to the history at ``fire_at_ms``."""
         queue, workflow_id = self.layout.parse_history_subject(history_subject)
-        body = TimerFired(timer_id, fire_at_ms).to_wire()
+        body = TimerFired(timer_id, fire_at_ms, run).to_wire()
+        of_run = f"#{run}" if run > 1 else ""
         headers = {
             "Nats-Schedule": _at_schedule(fire_at_ms / 1000),
             "Nats-Schedule-Target": history_subject,
-            "Nats-Msg-Id": f"{history_subject}:timer:{timer_id}",
+            "Nats-Msg-Id": f"{history_subject}:timer:{timer_id}{of_run}",
             h.HDR_EVENT: h.TIMER_FIRED,
         }
         subject = self.layout.timer_subject(queue, workflow_id, timer_id)

@@ -94,7 +94,7 @@ class Streams:
         retention = self.settings.history_retention
         history = api.StreamConfig(
             name=lay.history_stream,
-            subjects=[lay.history_all, lay.timers_all, lay.status_all],
+            subjects=[lay.history_all, lay.timers_all, lay.status_all, lay.runs_all],
             retention=api.RetentionPolicy.LIMITS,
             storage=storage,
             num_replicas=self.settings.stream_replicas,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import queue as threadqueue
 import threading
@@ -36,7 +37,7 @@ from dfcore.core._errors import (
 from dfcore.core._facts import ActivityCompleted, ActivityFailed
 from dfcore.core._registry import Registry
 from dfcore.core._tasks import ActivityTask
-from dfcore.jetstream._naming import Layout, workflow_id_from_token, workflow_token
+from dfcore.jetstream._naming import Layout, run_token, workflow_id_from_token
 from dfcore.worker._delivery import KeepAlive
 from dfcore.worker._storage import WorkerStore
 
@@ -256,7 +257,9 @@ class ActivityRunner:
     async def _report(self, task: ActivityTask, info: ActivityInfo, outcome: Outcome) -> None:
         """Append an attempt's outcome to its workflow's history (deduplicated by attempt)."""
         kind = "c" if isinstance(outcome, ActivityCompleted) else "f"
-        msg_id = f"{workflow_token(info.workflow_id)}:{info.seq}:{info.attempt}:{kind}"
+        msg_id = f"{run_token(info.workflow_id, task.run)}:{info.seq}:{info.attempt}:{kind}"
+        if task.run > 1:
+            outcome = dataclasses.replace(outcome, run=task.run)
         after = task.decision_seq
         await self.store.append_fact(
             task.history, outcome.to_wire(), msg_id=msg_id, after_seq=after

@@ -9,6 +9,7 @@ parent or the child has a deterministic message id.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from dfcore.core._facts import (
     SignalReceived,
     WorkflowStarted,
 )
-from dfcore.jetstream._naming import workflow_token
+from dfcore.jetstream._naming import run_token, workflow_token
 from dfcore.jetstream._requests import AppendConflict
 from dfcore.worker._storage import WorkerStore
 
@@ -33,11 +34,17 @@ log = logging.getLogger("dfcore.worker")
 
 
 async def start_child(
-    store: WorkerStore, parent_id: str, parent_subject: str, decision_seq: int, cmd: StartChild
+    store: WorkerStore,
+    parent_id: str,
+    parent_subject: str,
+    decision_seq: int,
+    cmd: StartChild,
+    run: int = 1,
 ) -> None:
-    """Make the child's history, then tell the parent it runs (or that it cannot)."""
-    parent = Parent(parent_id, parent_subject, cmd.seq)
-    run_id = _child_run_id(parent_id, cmd.seq)
+    """Make the child's history, then tell the parent (its run ``run``) it runs, or that it
+    cannot."""
+    parent = Parent(parent_id, parent_subject, cmd.seq, run)
+    run_id = _child_run_id(parent_id, cmd.seq, run)
     start = WorkflowStarted(
         cmd.workflow,
         cmd.args,
@@ -48,7 +55,7 @@ async def start_child(
     )
     lay = store.layout
     child = cmd.workflow_id
-    token = workflow_token(parent_id)
+    token = run_token(parent_id, run)
     try:
         await store.append(
             lay.history_subject(cmd.task_queue, child),
@@ -64,26 +71,26 @@ async def start_child(
                 "message": f"a workflow with id {child!r} already exists and is not this "
                 "parent's child: give the child another workflow_id",
             }
-            ended = ChildWorkflowEnded(cmd.seq, "not_started", error=error)
+            ended = ChildWorkflowEnded(cmd.seq, "not_started", error=error, run=run)
             msg_id = f"{token}:child:{cmd.seq}:ended"
             await store.append_fact(
                 parent_subject, ended.to_wire(), msg_id=msg_id, after_seq=decision_seq
             )
             return
-    fact = ChildWorkflowStarted(cmd.seq, child, run_id)
+    fact = ChildWorkflowStarted(cmd.seq, child, run_id, run=run)
     msg_id = f"{token}:child:{cmd.seq}:started"
     await store.append_fact(parent_subject, fact.to_wire(), msg_id=msg_id, after_seq=decision_seq)
 
 
 async def signal_child(
-    store: WorkerStore, parent_id: str, parent_subject: str, cmd: SignalChild
+    store: WorkerStore, parent_id: str, parent_subject: str, cmd: SignalChild, run: int = 1
 ) -> None:
-    if not await _ours(store, cmd.workflow_id, Parent(parent_id, parent_subject, cmd.child)):
+    if not await _ours(store, cmd.workflow_id, Parent(parent_id, parent_subject, cmd.child, run)):
         log.warning("workflow %s: %s is not its child; signal not sent", parent_id, cmd.workflow_id)
         return
     subject = store.layout.history_subject(cmd.task_queue, cmd.workflow_id)
     body = SignalReceived(cmd.name, cmd.payload).to_wire()
-    msg_id = f"{workflow_token(parent_id)}:child-signal:{cmd.seq}"
+    msg_id = f"{run_token(parent_id, run)}:child-signal:{cmd.seq}"
     try:
         await store.append_fact(subject, body, msg_id=msg_id, after_seq=0)
     except WorkflowNotFoundError:
@@ -91,11 +98,11 @@ async def signal_child(
 
 
 async def cancel_child(
-    store: WorkerStore, parent_id: str, parent_subject: str, cmd: CancelChild
+    store: WorkerStore, parent_id: str, parent_subject: str, cmd: CancelChild, run: int = 1
 ) -> None:
     """Cancel the child, if the workflow under its id is this parent's child (an id given in
     code may belong to another workflow, whose start then failed)."""
-    if not await _ours(store, cmd.workflow_id, Parent(parent_id, parent_subject, cmd.child)):
+    if not await _ours(store, cmd.workflow_id, Parent(parent_id, parent_subject, cmd.child, run)):
         return  # not started (or not ours): nothing to cancel
     subject = store.layout.history_subject(cmd.task_queue, cmd.workflow_id)
     body = CancelRequested(f"its parent {parent_id!r} asked").to_wire()
@@ -127,8 +134,8 @@ async def report_to_parent(
     if named != parent.workflow_id:
         log.warning("ignoring the parent a workflow's start names: %s", parent)
         return
-    ended = _ending(parent.seq, decision.commands)
-    msg_id = f"{workflow_token(parent.workflow_id)}:child:{parent.seq}:ended"
+    ended = dataclasses.replace(_ending(parent.seq, decision.commands), run=parent.run)
+    msg_id = f"{run_token(parent.workflow_id, parent.run)}:child:{parent.seq}:ended"
     try:
         await store.append_fact(parent.history, ended.to_wire(), msg_id=msg_id, after_seq=0)
     except WorkflowNotFoundError:
@@ -157,6 +164,7 @@ async def _ours(store: WorkerStore, child: str, parent: Parent) -> bool:
     return Parent.from_wire(first.body.get("parent")) == parent
 
 
-def _child_run_id(parent_id: str, seq: int) -> str:
+def _child_run_id(parent_id: str, seq: int, run: int) -> str:
     """The same on every attempt, so a start carried out twice writes the same record."""
-    return hashlib.sha256(f"{parent_id}\0{seq}".encode()).hexdigest()[:32]
+    of_run = f"\0{run}" if run > 1 else ""
+    return hashlib.sha256(f"{parent_id}\0{seq}{of_run}".encode()).hexdigest()[:32]

@@ -62,8 +62,13 @@ class WorkerStore(ClientStore, Protocol):
 
     async def purge_timers(self, history_subject: str) -> None: ...
 
-    async def schedule_timer(self, history_subject: str, timer_id: str, fire_at_ms: int) -> None:
-        """Have a TimerFired record appended to the history at ``fire_at_ms``."""
+    async def schedule_timer(
+        self, history_subject: str, timer_id: str, fire_at_ms: int, run: int = 1
+    ) -> None:
+        """Have a TimerFired record (of run ``run``) appended to the history at ``fire_at_ms``."""
+
+    async def keep_run(self, history_subject: str, run: int, records: list[h.Record]) -> None:
+        """Keep a run's records readable before the next run's start rolls them up."""
 
     async def publish_task(self, queue: str, body: Mapping[str, Any], msg_id: str) -> None: ...
 

@@ -17,11 +17,11 @@ code that raises a bug is retried with backoff and noted as ``WorkflowTaskFailed
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,15 +29,6 @@ import orjson
 from nats.aio.msg import Msg
 
 from dfcore.core import _history as h
-from dfcore.core._commands import (
-    CancelChild,
-    RequestActivityCancel,
-    ScheduleActivity,
-    SignalChild,
-    StartChild,
-    StartTimer,
-    command_from_wire,
-)
 from dfcore.core._engine import WorkflowRun
 from dfcore.core._errors import (
     CodecUnavailableError,
@@ -49,16 +40,16 @@ from dfcore.core._errors import (
     WorkflowCodeError,
     WorkflowNotFoundError,
 )
-from dfcore.core._facts import Decision
+from dfcore.core._facts import Decision, run_of
 from dfcore.core._registry import Registry
 from dfcore.core._replay import new_run
-from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._pull import PullConsumer
 from dfcore.jetstream._stamps import removal_marker
 from dfcore.jetstream._store import AppendConflict, delivery_stamp, verified_prev
-from dfcore.worker._children import cancel_child, report_to_parent, signal_child, start_child
+from dfcore.worker._children import report_to_parent
 from dfcore.worker._delivery import KeepAlive, retry_delay
+from dfcore.worker._dispatch import dispatch
 from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_records import (
     follows,
@@ -313,6 +304,7 @@ class WorkflowProcessor:
         self._admitting += 1  # hold its place while it waits for the lock and the read
         try:
             first = self.store.is_first_record(msg.headers, msg.subject)
+            record = dataclasses.replace(record, opens=first)
             await self._serve(workflow_id, msg.subject, record, msg, opens_history=first)
         finally:
             self._admitting -= 1
@@ -468,6 +460,7 @@ class WorkflowProcessor:
                     # replica that lags behind. Try again shortly rather than spin.
                     raise _StaleRead(f"read of {entry.subject} lags behind an append")
             known = None
+            run = self._next_run_in(entry, run, records)
             run.apply(records)
             run.skip_to(seen)
             if run.last_seq < delivered:
@@ -486,6 +479,19 @@ class WorkflowProcessor:
                 return
             conflicted = True
 
+    def _next_run_in(self, entry: _Entry, run: WorkflowRun, records: list[h.Record]) -> WorkflowRun:
+        """A fresh run when ``records`` hold the start of the workflow's next run (it continued
+        as new); the records from that start on are then applied to it. Only a start that
+        provably opens the history counts: any other is a stray, and ignored."""
+        for i, record in enumerate(records):
+            later = record.type == h.WORKFLOW_STARTED and (i or run.started)
+            if later and record.opens and run_of(record.body) > run.info.run:
+                run.evict()
+                del records[:i]
+                entry.run = self._new_run(entry.workflow_id)
+                return entry.run
+        return run
+
     async def _decide(self, entry: _Entry, run: WorkflowRun) -> bool:
         """Append the pending commands; False if someone appended first.
 
@@ -495,7 +501,7 @@ class WorkflowProcessor:
         cmds = run.pending_commands()
         if not cmds:
             return True
-        body = Decision(cmds, run.last_seq).to_wire()
+        body = Decision(cmds, run.last_seq, run=run.info.run).to_wire()
         try:
             data: bytes | None = self.store.encode(body, "a decision")
         except PayloadTooLargeError:
@@ -503,7 +509,8 @@ class WorkflowProcessor:
         else:
             return await self._appenddecision_body(entry, run, body, data)
         for i, part in enumerate(parts):
-            body = Decision(part, run.last_seq, more=i < len(parts) - 1).to_wire()
+            more = i < len(parts) - 1
+            body = Decision(part, run.last_seq, more=more, run=run.info.run).to_wire()
             if not await self._appenddecision_body(entry, run, body, None):
                 return False
         return True
@@ -540,11 +547,7 @@ class WorkflowProcessor:
         again; otherwise (just appended) it will be, and is then acked unread.
         """
         cmds = record.commands
-        starts = [c for c in cmds if c["t"] == h.CHILD_WORKFLOW_SCHEDULED]
-        if starts:  # children first: a cancellation or signal beside them must find them
-            await asyncio.gather(*(self._dispatch_one(entry, run, record.seq, c) for c in starts))
-        later = [c for c in cmds if c["t"] != h.CHILD_WORKFLOW_SCHEDULED] if starts else cmds
-        await asyncio.gather(*(self._dispatch_one(entry, run, record.seq, c) for c in later))
+        await dispatch(self.store, entry.workflow_id, entry.subject, run, record)
         if h.terminal_status(cmds):
             await self.store.mark_ended(entry.subject, record.body, record.seq)
             if run is None:  # not cached here: its start says whether a parent waits
@@ -557,32 +560,3 @@ class WorkflowProcessor:
             self._sent[record.seq] = entry.subject
             if len(self._sent) > self._sent_limit:
                 self._sent.popitem(last=False)
-
-    async def _dispatch_one(
-        self, entry: _Entry, run: WorkflowRun | None, decision_seq: int, cmd: Mapping[str, Any]
-    ) -> None:
-        command = command_from_wire(cmd)
-        workflow_id = entry.workflow_id
-        if isinstance(command, ScheduleActivity):
-            call = run.activity(command.seq) if run is not None else None
-            if call is not None and (call.done or call.attempt != command.attempt):
-                return
-            task = ActivityTask.scheduled(workflow_id, entry.subject, decision_seq, command)
-            msg_id = f"{workflow_token(workflow_id)}:{task.seq}:{task.attempt}"
-            await self.store.publish_task(task.task_queue, task.to_wire(), msg_id)
-        elif isinstance(command, StartTimer):
-            timer = run.timer(command.timer) if run is not None else None
-            if (timer is not None and timer.fired) or (run is not None and run.closed):
-                return
-            await self.store.schedule_timer(entry.subject, command.timer, command.fire_at)
-        elif isinstance(command, RequestActivityCancel):
-            subject = self.store.layout.activity_cancel_subject(workflow_id)
-            await self.store.nc.publish(subject, orjson.dumps({"seq": command.seq}))
-        elif isinstance(command, StartChild):
-            child = run.children.get(command.seq) if run is not None else None
-            if child is None or not child.started.done():
-                await start_child(self.store, workflow_id, entry.subject, decision_seq, command)
-        elif isinstance(command, SignalChild):
-            await signal_child(self.store, workflow_id, entry.subject, command)
-        elif isinstance(command, CancelChild):
-            await cancel_child(self.store, workflow_id, entry.subject, command)

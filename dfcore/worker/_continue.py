@@ -1,0 +1,88 @@
+"""Continue-as-new: a run ends, and the workflow starts afresh under its id, on its subject.
+
+Each run's history starts on the same subject, so clients keep signalling, cancelling and
+awaiting the workflow by its id alone. The next run's start is appended with a rollup: as the
+server stores it, it deletes every record before it, so the history a worker replays holds one
+run only, however long the workflow has been going. Before that the run's records are copied
+to their runs subject (``Store.keep_run``), where ``handle.history(run=N)`` finds them.
+
+Facts may reach the history between the decision and the next start. Signals and cancellations
+are carried in the start (they are meant for whoever runs then); answers to the ending run's
+commands (a late activity result) are not, and any that come later name their run, which the
+next run ignores. Every step is idempotent: a decision carried out again after a crash finds
+its run already copied (the copy's message ids) or already continued (the start's run number).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from dfcore.core import _history as h
+from dfcore.core._commands import ContinueAsNew
+from dfcore.core._errors import DFError
+from dfcore.core._facts import WorkflowStarted, run_of
+from dfcore.jetstream._naming import workflow_token
+from dfcore.jetstream._requests import AppendConflict
+from dfcore.worker._storage import WorkerStore
+
+log = logging.getLogger("dfcore.worker")
+
+_CARRIED = (h.SIGNAL_RECEIVED, h.CANCEL_REQUESTED)
+_TRIES = 50  # appends of the next start that a busy history may refuse before giving up
+
+
+async def continue_as_new(
+    store: WorkerStore, subject: str, decision: h.Record, command: ContinueAsNew
+) -> None:
+    """Carry out the ``ContinueAsNew`` command of ``decision``: keep the run, start the next."""
+    records, seen = await store.read(subject)
+    first = records[0] if records else None
+    if first is None or first.type != h.WORKFLOW_STARTED or first.seq > decision.seq:
+        return  # carried out already: the next run's start rolled this run up
+    if all(record.seq != decision.seq for record in records):
+        return  # not this history's decision (a forged record): nothing to carry out
+    ending = WorkflowStarted.from_wire(first.body)
+    run = run_of(first.body)
+    await store.keep_run(subject, run, [r for r in records if r.seq <= decision.seq])
+    await store.purge_timers(subject)
+    ended_at = command.after or decision.seq  # what came later, the run did not see
+    carried = [*command.carried]
+    carried += [r.body for r in records if r.seq > ended_at and r.type in _CARRIED]
+    token = workflow_token(store.layout.parse_history_subject(subject)[1])
+    for _ in range(_TRIES):
+        start = WorkflowStarted(
+            ending.workflow,
+            command.args,
+            ending.task_queue,
+            _next_run_id(ending.run_id, run + 1),
+            parent=ending.parent,
+            run=run + 1,
+            deadline=command.deadline,
+            carried=tuple(carried),
+        )
+        try:
+            await store.append(
+                subject,
+                start.to_wire(),
+                msg_id=f"{token}:run:{run + 1}",
+                expected_seq=seen,
+                rollup=True,
+            )
+        except AppendConflict:  # a fact came meanwhile: carry it too if it is for the next run
+            later, seen = await store.read(subject, seen)
+            carried += [r.body for r in later if r.type in _CARRIED]
+            continue
+        log.info(
+            "workflow %s[%s] continued as new (run %d)",
+            ending.workflow,
+            store.layout.parse_history_subject(subject)[1],
+            run + 1,
+        )
+        return
+    raise DFError(f"could not continue {subject} as new: it kept changing through {_TRIES} tries")
+
+
+def _next_run_id(run_id: str, run: int) -> str:
+    """The same on every attempt, so the start carried out twice is the same record."""
+    return hashlib.sha256(f"{run_id}\0run {run}".encode()).hexdigest()[:32]

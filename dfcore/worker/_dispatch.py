@@ -1,0 +1,98 @@
+"""Carrying out a decision: the work each command asks for, published idempotently.
+
+Every message has a deterministic id (from the workflow, its run and the step), so a decision
+carried out twice, by a worker that died halfway or by the one its message is redelivered to,
+publishes nothing new. ``run`` is the workflow's cached run, or None when the decision is
+carried out by a worker that does not hold it (then its record says which run decided).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from dfcore.core import _history as h
+from dfcore.core._commands import (
+    CancelChild,
+    ContinueAsNew,
+    RequestActivityCancel,
+    ScheduleActivity,
+    SignalChild,
+    StartChild,
+    StartTimer,
+    command_from_wire,
+)
+from dfcore.core._engine import WorkflowRun
+from dfcore.core._facts import run_of
+from dfcore.core._tasks import ActivityTask
+from dfcore.jetstream._naming import run_token
+from dfcore.worker._children import cancel_child, signal_child, start_child
+from dfcore.worker._continue import continue_as_new
+from dfcore.worker._storage import WorkerStore
+
+
+async def dispatch(
+    store: WorkerStore, workflow_id: str, subject: str, run: WorkflowRun | None, record: h.Record
+) -> None:
+    """Publish the work of every command of decision ``record``.
+
+    Children are started first, so a cancellation or signal beside them finds them; the next
+    run of a workflow that continues as new is started last, once the rest is out.
+    """
+    cmds = record.commands
+    number = run.info.run if run is not None else run_of(record.body)
+
+    async def each(kinds: set[str], inside: bool) -> None:
+        chosen = [c for c in cmds if (c["t"] in kinds) == inside]
+        await asyncio.gather(
+            *(_dispatch_one(store, workflow_id, subject, run, number, record, c) for c in chosen)
+        )
+
+    ordered = {h.CHILD_WORKFLOW_SCHEDULED, h.WORKFLOW_CONTINUED_AS_NEW}
+    if any(c["t"] in ordered for c in cmds):
+        await each({h.CHILD_WORKFLOW_SCHEDULED}, True)
+        await each(ordered, False)
+        await each({h.WORKFLOW_CONTINUED_AS_NEW}, True)
+    else:
+        await each(set(), False)
+
+
+async def _dispatch_one(
+    store: WorkerStore,
+    workflow_id: str,
+    subject: str,
+    run: WorkflowRun | None,
+    number: int,
+    decision: h.Record,
+    cmd: Mapping[str, Any],
+) -> None:
+    command = command_from_wire(cmd)
+    decision_seq = decision.seq
+    if isinstance(command, ScheduleActivity):
+        call = run.activity(command.seq) if run is not None else None
+        if call is not None and (call.done or call.attempt != command.attempt):
+            return
+        task = ActivityTask.scheduled(workflow_id, subject, decision_seq, command, number)
+        msg_id = f"{run_token(workflow_id, number)}:{task.seq}:{task.attempt}"
+        await store.publish_task(task.task_queue, task.to_wire(), msg_id)
+    elif isinstance(command, StartTimer):
+        timer = run.timer(command.timer) if run is not None else None
+        if (timer is not None and timer.fired) or (run is not None and run.closed):
+            return
+        await store.schedule_timer(subject, command.timer, command.fire_at, number)
+    elif isinstance(command, RequestActivityCancel):
+        cancel_subject = store.layout.activity_cancel_subject(workflow_id)
+        await store.nc.publish(cancel_subject, orjson.dumps({"seq": command.seq}))
+    elif isinstance(command, StartChild):
+        child = run.children.get(command.seq) if run is not None else None
+        if child is None or not child.started.done():
+            await start_child(store, workflow_id, subject, decision_seq, command, number)
+    elif isinstance(command, SignalChild):
+        await signal_child(store, workflow_id, subject, command, number)
+    elif isinstance(command, CancelChild):
+        await cancel_child(store, workflow_id, subject, command, number)
+    elif isinstance(command, ContinueAsNew):
+        await continue_as_new(store, subject, decision, command)
