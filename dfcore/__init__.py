@@ -20,6 +20,7 @@ Quick start::
 from dfcore import activity
 from dfcore._app import App, WorkflowFunction
 from dfcore.client._handle import WorkflowHandle, WorkflowStatus
+from dfcore.client._schedules import Schedule
 from dfcore.client._start import PreparedStart
 from dfcore.core._children import ChildWorkflowHandle
 from dfcore.core._codec import IdentityCodec, JSONConverter, PayloadCodec
@@ -47,6 +48,7 @@ from dfcore.core._errors import (
 )
 from dfcore.core._history import EventType, HistoryEvent
 from dfcore.core._registry import ActivityFunction
+from dfcore.core._schedules import ScheduleSpec
 from dfcore.jetstream._dlq import DeadLetter
 from dfcore.jetstream._naming import check_task_queue, check_workflow_id
 from dfcore.jetstream._server import EmbeddedServer
@@ -81,6 +83,8 @@ __all__ = [
     "PreparedStart",
     "RegistrationError",
     "RetryPolicy",
+    "Schedule",
+    "ScheduleSpec",
     "SerializationError",
     "Settings",
     "Worker",

@@ -13,6 +13,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from dfcore.client._client import Client
 from dfcore.client._handle import WorkflowHandle, WorkflowStatus
 from dfcore.client._loopthread import on_exit, run_sync
+from dfcore.client._schedules import Schedules, declare_schedule
 from dfcore.client._start import IfExists, PreparedStart, prepare_start
 from dfcore.core._activity import ActivityInfo
 from dfcore.core._call_args import check_call_args, return_hint
@@ -33,6 +34,7 @@ from dfcore.worker._worker import Worker
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+W = TypeVar("W")
 
 
 class WorkflowFunction(Generic[P, R]):
@@ -278,6 +280,30 @@ class App:
             return WorkflowFunction(self, defn)
 
         return register(fn) if fn is not None else register
+
+    def schedule(self, schedule_id: str, **fields: Any) -> Callable[[W], W]:
+        """Start this workflow on a schedule, above ``@app.workflow``:
+        ``@app.schedule("nightly", cron="0 3 * * *", timezone="Europe/Berlin")``, or
+        ``every=timedelta(minutes=5)``.
+
+        The fields are :class:`~dfcore.ScheduleSpec`'s (``args``, ``task_queue``, ``overlap``,
+        ``catch_up``); a bad one raises ConfigurationError here. Workers create or update the
+        schedule when they start (docs/schedules.md).
+        """
+        return declare_schedule(self.registry, schedule_id, fields)
+
+    @functools.cached_property
+    def schedules(self) -> Schedules:
+        """Schedules at runtime: ``create``, ``update``, ``pause``, ``resume``, ``trigger``,
+        ``delete``, ``get`` and ``list`` (and their async twins, ``acreate``...)."""
+        return Schedules(self.client, self._workflow_and_queue)
+
+    def _workflow_and_queue(self, ref: Any) -> tuple[str, str]:
+        name = ref if isinstance(ref, str) else getattr(ref, "name", None)
+        if not isinstance(name, str):
+            raise self.registry.unknown_workflow(getattr(ref, "__name__", repr(ref)), "this App")
+        defn = self.workflows.get(name)
+        return name, (defn.task_queue if defn else None) or self.settings.task_queue
 
     @overload
     def activity(self, fn: Callable[P, T]) -> ActivityFunction[P, T]: ...

@@ -32,6 +32,8 @@ def test_exported_members() -> None:
             "PreparedStart",
             "RegistrationError",
             "RetryPolicy",
+            "Schedule",
+            "ScheduleSpec",
             "SerializationError",
             "Settings",
             "Worker",

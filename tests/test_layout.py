@@ -94,6 +94,7 @@ async def test_streams_and_consumers_created_by_a_worker(
         f"{namespace}.timer.>",
         f"{namespace}.status.>",
         f"{namespace}.runs.>",
+        f"{namespace}.sched.>",
     ]
     assert hist.config.retention == api.RetentionPolicy.LIMITS
     assert hist.config.storage == api.StorageType.FILE
@@ -114,6 +115,9 @@ async def test_streams_and_consumers_created_by_a_worker(
     assert dlq.config.retention == api.RetentionPolicy.LIMITS
     assert dlq.config.storage == api.StorageType.FILE
     assert dlq.config.max_age == 7 * 24 * 3600  # history_retention
+    sched = await js.consumer_info(f"DF_{namespace}_HISTORY", "sched")  # type: ignore[attr-defined]
+    assert sched.config.filter_subject == f"{namespace}.sched.*.tick"  # shared by all workers
+    assert sched.config.ack_policy == api.AckPolicy.EXPLICIT
     nc = js._nc  # type: ignore[attr-defined]
     for queue in ("default", "gpu"):
         for p in range(PARTITIONS):

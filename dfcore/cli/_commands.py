@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -408,8 +409,91 @@ def dlq_show(seq: int) -> None:
     host.echo(render_dead_letter(host.app().dead_letter(seq)))
 
 
+@click.group(cls=_ErrorsAsClick, context_settings=CONTEXT)
+@app_option(hidden=True)
+def schedule() -> None:
+    """Inspect and control schedules: list, show, pause, resume, trigger, delete."""
+
+
+@schedule.command("list", context_settings=CONTEXT)
+@app_option(hidden=True)
+def schedule_list() -> None:
+    """List every schedule: when it fires next and what it started last."""
+    host = current_host()
+    schedules = host.app().schedules.list()
+    for item in schedules:
+        when = "paused" if item.paused else _when(item.next_time)
+        host.echo(f"{item.schedule_id:24}  {item.spec.describe():40}  next {when}")
+    if not schedules:
+        host.echo("(no schedules)")
+
+
+@schedule.command("show", context_settings=CONTEXT)
+@click.argument("schedule_id")
+@app_option(hidden=True)
+def schedule_show(schedule_id: str) -> None:
+    """Print one schedule: its spec, policies, next time and last workflow."""
+    host = current_host()
+    item = host.app().schedules.get(schedule_id)
+    spec = item.spec
+    lines = [
+        f"Schedule {item.schedule_id}: {spec.describe()}{' (paused)' if item.paused else ''}",
+        f"  workflow:  {spec.workflow}({', '.join(map(repr, spec.args))}) on {spec.task_queue}",
+        f"  policies:  overlap={spec.overlap} catch_up={spec.catch_up}",
+        f"  next:      {_when(item.next_time)}",
+        f"  last:      {item.last_workflow_id or '-'}",
+    ]
+    if item.buffered_time is not None:
+        lines.append(f"  buffered:  {_when(item.buffered_time)}")
+    if item.note:
+        lines.append(f"  note:      {item.note}")
+    host.echo("\n".join(lines))
+
+
+@schedule.command("pause", context_settings=CONTEXT)
+@click.argument("schedule_id")
+@click.option("--note", default="", help="Why, for whoever looks at it next.")
+@app_option(hidden=True)
+def schedule_pause(schedule_id: str, note: str) -> None:
+    """Stop a schedule starting workflows until it is resumed."""
+    current_host().app().schedules.pause(schedule_id, note)
+    current_host().echo(f"schedule {schedule_id} paused")
+
+
+@schedule.command("resume", context_settings=CONTEXT)
+@click.argument("schedule_id")
+@app_option(hidden=True)
+def schedule_resume(schedule_id: str) -> None:
+    """Resume a paused schedule from its next time."""
+    item = current_host().app().schedules.resume(schedule_id)
+    current_host().echo(f"schedule {schedule_id} resumed; next {_when(item.next_time)}")
+
+
+@schedule.command("trigger", context_settings=CONTEXT)
+@click.argument("schedule_id")
+@app_option(hidden=True)
+def schedule_trigger(schedule_id: str) -> None:
+    """Start a schedule's workflow now, once."""
+    handle = current_host().app().schedules.trigger(schedule_id)
+    current_host().echo(f"started {handle.workflow_id}")
+
+
+@schedule.command("delete", context_settings=CONTEXT)
+@click.argument("schedule_id")
+@app_option(hidden=True)
+def schedule_delete(schedule_id: str) -> None:
+    """Delete a schedule (the workflows it started run on). A schedule declared in the code
+    or settings comes back when a worker starts: remove it there first."""
+    current_host().app().schedules.delete(schedule_id)
+    current_host().echo(f"schedule {schedule_id} deleted")
+
+
+def _when(at: datetime | None) -> str:
+    return at.isoformat(timespec="seconds") if at is not None else "-"
+
+
 #: The commands every host has; the Flask and Django groups add these same objects.
-COMMANDS: tuple[click.Command, ...] = (worker, dev, workflow, dlq)
+COMMANDS: tuple[click.Command, ...] = (worker, dev, workflow, schedule, dlq)
 
 
 # -- the core CLI ----------------------------------------------------------------------------

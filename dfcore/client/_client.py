@@ -180,34 +180,7 @@ class Client:
     async def _append_start(
         self, client: LoopClient, start: PreparedStart, if_exists: IfExists
     ) -> str:
-        store = await client.store()
-        check_size(len(start.data) + HEADROOM, store.max_payload, start.what)
-        lay = store.layout
-        subject = lay.history_subject(start.task_queue, start.workflow_id)
-        token = workflow_token(start.workflow_id)
-        try:
-            await store.append(
-                subject,
-                {"t": WorkflowStarted.type},  # for the header: the record is start.data
-                msg_id=f"{token}:start" if if_exists == "use_existing" else None,
-                expected_seq=0,
-                expected_subject=lay.history_any_queue(start.workflow_id),
-                data=start.data,
-            )
-        except AppendConflict:
-            started = await store.started_subject(start.workflow_id)
-            if started is None:
-                raise DFError(
-                    f"workflow {start.workflow_id!r} was not started: its history already holds "
-                    "a message that is not a workflow start (stray or forged; "
-                    f"{store.settings.advice.run('dlq list')} shows it once a worker has seen "
-                    "it), so nothing would run it. Start it "
-                    "under another id, and see docs/security.md on who may publish."
-                ) from None
-            if if_exists == "fail":
-                raise WorkflowAlreadyStartedError(start.workflow_id) from None
-            subject = started
-        return subject
+        return await append_start(await client.store(), start, if_exists)
 
     async def list_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
         """The most recently active workflows, newest first."""
@@ -245,3 +218,35 @@ class Client:
             return letter
 
         return await self.call(run, f"read dead letter {seq}")
+
+
+async def append_start(store: ClientStore, start: PreparedStart, if_exists: IfExists) -> str:
+    """Append a prepared start; the subject of the workflow's history (its own, or the one
+    already there when the id is taken and ``if_exists`` is ``"use_existing"``)."""
+    check_size(len(start.data) + HEADROOM, store.max_payload, start.what)
+    lay = store.layout
+    subject = lay.history_subject(start.task_queue, start.workflow_id)
+    token = workflow_token(start.workflow_id)
+    try:
+        await store.append(
+            subject,
+            {"t": WorkflowStarted.type},  # for the header: the record is start.data
+            msg_id=f"{token}:start" if if_exists == "use_existing" else None,
+            expected_seq=0,
+            expected_subject=lay.history_any_queue(start.workflow_id),
+            data=start.data,
+        )
+    except AppendConflict:
+        started = await store.started_subject(start.workflow_id)
+        if started is None:
+            raise DFError(
+                f"workflow {start.workflow_id!r} was not started: its history already holds "
+                "a message that is not a workflow start (stray or forged; "
+                f"{store.settings.advice.run('dlq list')} shows it once a worker has seen "
+                "it), so nothing would run it. Start it "
+                "under another id, and see docs/security.md on who may publish."
+            ) from None
+        if if_exists == "fail":
+            raise WorkflowAlreadyStartedError(start.workflow_id) from None
+        subject = started
+    return subject

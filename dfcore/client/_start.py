@@ -91,14 +91,19 @@ def prepare_start(
     task_queue: str,
     execution_timeout: float | None,
     max_payload: int,
+    schedule: str | None = None,
 ) -> PreparedStart:
-    """Build and encode a start record (no I/O); an unserialisable argument is named."""
+    """Build and encode a start record (no I/O); an unserialisable argument is named.
+
+    ``schedule``: the schedule starting it, which hears of its end.
+    """
     fact = WorkflowStarted(
         workflow=workflow,
         args=list(args),
         task_queue=task_queue,
         run_id=uuid.uuid4().hex,
         execution_timeout=execution_timeout,
+        schedule=schedule,
     )
     start = PreparedStart(workflow_id or str(uuid.uuid4()), workflow, task_queue, b"")
     converter = JSONConverter()

@@ -15,6 +15,7 @@ from dfcore.core import _history as h
 from dfcore.core._config import Settings
 from dfcore.jetstream._dlq import DeadLetter
 from dfcore.jetstream._naming import Layout
+from dfcore.jetstream._schedules import ScheduleRecords
 
 
 class DeadLetterReader(Protocol):
@@ -34,6 +35,9 @@ class ClientStore(Protocol):
 
     @property
     def dlq(self) -> DeadLetterReader: ...
+
+    @property
+    def schedules(self) -> ScheduleRecords: ...
 
     @property
     def max_payload(self) -> int:

@@ -42,6 +42,8 @@ default_activity_timeout    ``300.0``                  start-to-close seconds wh
 history_retention           ``604800.0`` (7 days)      seconds a finished workflow's history,
                                                        status and dead letters are kept;
                                                        ``0`` keeps them for ever
+schedules                   ``{}``                     schedules by id (docs/schedules.md);
+                                                       JSON in ``DF_SCHEDULES``
 nats_token                  ``None``                   token the server expects
                                                        (``authorization { token }``)
 nats_user                   ``None``                   user name; needs nats_password
@@ -86,6 +88,7 @@ from typing import Any, NamedTuple, cast
 from dfcore.core._codec import PayloadCodec
 from dfcore.core._config_parsers import PARSERS, has_codec_methods, parse
 from dfcore.core._errors import ConfigurationError
+from dfcore.core._schedules import ScheduleSpec
 from dfcore.core._security import MASK, SECRETS, check_security, mask_url
 
 __all__ = [
@@ -171,6 +174,10 @@ class Settings:
         history_retention: seconds a finished workflow's history and status record are kept
             after it ended (the server removes them then; running workflows are never
             touched), and dead letters after they were filed; ``0`` keeps them for ever.
+        schedules: schedules by id, each a dict of :class:`~dfcore.ScheduleSpec` fields
+            (``workflow``, ``cron`` or ``every``, ``timezone``, ``args``, ``task_queue``,
+            ``overlap``, ``catch_up``), or that as JSON (``DF_SCHEDULES``); workers create
+            and update them at start-up (docs/schedules.md).
         nats_token: token for servers with ``authorization { token: ... }`` (secret).
         nats_user: user name for user/password authentication; needs :attr:`nats_password`.
         nats_password: the user's password (secret).
@@ -207,6 +214,7 @@ class Settings:
     codec: object | None = None
     default_activity_timeout: float = 300.0
     history_retention: float = 7 * 24 * 3600.0
+    schedules: tuple[ScheduleSpec, ...] = ()
     nats_token: str | None = None
     nats_user: str | None = None
     nats_password: str | None = None

@@ -7,13 +7,15 @@ in, the validated value out, or ``ValueError("<what is expected>")``.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from dfcore.core._errors import ConfigurationError
+from dfcore.core._schedules import ScheduleSpec
 from dfcore.core._security import PARSERS as SECURITY_PARSERS
 from dfcore.core._security import SECRETS, mask_url
 
@@ -143,6 +145,43 @@ def _parse_codec(value: object) -> object | None:
     )
 
 
+def _parse_schedules(value: Any) -> tuple[ScheduleSpec, ...]:
+    """``{"nightly": {"workflow": "report", "cron": "0 3 * * *", ...}}`` (or its JSON)."""
+    if isinstance(value, tuple) and all(isinstance(v, ScheduleSpec) for v in value):
+        return value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"schedules as JSON ({exc})") from None
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            'schedules by id, such as {"nightly": {"workflow": "report", "cron": "0 3 * * *"}}'
+        )
+    specs = []
+    for schedule_id, entry in value.items():
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"schedule {schedule_id!r} to be a dict of its fields")
+        unknown = set(entry) - _SCHEDULE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"schedule {schedule_id!r} without {sorted(unknown)}: its fields are "
+                f"{', '.join(sorted(_SCHEDULE_FIELDS))}"
+            )
+        try:
+            specs.append(ScheduleSpec(str(schedule_id), **entry))
+        except ConfigurationError as exc:
+            raise ValueError(f"schedules that can run, but {exc}") from None
+        except TypeError as exc:
+            raise ValueError(f"schedule {schedule_id!r} with its fields: {exc}") from None
+    return tuple(specs)
+
+
+_SCHEDULE_FIELDS = frozenset(
+    {"workflow", "cron", "every", "timezone", "args", "task_queue", "overlap", "catch_up"}
+)
+
+
 def has_codec_methods(value: object) -> bool:
     return callable(getattr(value, "encode", None)) and callable(getattr(value, "decode", None))
 
@@ -163,6 +202,7 @@ PARSERS: dict[str, _Parser] = {
     "codec": _parse_codec,
     "default_activity_timeout": _seconds(0, inclusive=False),
     "history_retention": _seconds(0, inclusive=True),
+    "schedules": _parse_schedules,
     **SECURITY_PARSERS,
 }
 

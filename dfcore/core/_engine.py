@@ -240,6 +240,7 @@ class WorkflowRun:
         info.task_queue = fact.task_queue
         info.parent = fact.parent
         info.run = fact.run
+        info.schedule = fact.schedule
         info.start_time_ms = self._now_ms
         defn = self.resolve_workflow(info.workflow_type)
         if defn is None:

@@ -41,6 +41,7 @@ class WorkflowStarted:
     run: int = 1  # the run's number: 2 and on are continued as new (``ctx.continue_as_new``)
     deadline: int | None = None  # epoch ms: a continued run's execution timeout goes on
     carried: tuple[Mapping[str, Any], ...] = ()  # signals and cancellations the last run missed
+    schedule: str | None = None  # the schedule that started it (its end is reported there)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -62,6 +63,8 @@ class WorkflowStarted:
             wire["deadline"] = self.deadline
         if self.carried:
             wire["carried"] = [dict(fact) for fact in self.carried]
+        if self.schedule is not None:
+            wire["schedule"] = self.schedule
         return wire
 
     @classmethod
@@ -79,6 +82,7 @@ class WorkflowStarted:
             run=run_of(wire),
             deadline=int_or(deadline, 0) or None,
             carried=tuple(_carried(carried)),
+            schedule=wire["schedule"] if isinstance(wire.get("schedule"), str) else None,
         )
 
 

@@ -8,7 +8,8 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from dfcore.core._call_args import return_hint
 from dfcore.core._definitions import ActivityDefinition, ActivityOptions, WorkflowDefinition
-from dfcore.core._errors import RegistrationError
+from dfcore.core._errors import ConfigurationError, RegistrationError
+from dfcore.core._schedules import ScheduleSpec
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -44,6 +45,7 @@ class Registry:
         self.workflows: dict[str, WorkflowDefinition] = {}
         self.activities: dict[str, ActivityDefinition] = {}
         self._by_fn: dict[Any, ActivityDefinition] = {}
+        self.schedules: list[ScheduleSpec] = []  # declared with @app.schedule
 
     def add_workflow(self, defn: WorkflowDefinition) -> None:
         """Register a workflow under its name.
@@ -52,6 +54,22 @@ class Registry:
             RegistrationError: another function is registered under that name.
         """
         _register(self.workflows, defn.name, defn, "workflow")
+
+    def add_schedule(self, spec: ScheduleSpec) -> None:
+        """Declare a schedule (``@app.schedule``).
+
+        Raises:
+            ConfigurationError: its id is declared already, with another spec.
+        """
+        for known in self.schedules:
+            if known.schedule_id == spec.schedule_id and not known.same_as(spec):
+                raise ConfigurationError(
+                    f"schedule {spec.schedule_id!r} is declared twice with different specs "
+                    f"({spec.describe()} for {spec.workflow!r}, and {known.describe()} for "
+                    f"{known.workflow!r}); give each schedule its own id"
+                )
+        if not any(known.schedule_id == spec.schedule_id for known in self.schedules):
+            self.schedules.append(spec)
 
     def add_activity(self, defn: ActivityDefinition) -> ActivityFunction[..., Any]:
         """Register an activity under its name and return the callable that stands for it.

@@ -53,6 +53,7 @@ class RunInfo:
     parent: Any = None  # a _facts.Parent when a workflow started this one as its child
     run: int = 1  # 2 and on: continued as new from the run before
     deadline_ms: int | None = None  # when the execution timeout ends the workflow
+    schedule: str | None = None  # the schedule that started it
 
 
 class Run(Protocol):

@@ -88,7 +88,9 @@ class Layout:
                              ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timers;
                              ``<ns>.status.<queue>.<wf>`` its final outcome, once it ended;
                              ``<ns>.runs.<queue>.<wf>.<n>`` the records of its run ``n``, kept
-                             once it continued as new.
+                             once it continued as new; ``<ns>.sched.<id>.state`` a schedule,
+                             ``.at`` its next time (a message schedule), ``.tick`` its times
+                             as the server publishes them.
         ``DF_<ns>_TASKS``    work-queue retention; ``<ns>.task.<queue>`` holds activity tasks;
                              ``<ns>.admit.<queue>.<p>`` starts waiting for room in the cache of
                              the worker that serves partition ``p``.
@@ -98,6 +100,8 @@ class Layout:
         ``wf_<queue>_<p>``   on HISTORY, filter ``<ns>.history.<queue>.<p>.*``: workflow tasks,
                              pinned to one worker (priority group ``df``).
         ``adm_<queue>_<p>``  on TASKS, filter ``<ns>.admit.<queue>.<p>``: deferred starts.
+        ``sched``            on HISTORY, filter ``<ns>.sched.*.tick``: every schedule's times,
+                             shared by all workflow workers.
         ``act_<queue>``      on TASKS, filter ``<ns>.task.<queue>``: activity tasks.
     Core NATS subjects (no stream): ``<ns>.workers.<queue>``, the heartbeats of the worker
     processes serving a queue's workflows; ``<ns>.cancel.<wf>``, activity cancellations.
@@ -155,6 +159,38 @@ class Layout:
     @property
     def runs_all(self) -> str:
         return f"{self.namespace}.runs.>"
+
+    def schedule_subject(self, schedule_id: str) -> str:
+        """The record of schedule ``schedule_id`` (its spec and state)."""
+        return f"{self.namespace}.sched.{schedule_id}.state"
+
+    def schedule_at_subject(self, schedule_id: str) -> str:
+        """The message schedule that publishes the schedule's next tick."""
+        return f"{self.namespace}.sched.{schedule_id}.at"
+
+    def schedule_tick_subject(self, schedule_id: str) -> str:
+        return f"{self.namespace}.sched.{schedule_id}.tick"
+
+    @property
+    def schedules_all(self) -> str:
+        return f"{self.namespace}.sched.>"
+
+    @property
+    def schedule_states(self) -> str:
+        return f"{self.namespace}.sched.*.state"
+
+    @property
+    def schedule_ticks(self) -> str:
+        return f"{self.namespace}.sched.*.tick"
+
+    SCHEDULE_CONSUMER = "sched"
+
+    def parse_schedule_tick(self, subject: str) -> str:
+        """The schedule id of a tick subject; raises ValueError if it is not one."""
+        parts = subject.split(".")
+        if len(parts) != 4 or parts[0] != self.namespace or parts[1:4:2] != ["sched", "tick"]:
+            raise ValueError(f"{subject!r} is not a schedule tick subject of {self.namespace!r}")
+        return parts[2]
 
     def status_subject(self, queue: str, workflow_id: str) -> str:
         return f"{self.namespace}.status.{queue}.{workflow_token(workflow_id)}"

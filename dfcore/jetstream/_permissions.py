@@ -33,6 +33,8 @@ def permissions(namespace: str, role: str) -> dict[str, list[str]]:
         return {
             "publish": [
                 f"{namespace}.history.>",  # starts, signals, cancellations
+                f"{namespace}.sched.*.state",  # app.schedules: create, change, delete
+                f"{namespace}.sched.*.at",  # ... and arm their next times
                 *info,
                 f"{api}.DIRECT.GET.{lay.history_stream}",
             ],

@@ -74,3 +74,9 @@ def event_header(body: Mapping[str, Any]) -> str:
     if body["t"] == h.DECIDED:
         return ",".join(c["t"] for c in body.get("cmds", ()))
     return str(body["t"])
+
+
+def at_schedule(epoch_seconds: float) -> str:
+    """A one-time ``Nats-Schedule`` at that moment (UTC, milliseconds)."""
+    at = datetime.fromtimestamp(epoch_seconds, tz=UTC)
+    return "@at " + at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,7 +27,9 @@ from dfcore.core._facts import TimerFired, status_pointer
 from dfcore.jetstream._dlq import DeadLetters
 from dfcore.jetstream._naming import Layout, workflow_id_from_token
 from dfcore.jetstream._requests import AppendConflict, JetStreamAPI, wrap
+from dfcore.jetstream._schedules import ScheduleRecords
 from dfcore.jetstream._stamps import (
+    at_schedule,
     delivery_stamp,
     event_header,
     removal_marker,
@@ -64,6 +65,7 @@ class Store:
         self.api = JetStreamAPI(nc, self.layout)
         self.streams = Streams(self.api, self.js, settings)
         self.dlq = DeadLetters(self.api, self.js)
+        self.schedules = ScheduleRecords(self.api, self.js, self.layout, self.encode, self.decode)
         self._replies = self.api.replies
         self._ensured = False
 
@@ -304,7 +306,7 @@ class Store:
         if not self.streams.removes_histories:
             return {}  # 0, or a server too old for it (Streams says why)
         return {
-            "Nats-Schedule": _at_schedule(time.time() + retention),
+            "Nats-Schedule": at_schedule(time.time() + retention),
             "Nats-Schedule-Target": history_subject,
             "Nats-Schedule-Rollup": "sub",
             "Nats-Schedule-TTL": "1s",
@@ -579,7 +581,7 @@ class Store:
         body = TimerFired(timer_id, fire_at_ms, run).to_wire()
         of_run = f"#{run}" if run > 1 else ""
         headers = {
-            "Nats-Schedule": _at_schedule(fire_at_ms / 1000),
+            "Nats-Schedule": at_schedule(fire_at_ms / 1000),
             "Nats-Schedule-Target": history_subject,
             "Nats-Msg-Id": f"{history_subject}:timer:{timer_id}{of_run}",
             h.HDR_EVENT: h.TIMER_FIRED,
@@ -588,12 +590,6 @@ class Store:
         await self.api.publish(
             subject, self.encode(body, "timer"), headers, f"scheduling timer {timer_id}"
         )
-
-
-def _at_schedule(epoch_seconds: float) -> str:
-    """A one-time ``Nats-Schedule`` at that moment (UTC, milliseconds)."""
-    at = datetime.fromtimestamp(epoch_seconds, tz=UTC)
-    return "@at " + at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

@@ -94,7 +94,13 @@ class Streams:
         retention = self.settings.history_retention
         history = api.StreamConfig(
             name=lay.history_stream,
-            subjects=[lay.history_all, lay.timers_all, lay.status_all, lay.runs_all],
+            subjects=[
+                lay.history_all,
+                lay.timers_all,
+                lay.status_all,
+                lay.runs_all,
+                lay.schedules_all,
+            ],
             retention=api.RetentionPolicy.LIMITS,
             storage=storage,
             num_replicas=self.settings.stream_replicas,

@@ -113,20 +113,8 @@ async def cancel_child(
         pass  # never started (or removed): nothing to cancel
 
 
-async def report_to_parent(
-    store: WorkerStore, subject: str, decision: h.Record, parent: Parent | None = None
-) -> None:
-    """A workflow ended with ``decision``: if a parent started it, append its end there.
-
-    ``parent``: the workflow's, when the caller knows it; else its start is read.
-    """
-    if parent is None:
-        first = await store.first(subject)
-        if first is None or first.type != h.WORKFLOW_STARTED:
-            return
-        parent = Parent.from_wire(first.body.get("parent"))
-        if parent is None:
-            return
+async def report_to_parent(store: WorkerStore, decision: h.Record, parent: Parent) -> None:
+    """A workflow ended with ``decision``: append its end to the parent that started it."""
     try:  # a start names its parent, and anyone may start: only a parent's history will do
         _, named = store.layout.parse_history_subject(parent.history)
     except ValueError:

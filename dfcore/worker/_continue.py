@@ -60,6 +60,7 @@ async def continue_as_new(
             run=run + 1,
             deadline=command.deadline,
             carried=tuple(carried),
+            schedule=ending.schedule,
         )
         try:
             await store.append(

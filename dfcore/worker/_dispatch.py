@@ -26,11 +26,13 @@ from dfcore.core._commands import (
     command_from_wire,
 )
 from dfcore.core._engine import WorkflowRun
-from dfcore.core._facts import run_of
+from dfcore.core._facts import WorkflowStarted, run_of
+from dfcore.core._run_state import RunInfo
 from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._naming import run_token
-from dfcore.worker._children import cancel_child, signal_child, start_child
+from dfcore.worker._children import cancel_child, report_to_parent, signal_child, start_child
 from dfcore.worker._continue import continue_as_new
+from dfcore.worker._schedules import send_ended
 from dfcore.worker._storage import WorkerStore
 
 
@@ -58,6 +60,26 @@ async def dispatch(
         await each({h.WORKFLOW_CONTINUED_AS_NEW}, True)
     else:
         await each(set(), False)
+
+
+async def report_end(
+    store: WorkerStore, subject: str, decision: h.Record, info: RunInfo | None
+) -> None:
+    """A workflow ended with ``decision``: tell the parent and the schedule that started it,
+    if any. ``info``: the run's, when it is cached; else its start is read."""
+    if info is None:
+        first = await store.first(subject)
+        if first is None or first.type != h.WORKFLOW_STARTED:
+            return
+        start = WorkflowStarted.from_wire(first.body)
+        parent, schedule = start.parent, start.schedule
+    else:
+        parent, schedule = info.parent, info.schedule
+    if parent is not None:
+        await report_to_parent(store, decision, parent)
+    if schedule is not None:
+        _, workflow_id = store.layout.parse_history_subject(subject)
+        await send_ended(store, schedule, workflow_id)
 
 
 async def _dispatch_one(

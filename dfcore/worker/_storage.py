@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 
 from dfcore.client._storage import ClientStore, DeadLetterReader
 from dfcore.core import _history as h
+from dfcore.jetstream._requests import JetStreamAPI
 from dfcore.jetstream._streams import Streams
 
 
@@ -44,6 +45,9 @@ class WorkerStore(ClientStore, Protocol):
 
     @property
     def streams(self) -> Streams: ...
+
+    @property
+    def api(self) -> JetStreamAPI: ...
 
     @property
     def dlq(self) -> DeadLetterFiler: ...

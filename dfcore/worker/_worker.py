@@ -15,12 +15,14 @@ from dfcore.client._client import Client
 from dfcore.core._activity import ActivityInfo
 from dfcore.core._errors import DFError
 from dfcore.core._registry import Registry
+from dfcore.core._schedules import declared_schedules
 from dfcore.jetstream._connection import close_connection, connect
 from dfcore.jetstream._naming import check_queue
 from dfcore.jetstream._pull import PullConsumer
 from dfcore.jetstream._store import Store
 from dfcore.worker._activity_tasks import ActivityRunner, pull_expiry
 from dfcore.worker._partitions import Partitions
+from dfcore.worker._schedules import ScheduleRunner, reconcile
 from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_tasks import WorkflowProcessor
 
@@ -111,6 +113,8 @@ class Worker:
                         idle_heartbeat=heartbeat,
                     )
                 )
+        if self.serve_workflows:
+            await self._serve_schedules(store)
         if self._activity_runner is not None:
             await self._activity_runner.start()
         for puller in self._pullers:
@@ -127,6 +131,37 @@ class Worker:
             settings.display_url,
             settings.namespace,
         )
+
+    async def _serve_schedules(self, store: Store) -> None:
+        """Take the ticks of every schedule (with the other workflow workers), after bringing
+        the declared schedules up to date."""
+        settings = self.client.settings
+        declared = declared_schedules(self.registry.schedules, settings.schedules, self._queue_of)
+        lay = store.layout
+        await store.streams.ensure_consumer(
+            lay.history_stream,
+            lay.SCHEDULE_CONSUMER,
+            lay.schedule_ticks,
+            settings.workflow_ack_wait,
+        )
+        runner = ScheduleRunner(store, settings.task_queue, self.client.codec)
+        expires, heartbeat = pull_expiry(settings.workflow_ack_wait)
+        self._pullers.append(
+            PullConsumer(
+                store.nc,
+                lay.history_stream,
+                lay.SCHEDULE_CONSUMER,
+                runner.handle,
+                max_inflight=8,
+                expires=expires,
+                idle_heartbeat=heartbeat,
+            )
+        )
+        await reconcile(store, declared)
+
+    def _queue_of(self, workflow: str) -> str:
+        defn = self.registry.workflows.get(workflow)
+        return (defn.task_queue if defn is not None else None) or self.client.settings.task_queue
 
     def _what(self) -> str:
         parts = ["workflows"] if self.serve_workflows else []

@@ -47,9 +47,8 @@ from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._pull import PullConsumer
 from dfcore.jetstream._stamps import removal_marker
 from dfcore.jetstream._store import AppendConflict, delivery_stamp, verified_prev
-from dfcore.worker._children import report_to_parent
 from dfcore.worker._delivery import KeepAlive, retry_delay
-from dfcore.worker._dispatch import dispatch
+from dfcore.worker._dispatch import dispatch, report_end
 from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_records import (
     follows,
@@ -550,10 +549,9 @@ class WorkflowProcessor:
         await dispatch(self.store, entry.workflow_id, entry.subject, run, record)
         if h.terminal_status(cmds):
             await self.store.mark_ended(entry.subject, record.body, record.seq)
-            if run is None:  # not cached here: its start says whether a parent waits
-                await report_to_parent(self.store, entry.subject, record)
-            elif run.info.parent is not None:
-                await report_to_parent(self.store, entry.subject, record, run.info.parent)
+            info = run.info if run is not None else None  # None: its start says who waits
+            if info is None or info.parent is not None or info.schedule is not None:
+                await report_end(self.store, entry.subject, record, info)
             if run is None or run.has_pending_timers():
                 await self.store.purge_timers(entry.subject)
         if not delivered:

@@ -6,7 +6,8 @@ keeps the dev server's data in ``.df/`` next to ``manage.py`` and serves the sit
 project's ``runserver``. ``relay`` is Django's (it takes ``--database``).
 
 Each management command (``df``, and the aliases ``df_worker``, ``df_dev``, ``df_relay``,
-``df_workflow``, ``df_dlq``) is a :class:`TreeCommand` that hands its arguments to this tree.
+``df_workflow``, ``df_schedule``, ``df_dlq``) is a :class:`TreeCommand` that hands its
+arguments to this tree.
 Django's own options (``--settings``, ``--traceback``, ``-v`` ...) are taken out first, wherever
 they stand, and applied as Django applies them.
 """

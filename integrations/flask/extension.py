@@ -98,6 +98,9 @@ class DurableFuture:
     ``DF_STREAM_REPLICAS``, ``DF_WORKER_EVENT_LOOP``, ``DF_STORAGE``, ``DF_CODEC``,
     ``DF_DEFAULT_ACTIVITY_TIMEOUT``, ``DF_HISTORY_RETENTION``
         The other core settings; see :class:`dfcore.Settings`.
+    ``DF_SCHEDULES``
+        Schedules by id, each a dict such as ``{"workflow": "report", "cron": "0 3 * * *",
+        "timezone": "Europe/Berlin"}``; workers create them (``docs/schedules.md``).
     ``DF_NATS_TOKEN``, ``DF_NATS_USER``, ``DF_NATS_PASSWORD``, ``DF_NATS_NKEY_SEED``,
     ``DF_NATS_NKEY_SEED_FILE``, ``DF_NATS_CREDS_FILE``, ``DF_NATS_TLS_CA_FILE``,
     ``DF_NATS_TLS_CERT_FILE``, ``DF_NATS_TLS_KEY_FILE``, ``DF_NATS_TLS_HOSTNAME``

@@ -34,7 +34,7 @@ def test_manage_py_df_runs_the_core_commands_with_their_own_help() -> None:
     assert all(df_group.commands[command.name] is command for command in cli.COMMANDS)
     listed = help_of("df")
     assert re.match(r"Usage: manage.py df \[OPTIONS\] COMMAND", listed), listed
-    for name in ("worker", "dev", "relay", "workflow", "dlq"):
+    for name in ("worker", "dev", "relay", "workflow", "schedule", "dlq"):
         assert re.search(rf"^  {name} ", listed, re.M), listed
     worker = df_group.commands["worker"]
     for words in (("df", "worker"), ("df_worker",)):  # the alias runs the same command
@@ -94,6 +94,18 @@ def test_df_dlq_lists_and_shows_dead_letters(worker: WorkerThread, project_app: 
     assert f"Dead letter {letter.seq}" in out.getvalue()
     with pytest.raises(CommandError, match="no dead letter 99999"):
         call_command("df_dlq", "show", "99999", stdout=out)
+
+
+def test_df_schedule_lists_shows_and_pauses_schedules(project_app: App) -> None:
+    project_app.schedules.create("nightly", "greet", cron="0 3 * * *", args=["night"])
+    out = io.StringIO()
+    call_command("df_schedule", "list", stdout=out)
+    assert "nightly" in out.getvalue() and "cron '0 3 * * *' in UTC" in out.getvalue()
+    call_command("df", "schedule", "pause", "nightly", stdout=out)
+    assert project_app.schedules.get("nightly").paused
+    with pytest.raises(CommandError, match="there is no schedule 'nope'"):
+        call_command("df_schedule", "show", "nope", stdout=out)
+    project_app.schedules.delete("nightly")
 
 
 @on_all_databases

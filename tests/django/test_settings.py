@@ -28,6 +28,15 @@ from dfcore.integrations.django import get_app, get_settings
             r'DFCORE\["WORKER_RELAY"\] is invalid: got \'yes\'; expected True',
         ),
         ({"RELAY_INTERVAL": -1}, r'DFCORE\["RELAY_INTERVAL"\] is invalid'),
+        (
+            {
+                "SCHEDULES": {
+                    "nightly": {"workflow": "report", "cron": "0 3 * * *", "timezone": "X"}
+                }
+            },
+            r"SCHEDULES in settings.DFCORE is invalid: .*schedule 'nightly': time zone 'X' is "
+            "unknown",
+        ),
         ({"AUTODISCOVER": "workflows"}, r'DFCORE\["AUTODISCOVER"\] is invalid'),
         ({"APP": "no.such.module.app"}, r'DFCORE\["APP"\] is invalid: cannot import'),
         (
@@ -39,6 +48,13 @@ from dfcore.integrations.django import get_app, get_settings
 def test_bad_settings_name_the_key(dfcore: dict[str, Any], message: str) -> None:
     with override_settings(DFCORE=dfcore), pytest.raises(ImproperlyConfigured, match=message):
         get_app()
+
+
+def test_schedules_are_read_from_dfcore(dfcore_settings: dict[str, Any]) -> None:
+    nightly = {"workflow": "report", "cron": "0 3 * * *", "timezone": "Europe/Berlin"}
+    with override_settings(DFCORE={**dfcore_settings, "SCHEDULES": {"nightly": nightly}}):
+        [spec] = get_app().settings.schedules
+    assert (spec.schedule_id, spec.workflow, spec.cron) == ("nightly", "report", "0 3 * * *")
 
 
 def test_dfcore_must_be_a_dict() -> None:

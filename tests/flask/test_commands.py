@@ -44,7 +44,8 @@ def worker_process(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.P
 
 
 def test_flask_df_runs_the_core_commands_with_real_help() -> None:
-    assert {name: df_group.commands[name] for name in ("worker", "dev", "workflow", "dlq")} == {
+    names = ("worker", "dev", "workflow", "schedule", "dlq")
+    assert {name: df_group.commands[name] for name in names} == {
         command.name: command for command in cli.COMMANDS
     }  # the very objects of the core CLI
     proc = flask_process("df", "worker", "--help", env={})
@@ -109,6 +110,7 @@ def test_workflow_commands(
     assert b"no-such-workflow" in out
     assert b"Traceback" not in out
     assert "(no dead letters)" in flask_df("dlq", "list")
+    assert "(no schedules)" in flask_df("schedule", "list")
     gone = flask_process("df", "dlq", "show", "99", env=env)
     out, _ = gone.communicate(timeout=60)
     assert gone.returncode != 0 and b"no dead letter 99" in out and b"Traceback" not in out

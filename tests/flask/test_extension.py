@@ -31,6 +31,7 @@ CORE_KEYS = {
     "DF_CODEC",
     "DF_DEFAULT_ACTIVITY_TIMEOUT",
     "DF_HISTORY_RETENTION",
+    "DF_SCHEDULES",
     "DF_NATS_TOKEN",
     "DF_NATS_USER",
     "DF_NATS_PASSWORD",
@@ -112,6 +113,10 @@ def test_the_config_wins_over_the_environment_which_wins_over_defaults(
         ),
         ({"DF_RELAY_INTERVAL": -1}, r"DF_RELAY_INTERVAL in the config .* is invalid"),
         ({"DF_OUTBOX_DATABASE_URI": 42}, r"DF_OUTBOX_DATABASE_URI in the config .* is invalid"),
+        (
+            {"DF_SCHEDULES": {"nightly": {"workflow": "report", "cron": "0 3 * * 8"}}},
+            r"DF_SCHEDULES in the config .* is invalid: .*day of week '8': 8 is out of range",
+        ),
     ],
 )
 def test_bad_config_names_the_key(
@@ -119,6 +124,13 @@ def test_bad_config_names_the_key(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         make_flask_app(**config)
+
+
+def test_schedules_are_read_from_the_flask_config(make_flask_app: Factory) -> None:
+    nightly = {"workflow": "report", "every": 3600}
+    app = make_flask_app(DF_SCHEDULES={"hourly": nightly})
+    [spec] = df.get_app(app).settings.schedules
+    assert (spec.schedule_id, spec.every_seconds) == ("hourly", 3600)
 
 
 def test_starting_outside_an_app_context_says_what_to_do() -> None:
