@@ -157,7 +157,10 @@ class Worker:
                 idle_heartbeat=heartbeat,
             )
         )
-        await reconcile(store, declared)
+        try:
+            await reconcile(store, declared)
+        except DFError as exc:  # the worker still serves; the next one to start tries again
+            log.error("cannot bring the declared schedules up to date: %s", exc)
 
     def _queue_of(self, workflow: str) -> str:
         defn = self.registry.workflows.get(workflow)

@@ -137,6 +137,9 @@ class DurableFuture:
         self._bound: weakref.WeakValueDictionary[int, Flask] = weakref.WeakValueDictionary()
         #: Register an activity: ``@df.activity`` or ``@df.activity(retry=..., timeout=...)``.
         self.activity = self._base.activity
+        #: Declare a schedule of a workflow, above ``@df.workflow``:
+        #: ``@df.schedule("nightly", cron="0 3 * * *", timezone="Europe/Berlin")``.
+        self.schedule = self._base.schedule
         if app is not None:
             self.init_app(app)
 

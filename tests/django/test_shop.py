@@ -109,6 +109,38 @@ def test_the_status_view_is_async_and_returns_json(client: Client, worker: Worke
     assert client.get("/orders/0/status.json").status_code == 404
 
 
+def test_the_nightly_report_runs_a_child_per_status_and_its_schedule_is_in_settings(
+    worker: WorkerThread, project_app: App
+) -> None:
+    from orders.workflows import nightly_report
+
+    from dfcore import Settings
+
+    shop_settings = _shop_settings()
+    [spec] = Settings(schedules=shop_settings.DFCORE["SCHEDULES"]).schedules
+    assert (spec.schedule_id, spec.describe()) == (
+        "nightly-report",
+        "cron '0 3 * * *' in Europe/Berlin",
+    )
+    assert spec.workflow in project_app.workflows
+    handle = nightly_report.start(workflow_id="report-by-hand")
+    report = handle.result(timeout=60)
+    assert (report["fulfilled"], report["failed"]) == (0, 0)
+    children = [e for e in handle.history() if e.type == "ChildWorkflowEnded"]
+    assert [e.attributes["status"] for e in children] == ["completed", "completed"]
+
+
+def _shop_settings() -> Any:
+    import importlib.util
+
+    path = SHOP / "shop" / "settings.py"
+    loaded = importlib.util.spec_from_file_location("shop_settings_for_test", path)
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    return module
+
+
 async def test_the_status_view_under_an_async_client(project_app: App) -> None:
     client = AsyncClient()
     response = await client.post("/", ORDER)

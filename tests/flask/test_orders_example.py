@@ -223,6 +223,26 @@ def test_the_status_view_is_async_and_returns_json(
     assert client.get("/orders/0").status_code == 404
 
 
+def test_the_nightly_report_is_a_schedule_whose_parent_runs_a_child_per_status(
+    orders: ModuleType, client: FlaskClient, shop: Flask, worker: subprocess.Popen[bytes]
+) -> None:
+    order_id = place_order(client)
+    wait_until(lambda: workflow_on_page(client, order_id) == "completed", timeout=60, what="done")
+    schedules = orders.workflows.df.get_app(shop).schedules
+    nightly = wait_until(
+        lambda: {s.schedule_id: s for s in schedules.list()}.get("nightly-report"),
+        what="the worker to create the declared schedule",
+    )
+    assert nightly.spec.describe() == "cron '0 3 * * *' in Europe/Berlin"
+    assert nightly.next_time is not None and nightly.next_time.astimezone().minute == 0
+    handle = schedules.trigger("nightly-report")  # now, rather than at 03:00
+    report = handle.result(timeout=60)
+    assert set(report) == {"day", "fulfilled", "failed"}
+    assert (report["fulfilled"], report["failed"]) == (0, 0)  # nothing was ordered yesterday
+    kinds = [event.type for event in handle.history()]
+    assert kinds.count("ChildWorkflowStarted") == kinds.count("ChildWorkflowEnded") == 2
+
+
 def test_an_order_of_nothing_fails_after_five_attempts(
     client: FlaskClient, shop: Flask, worker: subprocess.Popen[bytes]
 ) -> None:

@@ -64,6 +64,15 @@ STATIC_URL = "static/"
 # `manage.py df_dev` sets to its embedded server; in production set it here.
 DFCORE = {
     "NAMESPACE": os.environ.get("SHOP_NAMESPACE", "shop"),
+    # Workers create (and, when it changes here, update) this schedule as they start: the
+    # report runs at 03:00 in Berlin, summer and winter, on whichever worker (docs/schedules.md).
+    "SCHEDULES": {
+        "nightly-report": {
+            "workflow": "nightly_report",
+            "cron": "0 3 * * *",
+            "timezone": "Europe/Berlin",
+        },
+    },
 }
 
 LOGGING = {

@@ -1,4 +1,5 @@
-"""The order workflow: charge, ship, record the outcome.
+"""The order workflow: charge, ship, record the outcome; and the nightly report, a parent on a
+schedule (``@df.schedule``) that runs a child workflow per order status.
 
 Activities run inside the Flask app's context (``app.app_context()``), so they use
 ``db.session`` as views do; each commits its own change. Ids derive from the order id
@@ -8,7 +9,10 @@ Activities run inside the Flask app's context (``app.app_context()``), so they u
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import func, select
 
 from dfcore import RetryPolicy, WorkflowContext
 from dfcore.integrations.flask import DurableFuture
@@ -58,3 +62,32 @@ async def fulfil_order(ctx: WorkflowContext, order_id: int) -> dict[str, Any]:
     tracking_id = await ctx.activity(ship, order_id, charge_id)
     await ctx.activity(mark_fulfilled, order_id, tracking_id)
     return {"order_id": order_id, "charge_id": charge_id, "tracking_id": tracking_id}
+
+
+@df.activity
+def count_orders(status: str, day: str) -> int:
+    """How many orders placed on ``day`` (ISO date, UTC) are in ``status``."""
+    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    query = select(func.count()).where(
+        Order.status == status,
+        Order.created_at >= start,
+        Order.created_at < start + timedelta(days=1),
+    )
+    return int(db.session.scalar(query) or 0)
+
+
+@df.workflow
+async def orders_in_status(ctx: WorkflowContext, status: str, day: str) -> int:
+    """The child: one count, in a history of its own."""
+    return await ctx.activity(count_orders, status, day)
+
+
+@df.schedule("nightly-report", cron="0 3 * * *", timezone="Europe/Berlin")
+@df.workflow
+async def nightly_report(ctx: WorkflowContext) -> dict[str, Any]:
+    """The parent, started at 03:00 Berlin time (summer and winter) on whichever worker:
+    yesterday's orders by status, one child workflow each, run in parallel."""
+    day = (ctx.now() - timedelta(days=1)).date().isoformat()
+    statuses = ("fulfilled", "failed")
+    counts = await ctx.gather(*(ctx.child(orders_in_status, s, day) for s in statuses))
+    return {"day": day, **dict(zip(statuses, counts, strict=True))}
