@@ -52,6 +52,16 @@ def test_a_bad_cron_expression_is_refused_naming_the_problem(expression: str, pr
         Cron.parse(expression)
 
 
+def test_both_day_fields_restricted_fire_on_either_as_in_cron() -> None:
+    # Every Monday in February, and the 30th (which February never has): Mondays.
+    mondays = Cron.parse("0 0 30 2 mon")
+    assert utc(mondays.next_after(ms("2027-01-31T12:00:00+00:00"), ZoneInfo("UTC"))) == (
+        "2027-02-01 00:00"
+    )
+    # A day field that starts with '*' restricts nothing: '*/2' leaves it to the weekday.
+    assert Cron.parse("0 0 */2 * mon").any_day
+
+
 def test_cron_fires_at_its_wall_clock_time_in_its_time_zone_summer_and_winter() -> None:
     nightly = Cron.parse("0 3 * * *")
     before_spring = nightly.next_after(ms("2026-03-28T12:00:00+00:00"), BERLIN)
@@ -167,6 +177,11 @@ def test_catch_up_decides_which_missed_times_start(catch_up: str, started: list[
     assert sorted(decision.skipped + decision.start) == [*LATE, NOW]
 
 
+def test_a_buffered_time_left_over_when_nothing_runs_is_dropped() -> None:
+    decision = plan(spec(overlap="buffer_one"), [NOW], NOW, False, LATE[0])
+    assert (decision.start, decision.buffered_ms) == ([NOW], None)
+
+
 def test_missed_times_alone_start_the_last_of_them_by_default() -> None:
     assert plan(spec(), LATE, NOW, False, None).start == [LATE[-1]]
 
@@ -254,6 +269,8 @@ def test_a_schedule_made_at_runtime_is_paused_resumed_triggered_and_deleted(
         assert schedules.get("rt").last_workflow_id == handle.workflow_id
         resumed = schedules.resume("rt")
         assert not resumed.paused and resumed.next_time is not None
+        zoned = schedules.update("rt", cron="0 3 * * *", timezone="Europe/Berlin")
+        assert zoned.spec.describe() == "cron '0 3 * * *' in Europe/Berlin"
         changed = schedules.update("rt", every=1)
         assert changed.spec.every_seconds == 1 and changed.spec.args == ("r",)
         wait_until(lambda: len(started_ids(sched_app, "rt")) >= 3, what="the updated interval")

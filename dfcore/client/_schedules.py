@@ -162,6 +162,7 @@ class Schedules:
             fields.setdefault("task_queue", queue)
         if "every" in fields and "cron" not in fields:
             fields["cron"] = None
+            fields.setdefault("timezone", "UTC")  # an interval has no time zone
         if "cron" in fields and "every" not in fields:
             fields["every"] = None
 
@@ -184,7 +185,7 @@ class Schedules:
 
         def change(state: ScheduleState | None) -> ScheduleState:
             state = _existing(state, schedule_id)
-            return state.evolve(paused=True, next_ms=None, note=note or "paused")
+            return state.evolve(paused=True, next_ms=None, buffered_ms=None, note=note or "paused")
 
         return await self._change(schedule_id, change, "pause")
 
@@ -299,8 +300,9 @@ class Schedules:
             for _ in range(_TRIES):
                 state, seq = await records.get(schedule_id)
                 new = change(state)
-                if new is None:
+                if new is None:  # nothing to change: arm it anyway (a retried create)
                     assert state is not None
+                    await records.arm(state)
                     return Schedule.of(state)
                 try:
                     await records.put(new, seq)

@@ -44,6 +44,7 @@ _ALIASES = {
 }
 _SEARCH_DAYS = 366 * 8  # a day that exists at all comes round within eight years (29 February)
 _MINUTE = timedelta(minutes=1)
+_SLACK = timedelta(hours=3)  # more than any clock change moves local time
 
 
 class CronError(ValueError):
@@ -94,10 +95,12 @@ class Cron:
             days=frozenset(values[2]),
             months=frozenset(values[3]),
             weekdays=weekdays,
-            any_day=parts[2] == "*",
-            any_weekday=parts[4] == "*",
+            any_day=parts[2].startswith("*"),  # as in Vixie cron: '*/2' restricts nothing
+            any_weekday=parts[4].startswith("*"),
         )
-        if not any(cron._day_fits(day, month) for month in cron.months for day in cron.days):
+        by_date_only = cron.any_weekday and not cron.any_day
+        days_fit = any(cron._day_fits(day, month) for month in cron.months for day in cron.days)
+        if by_date_only and not days_fit:
             raise CronError(f"cron expression {expression!r} never fires: no month has that day")
         return cron
 
@@ -121,12 +124,20 @@ class Cron:
     def next_after(self, after_ms: int, zone: ZoneInfo) -> int:
         """The first time it fires after ``after_ms`` (epoch milliseconds), in ``zone``."""
         after = datetime.fromtimestamp(after_ms / 1000, tz=UTC)
-        day = after.astimezone(zone).date() - timedelta(days=1)  # a jump may move it back
+        # Wall-clock times this long before ``after`` cannot come after it, however the
+        # clocks changed: they are stepped over without working out when they happened.
+        floor = after.astimezone(zone).replace(tzinfo=None) - _SLACK
+        day = floor.date()
         for _ in range(_SEARCH_DAYS):
             if self.matches(day):
                 for hour in self.hours:
+                    if day == floor.date() and hour < floor.hour:
+                        continue
                     for minute in self.minutes:
-                        at = _instant(datetime.combine(day, time(hour, minute)), zone)
+                        local = datetime.combine(day, time(hour, minute))
+                        if local < floor:
+                            continue
+                        at = _instant(local, zone)
                         if at > after:
                             return int(at.timestamp() * 1000)
             day += timedelta(days=1)

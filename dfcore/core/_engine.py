@@ -78,6 +78,8 @@ class ContinueAsNewRequest(BaseException):
         self.next_args = args
 
 
+MAX_CARRIED = 1000  # signals a run did not wait for that its next run gets, at most
+
 # Facts that answer a command of one run: a continued workflow ignores an earlier run's.
 _ANSWERS = (ActivityCompleted, ActivityFailed, TimerFired, ChildWorkflowStarted, ChildWorkflowEnded)
 _ENDINGS = (CompleteWorkflow, FailWorkflow, TimeOutWorkflow, CancelWorkflow, ContinueAsNew)
@@ -345,6 +347,15 @@ class WorkflowRun:
             for name, buffered in self._signals.items()
             for payload in buffered
         ]
+        if len(unread) > MAX_CARRIED:  # signals no run waits for must not grow without end
+            log.warning(
+                "workflow %s: %d signals it did not wait for are dropped as it continues "
+                "(at most %d go on to the next run)",
+                self.info.workflow_id,
+                len(unread) - MAX_CARRIED,
+                MAX_CARRIED,
+            )
+            unread = unread[-MAX_CARRIED:]
         deadline = self.info.deadline_ms
         self.produce(ContinueAsNew(args, deadline, tuple(unread), after=self._applying))
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from dfcore.core._codec import JSONConverter
 from dfcore.core._cron import Cron, CronError, load_zone, next_interval
-from dfcore.core._errors import ConfigurationError
+from dfcore.core._errors import ConfigurationError, SerializationError
 
 OVERLAP: Final = ("skip", "buffer_one", "allow")
 CATCH_UP: Final = ("all", "last", "none")
@@ -104,6 +105,10 @@ class ScheduleSpec:
         if not isinstance(args, list | tuple):
             raise ConfigurationError(f"{where}: args must be a list of the workflow's arguments")
         object.__setattr__(self, "args", tuple(self.args))
+        try:
+            JSONConverter().dumps(list(self.args), what=f"the args of {where}")
+        except SerializationError as exc:
+            raise ConfigurationError(str(exc)) from None
 
     def next_after(self, after_ms: int) -> int:
         """The first time the schedule fires after ``after_ms`` (epoch milliseconds)."""
@@ -121,6 +126,11 @@ class ScheduleSpec:
         """The times after ``after_ms`` up to ``until_ms``, the last ``limit`` of them."""
         out: list[int] = []
         at = self.next_after(after_ms)
+        if at > until_ms:
+            return out
+        gap = max(self.next_after(at) - at, 1000)
+        if until_ms - at > 4 * limit * gap:  # a long outage: older times would drop out anyway
+            at = self.next_after(until_ms - 4 * limit * gap)
         while at <= until_ms:
             out.append(at)
             if len(out) > limit:
@@ -267,12 +277,14 @@ def plan(
     else:
         wanted = on_time
     skipped = [t for t in due if t not in wanted]
+    if not running:
+        buffered = None  # nothing runs for it to wait for (its end was missed): it is stale
     if spec.overlap == "allow" or not wanted:
         return FireDecision(wanted, buffered, skipped)
     if not running:
         first, rest = wanted[0], wanted[1:]
         if spec.overlap == "skip" or not rest:
-            return FireDecision([first], buffered, skipped + rest)
+            return FireDecision([first], None, skipped + rest)
         return FireDecision([first], rest[-1], skipped + rest[:-1])  # buffer_one
     if spec.overlap == "skip":
         return FireDecision([], buffered, skipped + wanted)

@@ -150,7 +150,13 @@ class Layout:
         return f"{self.namespace}.timer.>"
 
     def timers_of(self, queue: str, workflow_id: str) -> str:
+        """Every pending timer of a workflow, of all its runs."""
         return f"{self.namespace}.timer.{queue}.{workflow_token(workflow_id)}.>"
+
+    def timers_of_run(self, queue: str, workflow_id: str, run: int) -> str:
+        """The pending timers of one run (a continued run's are a token deeper)."""
+        of_run = f".r{run}" if run > 1 else ""
+        return f"{self.namespace}.timer.{queue}.{workflow_token(workflow_id)}{of_run}.*"
 
     def runs_subject(self, queue: str, workflow_id: str, run: int) -> str:
         """Where run ``run`` of a workflow that continued as new keeps its records."""
@@ -207,8 +213,9 @@ class Layout:
         queue, workflow_id = self.parse_history_subject(history_subject)
         return self.status_subject(queue, workflow_id)
 
-    def timer_subject(self, queue: str, workflow_id: str, timer_id: str) -> str:
-        return f"{self.namespace}.timer.{queue}.{workflow_token(workflow_id)}.{timer_id}"
+    def timer_subject(self, queue: str, workflow_id: str, timer_id: str, run: int = 1) -> str:
+        of_run = f"r{run}." if run > 1 else ""
+        return f"{self.namespace}.timer.{queue}.{workflow_token(workflow_id)}.{of_run}{timer_id}"
 
     def task_subject(self, queue: str) -> str:
         return f"{self.namespace}.task.{queue}"

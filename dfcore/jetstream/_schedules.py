@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from nats.aio.msg import Msg
 
-from dfcore.core._errors import ConfigurationError, DFError, PayloadError
+from dfcore.core._errors import CodecUnavailableError, ConfigurationError, DFError, PayloadError
 from dfcore.core._schedules import ScheduleState
 from dfcore.jetstream._naming import Layout
 from dfcore.jetstream._requests import JetStreamAPI, wrap
@@ -53,6 +53,8 @@ class ScheduleRecords:
             if isinstance(body, dict) and body.get("t") == _DELETED:
                 return None
             return ScheduleState.from_wire(body)
+        except CodecUnavailableError:
+            raise  # this process lacks the key: the record is fine, and must not be skipped
         except (PayloadError, ValueError, ConfigurationError) as exc:
             log.warning("ignoring an unreadable schedule record on %s: %s", msg.subject, exc)
             return None
@@ -73,6 +75,9 @@ class ScheduleRecords:
         data = self._encode(state.to_wire(), f"schedule {schedule_id!r}")
         seq: int = await self.api.publish(subject, data, headers, f"saving {subject}")
         await self.arm(state)
+        fresh, fresh_seq = await self.get(schedule_id)
+        if fresh is not None and fresh_seq != seq:
+            await self.arm(fresh)  # changed meanwhile, and that writer may have armed first
         return seq
 
     async def delete(self, schedule_id: str, expected_seq: int) -> None:

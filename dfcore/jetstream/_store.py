@@ -362,6 +362,11 @@ class Store:
         queue, workflow_id = self.layout.parse_history_subject(history_subject)
         await self.purge(self.layout.timers_of(queue, workflow_id))
 
+    async def purge_run_timers(self, history_subject: str, run: int) -> None:
+        """Drop the pending timers of one run (it continued as new), not the next run's."""
+        queue, workflow_id = self.layout.parse_history_subject(history_subject)
+        await self.purge(self.layout.timers_of_run(queue, workflow_id, run))
+
     async def purge(self, subject_filter: str) -> None:
         """Remove every message of the history stream on ``subject_filter``."""
         request = orjson.dumps({"filter": subject_filter})
@@ -586,7 +591,7 @@ class Store:
             "Nats-Msg-Id": f"{history_subject}:timer:{timer_id}{of_run}",
             h.HDR_EVENT: h.TIMER_FIRED,
         }
-        subject = self.layout.timer_subject(queue, workflow_id, timer_id)
+        subject = self.layout.timer_subject(queue, workflow_id, timer_id, run)
         await self.api.publish(
             subject, self.encode(body, "timer"), headers, f"scheduling timer {timer_id}"
         )

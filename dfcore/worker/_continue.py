@@ -15,12 +15,13 @@ its run already copied (the copy's message ids) or already continued (the start'
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 
 from dfcore.core import _history as h
 from dfcore.core._commands import ContinueAsNew
-from dfcore.core._errors import DFError
+from dfcore.core._errors import DFError, PayloadTooLargeError
 from dfcore.core._facts import WorkflowStarted, run_of
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._requests import AppendConflict
@@ -38,14 +39,17 @@ async def continue_as_new(
     """Carry out the ``ContinueAsNew`` command of ``decision``: keep the run, start the next."""
     records, seen = await store.read(subject)
     first = records[0] if records else None
-    if first is None or first.type != h.WORKFLOW_STARTED or first.seq > decision.seq:
+    if first is not None and first.seq > decision.seq:
         return  # carried out already: the next run's start rolled this run up
-    if all(record.seq != decision.seq for record in records):
-        return  # not this history's decision (a forged record): nothing to carry out
+    if first is None or first.type != h.WORKFLOW_STARTED or decision.seq not in seqs(records):
+        # A replica that does not hold the decision yet answered: try again shortly.
+        raise DFError(f"the read of {subject} lags behind its decision {decision.seq}")
     ending = WorkflowStarted.from_wire(first.body)
     run = run_of(first.body)
     await store.keep_run(subject, run, [r for r in records if r.seq <= decision.seq])
-    await store.purge_timers(subject)
+    if (await store.first(subject) or first).seq > decision.seq:
+        return  # another worker carried it out meanwhile: its next run's timers are not ours
+    await store.purge_run_timers(subject, run)
     ended_at = command.after or decision.seq  # what came later, the run did not see
     carried = [*command.carried]
     carried += [r.body for r in records if r.seq > ended_at and r.type in _CARRIED]
@@ -62,6 +66,7 @@ async def continue_as_new(
             carried=tuple(carried),
             schedule=ending.schedule,
         )
+        data = _fitting(store, start, subject)
         try:
             await store.append(
                 subject,
@@ -69,6 +74,7 @@ async def continue_as_new(
                 msg_id=f"{token}:run:{run + 1}",
                 expected_seq=seen,
                 rollup=True,
+                data=data,
             )
         except AppendConflict:  # a fact came meanwhile: carry it too if it is for the next run
             later, seen = await store.read(subject, seen)
@@ -82,6 +88,25 @@ async def continue_as_new(
         )
         return
     raise DFError(f"could not continue {subject} as new: it kept changing through {_TRIES} tries")
+
+
+def _fitting(store: WorkerStore, start: WorkflowStarted, subject: str) -> bytes:
+    """The start encoded; the oldest carried signals are dropped if they make it too big."""
+    carried = list(start.carried)
+    while True:
+        try:
+            return store.encode(start.to_wire(), "the next run's start")
+        except PayloadTooLargeError:
+            if not carried:
+                raise
+            dropped = max(1, len(carried) // 4)
+            log.warning("%s: %d signals dropped: the next run's start must fit", subject, dropped)
+            carried = carried[dropped:]
+            start = dataclasses.replace(start, carried=tuple(carried))
+
+
+def seqs(records: list[h.Record]) -> set[int]:
+    return {record.seq for record in records}
 
 
 def _next_run_id(run_id: str, run: int) -> str:

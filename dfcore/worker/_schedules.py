@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 
 from dfcore.client._client import append_start
 from dfcore.client._start import prepare_start
-from dfcore.core._errors import DFError
+from dfcore.core._errors import CodecUnavailableError, DFConnectionError, DFError
 from dfcore.core._history import now_ms
 from dfcore.core._schedules import (
     MAX_CATCH_UP,
@@ -65,6 +65,8 @@ class ScheduleRunner:
                     break
                 except AppendConflict:
                     continue  # another writer changed the schedule: read it again
+            else:
+                raise DFError("its record kept changing while this tick was handled")
         except DFError as exc:
             log.warning("schedule %s: %s; will retry", schedule_id, exc)
             await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
@@ -96,10 +98,11 @@ class ScheduleRunner:
         due = [at, *spec.times(at, now, MAX_CATCH_UP)]
         running = await self._running(state)
         decision = plan(spec, due, now, running, state.buffered_ms)
-        for t in decision.start:
-            await self._start(spec, t)
-        last = spec.workflow_id(decision.start[-1]) if decision.start else state.last_workflow_id
-        note = _note(spec, decision.start, decision.skipped, decision.buffered_ms)
+        started = [t for t in decision.start if await self._start(spec, t)]
+        last = spec.workflow_id(started[-1]) if started else state.last_workflow_id
+        note = _note(spec, started, decision.skipped, decision.buffered_ms)
+        if len(started) < len(decision.start):
+            note += "; some times could not start (see the workers' log)"
         log.info("schedule %s: %s", spec.schedule_id, note)
         return state.evolve(
             next_ms=spec.next_after(max(now, due[-1])),
@@ -113,7 +116,8 @@ class ScheduleRunner:
         if state.buffered_ms is None or state.last_workflow_id != ended or state.paused:
             return None
         at = state.buffered_ms
-        await self._start(state.spec, at)
+        if not await self._start(state.spec, at):
+            return state.evolve(buffered_ms=None, note=f"could not start {iso(at)}")
         note = f"started {state.spec.workflow_id(at)} (buffered behind {ended})"
         log.info("schedule %s: %s", state.spec.schedule_id, note)
         return state.evolve(
@@ -132,33 +136,47 @@ class ScheduleRunner:
 
     async def _poke(self, state: ScheduleState) -> None:
         if state.last_workflow_id is not None:
-            await send_ended(self.store, state.spec.schedule_id, state.last_workflow_id)
+            workflow_id = state.last_workflow_id
+            await send_ended(self.store, state.spec.schedule_id, workflow_id, "poke")
 
-    async def _start(self, spec: ScheduleSpec, at: int) -> None:
-        """Start the workflow of time ``at`` (nothing if it exists: the id is the time's)."""
+    async def _start(self, spec: ScheduleSpec, at: int) -> bool:
+        """Start the workflow of time ``at`` (nothing if it exists: the id is the time's).
+
+        False when this time can never start (its arguments cannot be sent, or a stray
+        message holds its id): the schedule goes on without it, rather than retry for ever.
+        """
         store = self.store
-        queue = spec.task_queue or self.default_queue
         workflow_id = spec.workflow_id(at)
-        start = prepare_start(
-            self.codec,
-            spec.workflow,
-            list(spec.args),
-            workflow_id=workflow_id,
-            task_queue=queue,
-            execution_timeout=None,
-            max_payload=store.max_payload,
-            schedule=spec.schedule_id,
-        )
-        await append_start(store, start, "use_existing")  # nothing if it exists
+        try:
+            start = prepare_start(
+                self.codec,
+                spec.workflow,
+                list(spec.args),
+                workflow_id=workflow_id,
+                task_queue=spec.task_queue or self.default_queue,
+                execution_timeout=None,
+                max_payload=store.max_payload,
+                schedule=spec.schedule_id,
+            )
+            await append_start(store, start, "use_existing")  # nothing if it exists
+        except (DFConnectionError, CodecUnavailableError):
+            raise  # passing: the tick is handed back and tried again
+        except DFError as exc:
+            log.error("schedule %s: cannot start %s: %s", spec.schedule_id, workflow_id, exc)
+            return False
+        return True
 
 
-async def send_ended(store: WorkerStore, schedule_id: str, workflow_id: str) -> None:
-    """Tell schedule ``schedule_id`` that the workflow it started, ``workflow_id``, ended."""
+async def send_ended(
+    store: WorkerStore, schedule_id: str, workflow_id: str, why: str = "ended"
+) -> None:
+    """Tell schedule ``schedule_id`` that the workflow it started, ``workflow_id``, ended
+    (``why``: ``ended``, from its worker; ``poke``, from a tick that saw it end meanwhile)."""
     if not SCHEDULE_ID.fullmatch(schedule_id):
         log.warning("ignoring the schedule a workflow's start names: %r", schedule_id)
         return
     subject = store.layout.schedule_tick_subject(schedule_id)
-    headers = {"Nats-Msg-Id": f"{subject}:ended:{workflow_id}", "Nats-TTL": "86400s"}
+    headers = {"Nats-Msg-Id": f"{subject}:{why}:{workflow_id}", "Nats-TTL": "86400s"}
     body = orjson.dumps({"ended": workflow_id})
     await store.api.publish(subject, body, headers, f"telling schedule {schedule_id}")
 
@@ -200,5 +218,7 @@ async def reconcile(store: WorkerStore, declared: list[ScheduleSpec]) -> None:
                 break
             except AppendConflict:
                 continue
-    for state in await records.all():
-        await records.arm(state)
+    for listed in await records.all():
+        state, _ = await records.get(listed.spec.schedule_id)  # as it is now, not as listed
+        if state is not None:
+            await records.arm(state)

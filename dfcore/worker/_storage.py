@@ -66,6 +66,8 @@ class WorkerStore(ClientStore, Protocol):
 
     async def purge_timers(self, history_subject: str) -> None: ...
 
+    async def purge_run_timers(self, history_subject: str, run: int) -> None: ...
+
     async def schedule_timer(
         self, history_subject: str, timer_id: str, fire_at_ms: int, run: int = 1
     ) -> None:
