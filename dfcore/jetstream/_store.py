@@ -27,6 +27,7 @@ from dfcore.core._facts import TimerFired, status_pointer
 from dfcore.jetstream._dlq import DeadLetters
 from dfcore.jetstream._naming import Layout, workflow_id_from_token
 from dfcore.jetstream._requests import AppendConflict, JetStreamAPI, wrap
+from dfcore.jetstream._runs import kept_records, run_parts
 from dfcore.jetstream._schedules import ScheduleRecords
 from dfcore.jetstream._stamps import (
     at_schedule,
@@ -444,24 +445,11 @@ class Store:
         headers: dict[str, str] = {h.HDR_EVENT: "RunRecords"}
         if self.streams.removes_histories:
             headers["Nats-TTL"] = f"{self.settings.history_retention}s"
-        for part, body in enumerate(self._run_parts(run, records)):
+        parts = run_parts(run, records, self.converter, int(self.max_payload * 0.6))
+        for part, body in enumerate(parts):
             part_headers = {**headers, "Nats-Msg-Id": f"{history_subject}:run:{run}:{part}"}
             data = self.encode(body, f"the records of run {run}")
             await self.api.publish(subject, data, part_headers, f"keeping run {run}")
-
-    def _run_parts(self, run: int, records: list[h.Record]) -> list[dict[str, Any]]:
-        limit = int(self.max_payload * 0.6)
-        parts: list[list[dict[str, Any]]] = [[]]
-        used = 0
-        for record in records:
-            kept = {"seq": record.seq, "stamp": record.stamp, "body": dict(record.body)}
-            size = len(self.converter.dumps(kept, what="a record"))
-            if parts[-1] and used + size > limit:
-                parts.append([])
-                used = 0
-            parts[-1].append(kept)
-            used += size
-        return [{"t": "RunRecords", "run": run, "records": part} for part in parts if part]
 
     async def load_run(self, history_subject: str, run: int) -> list[h.Record] | None:
         """The records of an earlier run, in order; None when none are kept (never made, or
@@ -475,26 +463,12 @@ class Store:
                 {"seq": start, "next_by_subj": subject, "batch": 64}
             )
             for msg in msgs:
-                for record in self._kept_records(msg, run):
+                for record in kept_records(msg, run, self.decode):
                     kept[record.seq] = record
             if not more or not msgs:
                 break
             start = int(msgs[-1].headers["Nats-Sequence"]) + 1
         return [kept[seq] for seq in sorted(kept)] if kept else None
-
-    def _kept_records(self, msg: Msg, run: int) -> list[h.Record]:
-        try:
-            body = self.decode(msg.data, f"the records of run {run}")
-            items = body["records"]
-            return [
-                h.validate_record(int(item["seq"]), item["body"], item.get("stamp"))
-                for item in items
-            ]
-        except CodecUnavailableError:
-            raise
-        except (PayloadError, ValueError, KeyError, TypeError) as exc:
-            log.warning("skipping an unreadable copy of run %s on %s: %s", run, msg.subject, exc)
-            return []
 
     def _opens(self, headers: Mapping[str, str]) -> bool:
         subject = headers.get("Nats-Subject", "")

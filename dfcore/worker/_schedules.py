@@ -91,6 +91,11 @@ class ScheduleRunner:
     async def _fire(self, state: ScheduleState, at: int) -> ScheduleState | None:
         spec = state.spec
         if state.paused or state.next_ms != at:
+            mine = spec.workflow_id(at)  # started by this tick before the record changed?
+            if state.last_workflow_id != mine and await self._running(
+                state.evolve(last_workflow_id=mine)
+            ):
+                return state.evolve(last_workflow_id=mine)  # so the overlap policy sees it
             if not state.paused and state.next_ms is not None:
                 await self.store.schedules.arm(state)  # a tick of an older spec: re-arm
             return None
