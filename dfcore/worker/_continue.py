@@ -78,6 +78,8 @@ async def continue_as_new(
             )
         except AppendConflict:  # a fact came meanwhile: carry it too if it is for the next run
             later, seen = await store.read(subject, seen)
+            if any(r.type == h.WORKFLOW_STARTED for r in later):
+                return  # another worker started the next run meanwhile
             carried += [r.body for r in later if r.type in _CARRIED]
             continue
         log.info(
