@@ -387,3 +387,24 @@ def test_the_schedule_commands_list_show_pause_resume_trigger_and_delete(
     assert sched_app.get_handle(started.split()[-1]).status().workflow_type == "order"
     assert "schedule nightly deleted" in run("delete", "nightly")
     assert "(no schedules)" in run("list")
+
+
+async def test_a_next_time_the_server_lost_is_armed_again_by_the_workers(
+    sched_app: App, monkeypatch: Any
+) -> None:
+    import asyncio
+
+    from dfcore.worker import _worker
+
+    monkeypatch.setattr(_worker, "REARM_EVERY", 0.2)
+    await sched_app.schedules.acreate("hourly", "tick", every=3600, args=["h"])
+    store = await sched_app.client.store()
+    state, _ = await store.schedules.get("hourly")
+    assert state is not None and await store.schedules.armed(state)
+    with WorkerThread(sched_app):
+        await store.schedules._disarm("hourly")  # as if a crash or a race lost the arm
+        assert not await store.schedules.armed(state)
+        deadline = time.monotonic() + 20
+        while not await store.schedules.armed(state):
+            assert time.monotonic() < deadline, "the workers never armed it again"
+            await asyncio.sleep(0.05)

@@ -106,6 +106,19 @@ class ScheduleRecords:
         subject = self.layout.schedule_at_subject(schedule_id)
         await self.api.publish(subject, body, headers, f"arming {subject}")
 
+    async def armed(self, state: ScheduleState) -> bool:
+        """Whether the server holds the message schedule of ``state``'s next time (or, for a
+        paused schedule, none)."""
+        subject = self.layout.schedule_at_subject(state.spec.schedule_id)
+        msg = await self.api.get_one({"last_by_subj": subject}, subject)
+        pending = msg is not None and "Nats-Schedule" in (msg.headers or {})
+        if state.paused or state.next_ms is None:
+            return not pending
+        try:
+            return pending and orjson.loads(msg.data).get("at") == state.next_ms  # type: ignore[union-attr]
+        except (orjson.JSONDecodeError, AttributeError):
+            return False
+
     async def _disarm(self, schedule_id: str) -> None:
         subject = self.layout.schedule_at_subject(schedule_id)
         headers = {"Nats-Rollup": "sub", "Nats-TTL": "1s"}

@@ -40,6 +40,8 @@ from dfcore.worker._storage import WorkerStore
 log = logging.getLogger("dfcore.schedules")
 
 _TRIES = 10  # conflicting writers of one schedule's record before the tick is handed back
+IN_FLIGHT_MS = 60_000  # a time this recent has its tick on its way, not lost
+REARM_EVERY = 60.0  # seconds between a worker's checks that every schedule is armed
 
 
 class ScheduleRunner:
@@ -223,7 +225,21 @@ async def reconcile(store: WorkerStore, declared: list[ScheduleSpec]) -> None:
                 break
             except AppendConflict:
                 continue
+    await rearm(store)
+
+
+async def rearm(store: WorkerStore) -> int:
+    """Arm every schedule whose next time the server does not hold (a write lost to a crash
+    or a race); the workers do it when they start and every minute. Returns how many."""
+    records = store.schedules
+    fixed = 0
     for listed in await records.all():
         state, _ = await records.get(listed.spec.schedule_id)  # as it is now, not as listed
-        if state is not None:
-            await records.arm(state)
+        if state is None or await records.armed(state):
+            continue
+        if state.next_ms is not None and 0 <= now_ms() - state.next_ms < IN_FLIGHT_MS:
+            continue  # it fired just now: its tick is on its way, and moves it on
+        await records.arm(state)
+        log.warning("schedule %s: its next time was not armed; armed it", state.spec.schedule_id)
+        fixed += 1
+    return fixed

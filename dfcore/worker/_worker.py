@@ -22,7 +22,7 @@ from dfcore.jetstream._pull import PullConsumer
 from dfcore.jetstream._store import Store
 from dfcore.worker._activity_tasks import ActivityRunner, pull_expiry
 from dfcore.worker._partitions import Partitions
-from dfcore.worker._schedules import ScheduleRunner, reconcile
+from dfcore.worker._schedules import REARM_EVERY, ScheduleRunner, rearm, reconcile
 from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_tasks import WorkflowProcessor
 
@@ -76,6 +76,7 @@ class Worker:
         self._processors: list[WorkflowProcessor] = []
         self._partitions: list[Partitions] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self._rearmer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect, create streams and consumers, and start consuming."""
@@ -161,6 +162,16 @@ class Worker:
             await reconcile(store, declared)
         except DFError as exc:  # the worker still serves; the next one to start tries again
             log.error("cannot bring the declared schedules up to date: %s", exc)
+        self._rearmer = asyncio.create_task(self._rearm_schedules(store))
+
+    async def _rearm_schedules(self, store: Store) -> None:
+        """Now and then arm any schedule whose next time the server lost (see ``rearm``)."""
+        while True:
+            await asyncio.sleep(REARM_EVERY)
+            try:
+                await rearm(store)
+            except DFError as exc:
+                log.warning("cannot check the schedules are armed: %s", exc)
 
     def _queue_of(self, workflow: str) -> str:
         defn = self.registry.workflows.get(workflow)
@@ -200,8 +211,9 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop taking work, let in-flight work finish (up to shutdown_timeout), disconnect."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._rearmer):
+            if task is not None:
+                task.cancel()
         try:
             await asyncio.gather(
                 *(p.stop(self.shutdown_timeout) for p in self._pullers),
