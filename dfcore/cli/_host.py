@@ -91,6 +91,15 @@ def current_host() -> Host:
     return host
 
 
+def _app_of(value: object) -> App | None:
+    """``value`` if it is an App, or the App it stands for (a facade's ``df_app``, as the
+    Celery facade's app has)."""
+    if isinstance(value, App):
+        return value
+    inner = getattr(value, "df_app", None) if not isinstance(value, type) else None
+    return inner if isinstance(inner, App) else None
+
+
 def load_app(spec: str | None) -> App:
     """Import ``module:attribute`` (or ``module``, finding its App) and return the App."""
     if not spec:
@@ -103,11 +112,12 @@ def load_app(spec: str | None) -> App:
     except ImportError as exc:
         raise DFError(f"cannot import {module_name!r} given with -A/--app: {exc}") from exc
     if attr:
-        app = getattr(module, attr, None)
-        if not isinstance(app, App):
+        app = _app_of(getattr(module, attr, None))
+        if app is None:
             raise DFError(f"{spec!r}: {module_name} has no App named {attr!r}")
         return app
-    apps = [v for v in vars(module).values() if isinstance(v, App)]
+    found = {id(app): app for v in vars(module).values() if (app := _app_of(v)) is not None}
+    apps = list(found.values())
     if len(apps) != 1:
         raise DFError(
             f"{module_name} defines {len(apps)} App objects; name one with -A {module_name}:NAME"

@@ -82,6 +82,7 @@ def _load_app(path: str | None) -> App:
             f'settings.{SETTING}["APP"] is invalid: cannot import {path!r} ({exc}); '
             "expected the import path of your App, such as 'proj.df.app'"
         ) from exc
+    found = getattr(found, "df_app", found)  # a facade's app stands for its App (Celery's)
     if not isinstance(found, App):
         raise ImproperlyConfigured(
             f'settings.{SETTING}["APP"] is invalid: {path!r} is an object of type '

@@ -57,6 +57,13 @@ def test_schedules_are_read_from_dfcore(dfcore_settings: dict[str, Any]) -> None
     assert (spec.schedule_id, spec.workflow, spec.cron) == ("nightly", "report", "0 3 * * *")
 
 
+def test_dfcore_app_may_name_a_celery_facade_app(dfcore_settings: dict[str, Any]) -> None:
+    from tests.apps import celery_proj
+
+    with override_settings(DFCORE={**dfcore_settings, "APP": "tests.apps.celery_proj:app"}):
+        assert get_app() is celery_proj.app.df_app
+
+
 def test_dfcore_must_be_a_dict() -> None:
     with override_settings(DFCORE=["NATS_URL"]), pytest.raises(ImproperlyConfigured, match="dict"):
         get_settings()

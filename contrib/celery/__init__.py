@@ -1,0 +1,43 @@
+"""A Celery-API facade on durable workflows: change the imports, keep the code.
+
+``from dfcore.contrib.celery import Celery, shared_task`` in place of ``from celery import
+...``: ``@app.task`` and ``@shared_task`` functions, ``delay`` and ``apply_async``
+(``countdown``, ``eta``, ``expires``, ``task_id``, ``queue``), bound tasks with
+``self.request`` and ``self.retry()``, ``autoretry_for`` and Celery's retry options, and
+``AsyncResult`` with ``get``, ``state``, ``ready``, ``successful``, ``result``, ``traceback`` and
+``revoke``. Each call is a durable workflow: a countdown is a durable timer, a ``task_id``
+makes the call idempotent, and a worker that dies mid-task loses nothing. What differs and what
+is not supported yet is in ``docs/celery.md``.
+"""
+
+from . import states
+from ._app import Celery, SharedTask, current_app, shared_task
+from ._result import AsyncResult
+from ._task import Request, Task
+from .exceptions import (
+    CeleryError,
+    MaxRetriesExceededError,
+    NotSupportedError,
+    Retry,
+    TaskError,
+    TaskRevokedError,
+    TimeoutError,
+)
+
+__all__ = [
+    "AsyncResult",
+    "Celery",
+    "CeleryError",
+    "MaxRetriesExceededError",
+    "NotSupportedError",
+    "Request",
+    "Retry",
+    "SharedTask",
+    "Task",
+    "TaskError",
+    "TaskRevokedError",
+    "TimeoutError",
+    "current_app",
+    "shared_task",
+    "states",
+]
