@@ -146,3 +146,20 @@ def _env(proj: Any) -> dict[str, str]:
 
     settings = proj.app.df_app.settings
     return {**os.environ, "DF_NATS_URL": settings.nats_url, "DF_NAMESPACE": settings.namespace}
+
+
+def test_chain_group_and_chord_run_as_one_durable_workflow(proj: Any) -> None:
+    from dfcore.contrib.celery import chain, chord, group
+
+    piped = (proj.add.s(1, 2) | proj.add.s(10) | proj.add.si(100, 0)).apply_async()
+    assert piped.get(timeout=30) == 100  # 1+2, then 3+10, then an immutable 100+0
+    assert chain(proj.add.s(1, 1), proj.add.s(5)).delay().get(timeout=30) == 7
+    assert group(proj.add.s(i, i) for i in range(4)).delay().get(timeout=30) == [0, 2, 4, 6]
+    total = chord([proj.add.s(i, 1) for i in range(3)], proj.total.s())
+    assert total.get(timeout=30) == 6  # the body once, with [1, 2, 3]
+    handle = proj.app.df_app.get_handle(total.id)
+    kinds = [e.type for e in handle.history()]
+    assert kinds.count("ActivityScheduled") == 4  # three header tasks and the body, no polling
+    assert chord([proj.add.s(1, 1)])(proj.total.s()).get(timeout=30) == 2
+    with pytest.raises(KeyError, match="no chained"):
+        (proj.add.s(1, 1) | proj.fails.si("chained")).delay().get(timeout=30)

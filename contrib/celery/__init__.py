@@ -5,13 +5,15 @@
 (``countdown``, ``eta``, ``expires``, ``task_id``, ``queue``), bound tasks with
 ``self.request`` and ``self.retry()``, ``autoretry_for`` and Celery's retry options, and
 ``AsyncResult`` with ``get``, ``state``, ``ready``, ``successful``, ``result``, ``traceback`` and
-``revoke``. Each call is a durable workflow: a countdown is a durable timer, a ``task_id``
-makes the call idempotent, and a worker that dies mid-task loses nothing. What differs and what
-is not supported yet is in ``docs/celery.md``.
+``revoke``; signatures (``.s()``, ``.si()``) and ``chain`` (``|``), ``group`` and ``chord``,
+each run as one durable workflow. Each call is a durable workflow: a countdown is a durable
+timer, a ``task_id`` makes the call idempotent, and a worker that dies mid-task loses nothing.
+What differs and what is not supported yet is in ``docs/celery.md``.
 """
 
 from . import states
 from ._app import Celery, SharedTask, current_app, shared_task
+from ._canvas import Canvas, Signature, chain, chord, group, signature
 from ._result import AsyncResult
 from ._task import Request, Task
 from .exceptions import (
@@ -26,6 +28,7 @@ from .exceptions import (
 
 __all__ = [
     "AsyncResult",
+    "Canvas",
     "Celery",
     "CeleryError",
     "MaxRetriesExceededError",
@@ -33,11 +36,16 @@ __all__ = [
     "Request",
     "Retry",
     "SharedTask",
+    "Signature",
     "Task",
     "TaskError",
     "TaskRevokedError",
     "TimeoutError",
+    "chain",
+    "chord",
     "current_app",
+    "group",
     "shared_task",
+    "signature",
     "states",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 
 from dfcore import App
 
+from ._canvas import CANVAS, run_canvas
 from ._result import AsyncResult as Result
 from ._task import WORKFLOW, Task, run_task
 from .exceptions import unsupported
@@ -37,6 +38,7 @@ class Celery:
         self.conf: dict[str, Any] = {}
         self.tasks: dict[str, Task] = {}
         self.df_app.workflow(name=WORKFLOW)(run_task)
+        self.df_app.workflow(name=CANVAS)(run_canvas)
         _apps.append(self)
         for fn, options, made in _shared:
             made.append(self._register(fn, options))

@@ -24,6 +24,7 @@ from .exceptions import MaxRetriesExceededError, Retry, unsupported
 
 if TYPE_CHECKING:
     from ._app import Celery
+    from ._canvas import Signature
     from ._result import AsyncResult
 
 WORKFLOW = "celery.task"
@@ -128,6 +129,20 @@ class Task:
         return request
 
     # -- calling ----------------------------------------------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature: this call, to make later or in a chain, group or chord."""
+        from ._canvas import Signature
+
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain it does not get the result before it."""
+        from ._canvas import Signature
+
+        return Signature(self, args, kwargs, immutable=True)
+
+    signature = s
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Run the task on a worker: ``apply_async(args, kwargs)``."""

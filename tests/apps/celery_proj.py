@@ -29,6 +29,11 @@ def by_hand(self, wanted: int) -> int:
 
 
 @app.task
+def total(numbers: list[int]) -> int:
+    return sum(numbers)
+
+
+@app.task
 def fails(key: str) -> None:
     raise KeyError(f"no {key}")
 
