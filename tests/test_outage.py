@@ -147,6 +147,8 @@ def test_a_frozen_server_fails_calls_at_once_after_the_first_until_it_answers(
         app = make_app(server.url, connect_timeout=1)
         handle = app.start("fulfil", 1, workflow_id="order-1")
         os.kill(server.pid, signal.SIGSTOP)
+        pid = server.pid
+        wait_until(lambda: _state(pid) == "T", what="the server to stop")  # kill() returns first
         try:
             with pytest.raises(DFConnectionError, match=r"no answer .* within 1.0s"):
                 handle.status()
@@ -159,6 +161,12 @@ def test_a_frozen_server_fails_calls_at_once_after_the_first_until_it_answers(
         assert handle.status().status == "running"
     finally:
         server.stop()
+
+
+def _state(pid: int) -> str:
+    """The process state letter (``T``: stopped) from ``/proc``."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 _COMMIT_AND_EXIT = """
