@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 
 from dfcore import App, ChildWorkflowError, EventType, WorkflowFailureError
-from dfcore.client._loopthread import run_sync
 from dfcore.core import _history as h
 from dfcore.core._errors import WorkflowCodeError, WorkflowNotFoundError
 from tests.enginekit import History, kinds
-from tests.workerkit import WorkerThread, spawn_worker, wait_until
+from tests.workerkit import WorkerThread, on_test_server, spawn_worker, wait_until
 
 CHILD_STARTED = EventType.CHILD_WORKFLOW_STARTED.value
 CHILD_ENDED = EventType.CHILD_WORKFLOW_ENDED.value
@@ -193,10 +192,8 @@ def test_a_plain_def_parent_runs_a_child_too() -> None:
 def children_app(nats_url: str, namespace: str) -> Iterator[App]:
     from tests.apps import children
 
-    restore = children.app._override(nats_url=nats_url, namespace=namespace)
-    yield children.app
-    run_sync(children.app.aclose())
-    restore()
+    with on_test_server(children.app, nats_url, namespace) as app:
+        yield app
 
 
 def test_a_parent_runs_children_to_their_results_and_typed_failures(children_app: App) -> None:

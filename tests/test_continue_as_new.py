@@ -14,11 +14,10 @@ import orjson
 import pytest
 
 from dfcore import App, EventType
-from dfcore.client._loopthread import run_sync
 from dfcore.core import _history as h
 from dfcore.core._errors import DFError, WorkflowNotFoundError
 from tests.enginekit import History, kinds
-from tests.workerkit import WorkerThread, spawn_worker, wait_until
+from tests.workerkit import WorkerThread, on_test_server, spawn_worker, wait_until
 
 CONTINUED = EventType.WORKFLOW_CONTINUED_AS_NEW.value
 
@@ -150,10 +149,8 @@ def test_called_outside_the_workflow_it_says_where_to_call_it() -> None:
 def loops_app(nats_url: str, namespace: str) -> Iterator[App]:
     from tests.apps import loops
 
-    restore = loops.app._override(nats_url=nats_url, namespace=namespace)
-    yield loops.app
-    run_sync(loops.app.aclose())
-    restore()
+    with on_test_server(loops.app, nats_url, namespace) as app:
+        yield app
 
 
 def test_the_result_follows_the_chain_and_each_run_keeps_its_own_history(loops_app: App) -> None:

@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,16 @@ def visible_options(command: Any) -> set[str]:
     return {
         opt for param in command.params if not getattr(param, "hidden", False) for opt in param.opts
     }
+
+
+@contextmanager
+def on_test_server(app: App, nats_url: str, namespace: str) -> Iterator[App]:
+    """A test app module's ``app`` pointed at this test's server and namespace, then back."""
+    from dfcore.client._loopthread import run_sync
+
+    restore = app._override(nats_url=nats_url, namespace=namespace)
+    try:
+        yield app
+    finally:
+        run_sync(app.aclose())
+        restore()
