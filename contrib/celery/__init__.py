@@ -6,12 +6,15 @@
 ``self.request`` and ``self.retry()``, ``autoretry_for`` and Celery's retry options, and
 ``AsyncResult`` with ``get``, ``state``, ``ready``, ``successful``, ``result``, ``traceback`` and
 ``revoke``; signatures (``.s()``, ``.si()``) and ``chain`` (``|``), ``group`` and ``chord``,
-each run as one durable workflow. Each call is a durable workflow: a countdown is a durable
-timer, a ``task_id`` makes the call idempotent, and a worker that dies mid-task loses nothing.
-What differs and what is not supported yet is in ``docs/celery.md``.
+each run as one durable workflow; ``link=`` and ``link_error=``, started by the task's own
+workflow; ``delay_on_commit`` through Django's transactional outbox; and ``beat_schedule``
+entries (``crontab`` from :mod:`dfcore.contrib.celery.schedules`) as schedules the workers
+keep, with no beat process. Each call is a durable workflow: a countdown is a durable timer, a
+``task_id`` makes the call idempotent, and a worker that dies mid-task loses nothing. What
+differs and what is not supported yet is in ``docs/celery.md``.
 """
 
-from . import states
+from . import schedules, states
 from ._app import Celery, SharedTask, current_app, shared_task
 from ._canvas import Canvas, Signature, chain, chord, group, signature
 from ._result import AsyncResult
@@ -45,6 +48,7 @@ __all__ = [
     "chord",
     "current_app",
     "group",
+    "schedules",
     "shared_task",
     "signature",
     "states",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._result import AsyncResult
     from ._task import Task
 
+WORKFLOW = "celery.task"  # the workflow of a task call (contrib/celery/_task.py)
 CANVAS = "celery.canvas"
 _NOTHING: dict[str, Any] = {"__dfcore_nothing__": True}  # no result to pass on (at the start)
 
@@ -42,14 +43,36 @@ class Signature:
         self.args = list(args)
         self.kwargs = dict(kwargs or {})
         self.immutable = immutable
+        #: What ``link()`` and ``link_error()`` added, for ``apply_async``.
+        self.links: dict[str, list[Signature | Canvas]] = {"link": [], "link_error": []}
 
     def __repr__(self) -> str:
-        return f"{self.task.name}({', '.join(map(repr, self.args))})"
+        shown = [*map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())]
+        return f"{self.task.name}({', '.join(shown)})"
 
     def __or__(self, other: Signature | Canvas) -> Canvas:
         return chain(self, other)
 
+    def link(self, callback: Signature | Canvas) -> Signature | Canvas:
+        """Call ``callback`` after this task succeeded, as ``apply_async(link=...)`` does."""
+        self.links["link"].append(callback)
+        return callback
+
+    def link_error(self, errback: Signature) -> Signature:
+        """Call ``errback`` after this task failed, as ``apply_async(link_error=...)`` does."""
+        self.links["link_error"].append(errback)
+        return errback
+
+    def on_error(self, errback: Signature) -> Signature:
+        """:meth:`link_error`, returning this signature."""
+        self.link_error(errback)
+        return self
+
     def node(self) -> dict[str, Any]:
+        if self.links["link"] or self.links["link_error"]:
+            raise unsupported(
+                f"link() or link_error() on {self!r} inside a chain, group, chord or link"
+            )
         return {
             "t": "task",
             "name": self.task.name,
@@ -65,6 +88,11 @@ class Signature:
         self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> AsyncResult:
         """Call it, with ``args`` before its own (as Celery's partial signatures do)."""
+        for name, added in self.links.items():
+            if added:
+                given = options.get(name)
+                more = list(given) if isinstance(given, list | tuple) else [given] if given else []
+                options[name] = [*added, *more]
         return self.task.apply_async(
             [*args, *self.args], {**self.kwargs, **(kwargs or {})}, **options
         )
@@ -143,7 +171,9 @@ def signature(
     """A signature of the task ``name`` of the current app."""
     from ._app import current_app
 
-    task = current_app().tasks.get(name)
+    app = current_app()
+    app.finalize()
+    task = app.tasks.get(name)
     if task is None:
         raise unsupported(f"a signature of {name!r}, which is not a task of this app,")
     return Signature(task, args, kwargs, immutable=bool(options.get("immutable")))

@@ -16,6 +16,7 @@ from dfcore import (
 )
 
 from . import states
+from ._task import traceback_in
 from .exceptions import TimeoutError, rebuild
 
 if TYPE_CHECKING:
@@ -110,7 +111,8 @@ class AsyncResult:
         """The traceback of the task's last failed attempt, if there is one."""
         for event in reversed(self._handle.history()):
             if event.type == EventType.ACTIVITY_FAILED:
-                return str((event.attributes.get("error") or {}).get("traceback") or "") or None
+                error = event.attributes.get("error") or {}
+                return traceback_in(error.get("details")) or error.get("traceback") or None
         return None
 
     # -- control ----------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from dfcore.contrib.celery import Celery, shared_task
 from tests.apps.orders import record
 
@@ -41,3 +44,32 @@ def fails(key: str) -> None:
 @app.task(autoretry_for=(ConnectionError,), dont_autoretry_for=(ConnectionRefusedError,))
 def refused() -> None:
     raise ConnectionRefusedError("refused, for good")
+
+
+#: Holds ``gated`` until a test opens it (the worker runs in the test's process).
+GATE = threading.Event()
+
+
+@app.task
+def gated(value: int) -> int:
+    if not GATE.wait(30):
+        raise TimeoutError("the gate was not opened")
+    return value
+
+
+@app.task
+def on_failure(request: Any, exc: BaseException, traceback: str | None) -> dict:
+    """A new-style errback: Celery gives it the failed task's request, exception and traceback."""
+    return {
+        "id": request.id,
+        "task": request.task,
+        "args": request.args,
+        "error": [type(exc).__name__, exc.args[0]],
+        "traceback": traceback and traceback.splitlines()[-1],
+    }
+
+
+@app.task
+def failed_id(task_id: str, note: str) -> list[str]:
+    """An old-style errback: it gets the failed task's id (before its own arguments)."""
+    return [task_id, note]

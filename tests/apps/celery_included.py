@@ -1,0 +1,3 @@
+"""A module named by a Celery app's ``include=`` in a test: importing it is all it does."""
+
+IMPORTED = True
