@@ -364,3 +364,66 @@ def test_subject_names_are_one_to_one_and_filters_do_not_overlap() -> None:
     assert _subjects.consumer_name("w1@host.celery.pidbox") != _subjects.consumer_name(
         "w1@host.celery_pidbox"
     )
+
+
+def test_every_queue_of_a_channel_is_consumed_and_a_stray_message_is_set_aside(
+    nats_url: str,
+) -> None:
+    """Two queues on one channel share its prefetch (an idle one does not starve the other);
+    a message that is not kombu's is terminated, named in the log, and the queue goes on."""
+    import nats
+
+    name = "k" + uuid4().hex[:10]
+    options = {"stream": f"S{name}", "prefix": name}
+    idle, busy = Queue("idle", routing_key="idle"), Queue("busy", routing_key="busy")
+    got: list[str] = []
+    with Connection(_dfnats(nats_url), transport_options=options) as conn:
+        consumer = conn.Consumer(
+            [idle, busy], callbacks=[lambda body, m: (got.append(body), m.ack())]
+        )
+        with consumer:
+            consumer.qos(prefetch_count=2)
+            _drain(conn)  # both pull; the idle queue's requests expire empty
+
+            async def stray() -> None:
+                nc = await nats.connect(nats_url)
+                await nc.jetstream().publish(f"{name}.x.=.busy", b"not json", stream=f"S{name}")
+                await nc.close()
+
+            asyncio.run(stray())
+            producer = conn.Producer()
+            for n in range(5):
+                producer.publish(f"job {n}", routing_key="busy", declare=[busy])
+
+            def all_five() -> bool:
+                _drain(conn)
+                return len(got) >= 5
+
+            wait_until(all_five, what="the busy queue's five messages")
+    assert got == [f"job {n}" for n in range(5)]
+    assert _consumer_state(nats_url, f"S{name}", "busy") == (0, 0)  # the stray one too
+
+
+def test_the_result_backend_counts_once_per_increment(nats_url: str) -> None:
+    """The chord counter: increments from many threads at once each count once, and a
+    deleted counter starts again from one."""
+    from dfcore.contrib.kombu.backend import JetStreamBackend
+
+    app = celery.Celery("counting")
+    bucket = "b" + uuid4().hex[:10]
+    app.conf.result_backend_transport_options = {"bucket": bucket}
+    backend = JetStreamBackend(app, url=_dfnats(nats_url))
+    values: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: values.extend(backend.incr(b"chord-1") for _ in range(5)))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(values) == list(range(1, 21))
+    backend.delete(b"chord-1")
+    assert backend.incr(b"chord-1") == 1
+    backend.set(b"celery-task-meta-x y", b"{}")  # a key NATS does not allow, encoded
+    assert backend.get(b"celery-task-meta-x y") == b"{}"

@@ -82,14 +82,23 @@ class Bridge:
             if threading.current_thread() is self._thread:
                 raise nats.errors.ConnectionClosedError  # reconnect from kombu's side
             outage = _Outage(servers)
-            known = self.run(
-                nats.connect(
-                    servers=servers,
-                    error_cb=outage.error,
-                    reconnected_cb=outage.over,
-                    **options,
+            wait = 2 * float(options.get("connect_timeout", 2)) + 1
+            try:
+                known = self.run(
+                    nats.connect(
+                        servers=servers,
+                        error_cb=outage.error,
+                        reconnected_cb=outage.over,
+                        **options,
+                    ),
+                    timeout=wait,
                 )
-            )
+            except TimeoutError:
+                raise ConnectionError(
+                    f"cannot connect to NATS at {', '.join(_safe(s) for s in servers)} within "
+                    f"{wait:.0f}s: is nats-server running there, with JetStream (-js), and are "
+                    "the URL's user and password right?"
+                ) from None
             with self._lock:
                 self._connections[key] = known
         return known, known.jetstream()
@@ -114,14 +123,27 @@ class Bridge:
         self._loop, self._thread, self._connections = None, None, {}
 
 
+_CONNECTION = (OSError, nats.errors.Error)
+
+
+def _safe(url: str) -> str:
+    """``url`` without its password."""
+    scheme, _, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    return f"{scheme}://{auth.partition(':')[0]}:**@{host}" if at else url
+
+
 class _Outage:
     """nats-py reconnects by itself: say so once per outage, not at every attempt."""
 
     def __init__(self, servers: list[str]) -> None:
-        self.servers = ", ".join(servers)
+        self.servers = ", ".join(_safe(s) for s in servers)
         self.reported = False
 
     async def error(self, exc: Exception) -> None:
+        if not isinstance(exc, _CONNECTION):
+            log.error("NATS client, connected to %s: %r", self.servers, exc)
+            return
         if not self.reported:
             log.warning("NATS connection to %s: %r; reconnecting", self.servers, exc)
         self.reported = True

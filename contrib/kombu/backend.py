@@ -12,8 +12,10 @@ import base64
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -23,7 +25,7 @@ from celery.exceptions import ImproperlyConfigured
 from nats.js import api
 
 from ._bridge import bridge
-from .transport import CONNECTION_ERRORS
+from ._errors import CONNECTION_ERRORS
 
 log = logging.getLogger("dfcore.contrib.kombu")
 _T = TypeVar("_T")
@@ -62,6 +64,7 @@ class JetStreamBackend(KeyValueStoreBackend):
         self._ttl = float(expires) if expires else None
         self._kv: Any = None
         self._kv_client: Any = None
+        self._js: Any = None
 
     async def _open(self, js: Any) -> Any:
         """The results bucket (made on first use)."""
@@ -89,6 +92,7 @@ class JetStreamBackend(KeyValueStoreBackend):
                 if self._kv is None or self._kv_client is not client:
                     self._kv = bridge.run(self._open(js), timeout=_TIMEOUT)
                     self._kv_client = client
+                self._js = js
                 return bridge.run(make(self._kv), timeout=_TIMEOUT)
             except _RETRIED as exc:
                 if time.monotonic() >= deadline:
@@ -127,35 +131,39 @@ class JetStreamBackend(KeyValueStoreBackend):
 
         self._run(delete)
 
+    async def _write(self, name: str, value: int, headers: dict[str, str], kv: Any) -> None:
+        await self._js.publish(f"$KV.{self.bucket}.{name}", str(value).encode(), headers=headers)
+
     def incr(self, key: bytes | str) -> int:
-        """Add one to the counter ``key`` (from 0), with compare-and-set; the new value."""
+        """Add one to the counter ``key`` (from 0) with compare-and-set; the new value.
+
+        Each write names itself (``Nats-Msg-Id``), so a write retried after a lost reply is
+        the same write and the server keeps it once: a chord's counter never counts a header
+        task twice.
+        """
         name = _key(key)
-
-        async def incr(kv: Any) -> int:
-            for _ in range(_CAS_TRIES):
-                try:
-                    entry = await kv.get(name)
-                except nats.js.errors.KeyNotFoundError:
-                    try:
-                        await kv.create(name, b"1")
-                        return 1
-                    except nats.js.errors.KeyWrongLastSequenceError:
-                        continue
-                value = int(entry.value or b"0") + 1
-                try:
-                    await kv.update(name, str(value).encode(), last=entry.revision)
-                    return value
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    continue
-            raise RuntimeError(f"could not increment {name!r}: {_CAS_TRIES} writers raced")
-
-        return self._run(incr)
+        known: int | None = None  # the last sequence the server named, for a purged counter
+        for _ in range(_CAS_TRIES):
+            revision, value = self._run(partial(_counter, name))
+            if known is not None and value == 0:
+                revision = known
+            headers = {
+                "Nats-Expected-Last-Subject-Sequence": str(revision),
+                "Nats-Msg-Id": f"incr:{name}@{revision}:{uuid.uuid4().hex}",  # this writer's
+            }
+            try:
+                self._run(partial(self._write, name, value + 1, headers))
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code not in (10071, 10164):
+                    raise
+                last = re.search(r"(\d+)\s*$", exc.description or "")  # "wrong last sequence: 7"
+                known = int(last.group(1)) if last else None
+                continue  # another writer came first: read again
+            return value + 1
+        raise RuntimeError(f"could not increment {name!r}: {_CAS_TRIES} writers raced")
 
     def expire(self, key: bytes | str, value: Any) -> None:
         """Keys live as long as the bucket's age limit (``result_expires``)."""
-
-    def as_uri(self, include_password: bool = False) -> str:
-        return self.url
 
 
 def _key(key: bytes | str) -> str:
@@ -163,3 +171,14 @@ def _key(key: bytes | str) -> str:
     if _KEY.fullmatch(text) and not text.startswith(".") and not text.endswith("."):
         return text
     return "=" + base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+async def _counter(name: str, kv: Any) -> tuple[int, int]:
+    """The revision the counter ``name`` is at (0: never written), and its value."""
+    try:
+        entry = await kv.get(name)
+    except nats.js.errors.KeyDeletedError as deleted:  # purged: counting starts again
+        return int(getattr(deleted.entry, "revision", 0) or 0), 0
+    except nats.js.errors.KeyNotFoundError:
+        return 0, 0
+    return int(entry.revision), int(entry.value or b"0")

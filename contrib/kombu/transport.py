@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import nats.errors
 import nats.js.errors
@@ -40,49 +41,15 @@ from nats.js import api
 
 from . import _subjects
 from ._bridge import bridge
+from ._errors import CONNECTION_ERRORS
+from ._pull import pull
+from ._qos import QoS
 
 log = logging.getLogger("dfcore.contrib.kombu")
 _T = TypeVar("_T")
 
 _BATCH = 64  # messages asked for in one pull, at most
-_PULL_WAIT = 5.0  # seconds one pull request waits for a message
 _OP_TIMEOUT = 10.0  # seconds a publish or a management call may take
-
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    nats.errors.ConnectionClosedError,
-    nats.errors.NoServersError,
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.StaleConnectionError,
-    nats.js.errors.ServiceUnavailableError,
-    TimeoutError,
-    ConnectionError,
-    OSError,
-)
-
-_PULL_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *CONNECTION_ERRORS)
-
-
-class QoS(virtual.QoS):
-    """Settles messages on the server: ack, redeliver or terminate."""
-
-    channel: Channel
-
-    def ack(self, delivery_tag: str) -> None:
-        self.channel._settle(delivery_tag, "ack")
-        super().ack(delivery_tag)
-
-    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        self.channel._settle(delivery_tag, "nak" if requeue else "term")
-        self._quick_ack(delivery_tag)
-
-    def restore_unacked(self) -> list[Any]:
-        """Hand every message still held back to the server, for redelivery now."""
-        self._flush()
-        for tag in list(self._delivered):
-            self.channel._settle(tag, "nak")
-        self._delivered.clear()
-        return []
 
 
 class Channel(virtual.Channel):
@@ -105,11 +72,13 @@ class Channel(virtual.Channel):
         super().__init__(connection, **kwargs)
         self.prefix, self.stream = connection.prefix, connection.stream
         self.visibility_timeout = float(self.visibility_timeout)
+        self.ack_wait = self.visibility_timeout  # the shortest of this channel's queues
         self._lock = threading.Lock()
         self._held: dict[str, Msg] = {}  # delivery tag -> message, until it is settled
         self._reserved = 0  # pulled (or being pulled) and not delivered yet
         self._pullers: dict[str, Any] = {}
         self._to_pull: dict[str, bool] = {}
+        self._no_ack: dict[str, bool] = {}
         self._pulled: dict[int, Msg] = {}  # pulled and not delivered yet
         self._wake = asyncio.Event()
         self._waiting: collections.deque[tuple[str, Msg, bool]] = collections.deque()
@@ -146,11 +115,16 @@ class Channel(virtual.Channel):
         return info
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
-        async def declare(js: Any) -> None:
-            if await self._info(js, queue) is None:
-                await js.add_consumer(self.stream, self._consumer_config(queue, **kwargs))
+        async def declare(js: Any) -> api.ConsumerInfo:
+            info = await self._info(js, queue)
+            if info is None:
+                info = await js.add_consumer(self.stream, self._consumer_config(queue, **kwargs))
+            return info
 
-        self._run(declare)
+        info = self._run(declare)
+        # The queue's ack wait is the one it was made with (maybe by another process, with
+        # another visibility_timeout): held messages are extended in time for that one.
+        self.ack_wait = min(self.ack_wait, float(info.config.ack_wait or self.visibility_timeout))
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         return self._run(lambda js: self._info(js, queue)) is not None
@@ -212,7 +186,12 @@ class Channel(virtual.Channel):
         exchange, routing_key = exchange or "", routing_key or ""
         gone = set(self._filters(exchange, routing_key))
         self.state.binding_delete(queue, exchange, routing_key)
-        self._refilter(queue, lambda filters: [f for f in filters if f not in gone])
+        kept = [  # a binding the one removed covered (minimal() dropped it) comes back
+            f
+            for binding in self.state.queue_bindings(queue)
+            for f in self._filters(binding.exchange, binding.routing_key)
+        ]
+        self._refilter(queue, lambda filters: [*(f for f in filters if f not in gone), *kept])
 
     def _filters(self, exchange: str, routing_key: str) -> list[str]:
         kind = self.typeof(exchange).type if exchange else "direct"
@@ -232,7 +211,15 @@ class Channel(virtual.Channel):
             if sorted(wanted) != sorted(now):
                 config.filter_subject = None
                 config.filter_subjects = wanted
-                await js.add_consumer(self.stream, config)
+                try:
+                    await js.add_consumer(self.stream, config)
+                except nats.js.errors.BadRequestError as exc:
+                    raise ChannelError(
+                        f"queue {queue!r} cannot have the bindings {wanted}: {exc.description}; "
+                        "on NATS, two bindings of one queue may not match a routing key in "
+                        "common unless one includes the other (order.* and order.paid may "
+                        "be bound together, order.* and *.paid may not)"
+                    ) from None
 
         self._run(refilter)
 
@@ -257,16 +244,33 @@ class Channel(virtual.Channel):
         self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
     ) -> Any:
         result = super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
-        self._to_pull[queue] = no_ack  # pulled from the first drain, under the prefetch then set
+        self._to_pull[queue] = self._no_ack[queue] = no_ack  # pulled from the first drain
         return result
 
     def _start_pulling(self) -> None:
-        while self._to_pull:
-            queue, no_ack = self._to_pull.popitem()
-            if queue in self._active_queues and queue not in self._pullers:
-                self.connection.jetstream()  # connected, if it was not
-                nc = self.connection._nc
-                self._pullers[queue] = bridge.submit(self._pull(nc, queue, no_ack))
+        if not self._to_pull:
+            return
+        self.connection.jetstream()  # connected, if it was not
+        nc = self.connection._nc
+        with self._lock:
+            while self._to_pull:
+                queue, no_ack = self._to_pull.popitem()
+                if queue in self._active_queues and queue not in self._pullers:
+                    self._pullers[queue] = bridge.submit(pull(self, nc, queue, no_ack))
+                    self._pullers[queue].add_done_callback(
+                        lambda done, queue=queue: self._puller_ended(queue, done)
+                    )
+
+    def _puller_ended(self, queue: str, done: Any) -> None:
+        if done.cancelled():
+            return
+        with self._lock:
+            if self._pullers.get(queue) is done and not self.closed:
+                del self._pullers[queue]
+                self._to_pull[queue] = self._no_ack.get(queue, False)  # again at the next drain
+        error = done.exception()
+        if error is not None:
+            log.error("pulling from queue %r stopped: %r; starting again", queue, error)
 
     def basic_cancel(self, consumer_tag: str) -> Any:
         queue = self._tag_to_queue.get(consumer_tag)
@@ -312,73 +316,28 @@ class Channel(virtual.Channel):
         with self._lock:
             limit = int(self.qos.prefetch_count or 0)
             room = _BATCH if not limit else limit - len(self._held) - self._reserved
-            wanted = max(0, min(room, _BATCH))
+            share = -(-limit // max(len(self._pullers), 1)) if limit else _BATCH
+            wanted = max(0, min(room, share, _BATCH))  # each queue's puller gets its share
             self._reserved += wanted
             return wanted
 
-    async def _pull(self, nc: Any, queue: str, no_ack: bool) -> None:
-        """Ask the queue's consumer for as many messages as the prefetch allows, one pull
-        request at a time, and hand each message on the moment it arrives (its ack wait has
-        started)."""
-        asked = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}"
-        asked += f".{_subjects.consumer_name(queue)}"
-        inbox = nc.new_inbox()
-        open_request = [0]  # messages the current pull request may still bring
-        ended = asyncio.Event()
-
-        async def arrived(msg: Msg) -> None:
-            status = (msg.headers or {}).get(api.Header.STATUS)
-            if status:  # the request expired, or the server cut it short
-                left = int((msg.headers or {}).get("Nats-Pending-Messages", open_request[0]))
-                self._release(min(left, open_request[0]))
-                open_request[0] = 0
-                ended.set()
-                return
-            with self._lock:
-                self._pulled[id(msg)] = msg
-            self.connection._inbox.put((self, queue, msg, no_ack))
-            open_request[0] -= 1
-            if open_request[0] <= 0:
-                ended.set()
-
-        sub = await nc.subscribe(inbox, cb=arrived)
-        try:
-            while not self.closed:
-                wanted = self._credit()
-                if not wanted:
-                    self._wake.clear()
-                    wanted = self._credit()  # a settle may have come before the clear
-                    if not wanted:
-                        await self._wake.wait()
-                        continue
-                open_request[0] = wanted
-                ended.clear()
-                request = {"batch": wanted, "expires": int(_PULL_WAIT * 1e9)}
-                try:
-                    await nc.publish(asked, json.dumps(request).encode(), reply=inbox)
-                    await asyncio.wait_for(ended.wait(), _PULL_WAIT + 2)
-                except _PULL_ERRORS as exc:  # the request was lost with the connection
-                    log.debug("pulling %s: %r; asking again", queue, exc)
-                    self._release(open_request[0])
-                    open_request[0] = 0
-                    await asyncio.sleep(0.2)
-        finally:
-            self._release(open_request[0])
-            await sub.unsubscribe()
-
     def _release(self, unused: int) -> None:
-        """Give back credit a pull request reserved and did not use."""
+        """Give back credit a pull request reserved and did not use (another queue's puller
+        may take it)."""
         if unused > 0:
             with self._lock:
                 self._reserved -= unused
+            self._wake.set()  # called on the loop
 
     def _wake_pullers(self) -> None:
         bridge.call_soon(self._wake.set)
 
     def _take(self, msg: Msg, no_ack: bool) -> dict[str, Any]:
         """The kombu message of ``msg``, with a delivery tag of its own; held until settled."""
-        payload: dict[str, Any] = json.loads(msg.data)
-        properties = payload.setdefault("properties", {})
+        payload = json.loads(msg.data)  # ValueError if it is not JSON
+        if not isinstance(payload, dict) or not isinstance(payload.get("properties"), dict):
+            raise ValueError("no kombu properties")
+        properties = payload["properties"]
         tag = uuid.uuid4().hex
         properties["delivery_tag"] = tag
         if msg.metadata.num_delivered > 1:
@@ -403,6 +362,20 @@ class Channel(virtual.Channel):
             if self.connection is not None:  # the consuming thread may deliver one more
                 self.connection._inbox.put(None)
 
+    def _drop(self, msg: Msg, queue: str, error: Exception) -> None:
+        """A message that is not a kombu message (not JSON, no properties): terminated."""
+        with self._lock:
+            self._reserved -= 1
+            self._pulled.pop(id(msg), None)
+        log.warning(
+            "queue %r: message %s of stream %s is not a kombu message (%s); terminated",
+            queue,
+            msg.metadata.sequence.stream,
+            self.stream,
+            error,
+        )
+        bridge.submit(_settle(msg, "term"))
+
     def _hand_back(self, msg: Msg) -> None:
         """A message pulled but not delivered (its channel closed): redeliver it now."""
         with self._lock:
@@ -419,6 +392,8 @@ class Channel(virtual.Channel):
         for puller in self._pullers.values():
             puller.cancel()
         self._pullers.clear()
+        while self._waiting:  # pulled, not delivered: redelivered now, not after the ack wait
+            self._hand_back(self._waiting.popleft()[1])
         super().close()
 
 
@@ -487,16 +462,18 @@ class Transport(virtual.Transport):
 
     def _servers(self) -> list[str]:
         client: Any = self.client
-        scheme = "tls" if client.ssl else "nats"
+        tls = bool(client.ssl) or client.transport_cls == "dfnatss"
+        scheme = "tls" if tls else "nats"
         auth = ""
         if client.userid:
             auth = f"{client.userid}:{client.password or ''}@"
         hosts = [
             f"{scheme}://{auth}{client.hostname or '127.0.0.1'}:{client.port or self.default_port}"
         ]
-        for alt in getattr(client, "alt", None) or []:
-            if alt.partition("://")[2] and alt not in hosts:
-                hosts.append(alt.replace("dfnats://", f"{scheme}://", 1))
+        for alt in getattr(client, "alt", None) or []:  # failover URLs: a;b
+            parts = urlsplit(alt)
+            if parts.netloc:
+                hosts.append(f"{scheme}://{parts.netloc}")
         return list(dict.fromkeys(hosts))
 
     async def _ensure_stream(self, js: Any, options: dict[str, Any]) -> None:
@@ -518,14 +495,19 @@ class Transport(virtual.Transport):
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
-            await js.stream_info(name)  # made meanwhile by another process
+            try:
+                await js.stream_info(name)  # made meanwhile by another process
+            except nats.js.errors.NotFoundError:
+                raise ChannelError(
+                    f"cannot make the stream {name!r} for the subjects {prefix}.x.>: the server "
+                    "refused it; set the transport options 'stream' and 'prefix' to names no "
+                    "other stream uses"
+                ) from None
 
     async def _extend(self) -> None:
         """Keep every held message's ack wait from running out while this process lives."""
         while True:
-            waits = [ch.visibility_timeout for ch in list(self.channels)] or [
-                Channel.visibility_timeout
-            ]
+            waits = [ch.ack_wait for ch in list(self.channels)] or [Channel.visibility_timeout]
             await asyncio.sleep(max(min(waits) / 3, 0.2))
             for channel in list(self.channels):
                 for msg in channel.held():
@@ -549,7 +531,15 @@ class Transport(virtual.Transport):
             except queues.Empty:
                 raise TimeoutError() from None
             if item is not None:  # None: a settle made room
-                item[0]._waiting.append(item[1:])
+                self._arrived(item)
+
+    @staticmethod
+    def _arrived(item: tuple[Any, str, Msg, bool]) -> None:
+        channel = item[0]
+        if channel.closed:
+            channel._hand_back(item[2])
+        else:
+            channel._waiting.append(item[1:])
 
     def _deliver_waiting(self) -> bool:
         """Deliver what each channel may take now; whether anything was delivered."""
@@ -559,7 +549,7 @@ class Transport(virtual.Transport):
             except queues.Empty:
                 break
             if item is not None:
-                item[0]._waiting.append(item[1:])
+                self._arrived(item)
         delivered = False
         for channel in list(self.channels):
             while channel._waiting and (channel.closed or channel.qos.can_consume()):
@@ -568,12 +558,17 @@ class Transport(virtual.Transport):
                 if channel.closed or callback is None:
                     channel._hand_back(msg)
                     continue
-                callback(channel._take(msg, no_ack))
+                try:
+                    payload = channel._take(msg, no_ack)
+                except ValueError as exc:  # not a kombu message: ended, named, not redelivered
+                    channel._drop(msg, queue, exc)
+                    continue
+                callback(payload)
                 delivered = True
         return delivered
 
     def close_connection(self, connection: Any) -> None:
-        super().close_connection(connection)
+        super().close_connection(connection)  # closes each channel: they hand back what waits
         while True:
             try:
                 item = self._inbox.get_nowait()
@@ -581,9 +576,6 @@ class Transport(virtual.Transport):
                 break
             if item is not None:
                 item[0]._hand_back(item[2])
-        for channel in list(self.channels):
-            while channel._waiting:
-                channel._hand_back(channel._waiting.popleft()[1])
         if self._extender is not None:
             self._extender.cancel()
             self._extender = None
