@@ -252,14 +252,15 @@ class Channel(virtual.Channel):
             return
         self.connection.jetstream()  # connected, if it was not
         nc = self.connection._nc
+        started = []
         with self._lock:
             while self._to_pull:
                 queue, no_ack = self._to_pull.popitem()
                 if queue in self._active_queues and queue not in self._pullers:
                     self._pullers[queue] = bridge.submit(pull(self, nc, queue, no_ack))
-                    self._pullers[queue].add_done_callback(
-                        lambda done, queue=queue: self._puller_ended(queue, done)
-                    )
+                    started.append((queue, self._pullers[queue]))
+        for queue, puller in started:  # outside the lock: a puller done already calls back now
+            puller.add_done_callback(lambda done, queue=queue: self._puller_ended(queue, done))
 
     def _puller_ended(self, queue: str, done: Any) -> None:
         if done.cancelled():
