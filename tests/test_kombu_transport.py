@@ -427,3 +427,28 @@ def test_the_result_backend_counts_once_per_increment(nats_url: str) -> None:
     assert backend.incr(b"chord-1") == 1
     backend.set(b"celery-task-meta-x y", b"{}")  # a key NATS does not allow, encoded
     assert backend.get(b"celery-task-meta-x y") == b"{}"
+
+
+def test_purge_drops_the_ready_messages_of_one_queue_only(nats_url: str) -> None:
+    """``celery purge`` (``queue_purge``): the queue's ready messages go, another queue bound to
+    the same key keeps its own."""
+    name = "k" + uuid4().hex[:10]
+    options = {"stream": f"S{name}", "prefix": name}
+    exchange = Exchange("jobs", type="direct")
+    first, second = (Queue(q, exchange, routing_key="jobs") for q in ("first", "second"))
+    with Connection(
+        _dfnats(nats_url),
+        transport="dfcore.contrib.kombu.transport:Transport",
+        transport_options=options,
+    ) as conn:
+        producer = conn.Producer()
+        for n in range(3):
+            producer.publish(
+                {"n": n}, exchange=exchange, routing_key="jobs", declare=[first, second]
+            )
+        channel = conn.default_channel
+        assert channel.queue_purge("first") == 3
+        assert _consumer_state(nats_url, f"S{name}", "first") == (0, 0)
+        assert _consumer_state(nats_url, f"S{name}", "second") == (3, 0)
+        producer.publish({"n": 3}, exchange=exchange, routing_key="jobs")
+        assert _consumer_state(nats_url, f"S{name}", "first") == (1, 0)  # bound still
