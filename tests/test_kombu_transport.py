@@ -204,10 +204,10 @@ def test_kill_9_of_a_worker_mid_task_loses_nothing_with_acks_late(
 def test_tasks_outliving_the_visibility_timeout_run_once(
     run: Callable[..., CeleryRun], nats_url: str
 ) -> None:
-    one = run(DF_TEST_ACKS_LATE="1", DF_TEST_VISIBILITY="2")
+    one = run(DF_TEST_ACKS_LATE="1", DF_TEST_VISIBILITY="3")
     one.worker("-c", "2", name="a")
     one.worker("-c", "2", name="b")
-    eta = one.module.add.apply_async((20, 22), countdown=6)  # three ack waits away
+    eta = one.module.add.apply_async((20, 22), countdown=9)  # three ack waits away
     long = one.module.hold.delay("long")
     wait_until(lambda: one.lines("start"), what="the long task to start")
     assert eta.get(timeout=60) == 42

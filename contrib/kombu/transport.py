@@ -507,15 +507,23 @@ class Transport(virtual.Transport):
 
     async def _extend(self) -> None:
         """Keep every held message's ack wait from running out while this process lives."""
+        loop = asyncio.get_running_loop()
         while True:
             waits = [ch.ack_wait for ch in list(self.channels)] or [Channel.visibility_timeout]
-            await asyncio.sleep(max(min(waits) / 3, 0.2))
-            for channel in list(self.channels):
-                for msg in channel.held():
-                    try:
+            every = max(min(waits) / 4, 0.2)
+            due = loop.time() + every
+            await asyncio.sleep(every)
+            late = loop.time() - due
+            if late > every:  # the process was starved: its messages may have gone elsewhere
+                log.warning(
+                    "extending ack waits ran %.1fs late (the ack wait is %.1fs)", late, min(waits)
+                )
+            try:
+                for channel in list(self.channels):
+                    for msg in channel.held():
                         await msg.in_progress()
-                    except Exception as exc:
-                        log.debug("could not extend a message's ack wait: %r", exc)
+            except Exception as exc:  # tried again next round
+                log.warning("could not extend the ack wait of held messages: %r", exc)
 
     def drain_events(self, connection: Any, timeout: float | None = None, **_: Any) -> None:
         """Deliver the messages pulled so far, waiting up to ``timeout`` for one; a message
