@@ -427,6 +427,7 @@ def test_the_result_backend_counts_once_per_increment(nats_url: str) -> None:
     assert backend.incr(b"chord-1") == 1
     backend.set(b"celery-task-meta-x y", b"{}")  # a key NATS does not allow, encoded
     assert backend.get(b"celery-task-meta-x y") == b"{}"
+    assert backend.mget([b"celery-task-meta-x y", b"celery-task-meta-none"]) == [b"{}", None]
 
 
 def test_purge_drops_the_ready_messages_of_one_queue_only(nats_url: str) -> None:

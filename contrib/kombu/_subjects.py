@@ -27,6 +27,11 @@ def token(name: str) -> str:
     """``name`` as one subject token."""
     if _TOKEN.fullmatch(name) and not _UNSAFE & set(name):
         return name
+    return encoded(name)
+
+
+def encoded(name: str) -> str:
+    """``=`` and the URL-safe base64 of ``name``: a token and a key-value key for any name."""
     return "=" + base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
 
 

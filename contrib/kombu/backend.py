@@ -8,7 +8,7 @@ body is applied by whichever header task finishes last, without ``chord_unlock``
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import logging
 import re
 import time
@@ -26,6 +26,7 @@ from nats.js import api
 
 from ._bridge import bridge
 from ._errors import CONNECTION_ERRORS
+from ._subjects import encoded
 
 log = logging.getLogger("dfcore.contrib.kombu")
 _T = TypeVar("_T")
@@ -106,17 +107,16 @@ class JetStreamBackend(KeyValueStoreBackend):
         return isinstance(exc, _RETRIED)
 
     def get(self, key: bytes | str) -> bytes | None:
-        async def get(kv: Any) -> bytes | None:
-            try:
-                entry = await kv.get(_key(key))
-            except nats.js.errors.KeyNotFoundError:
-                return None
-            return entry.value or None
-
-        return self._run(get)
+        return self._run(partial(_value, _key(key)))
 
     def mget(self, keys: list[bytes | str]) -> list[bytes | None]:
-        return [self.get(key) for key in keys]
+        """The values of ``keys`` (a group's results), read at once."""
+        names = [_key(key) for key in keys]
+
+        async def read(kv: Any) -> list[bytes | None]:
+            return list(await asyncio.gather(*(_value(name, kv) for name in names)))
+
+        return self._run(read)
 
     def set(self, key: bytes | str, value: bytes | str) -> None:
         data = value.encode() if isinstance(value, str) else value
@@ -170,7 +170,15 @@ def _key(key: bytes | str) -> str:
     text = key.decode() if isinstance(key, bytes) else key
     if _KEY.fullmatch(text) and not text.startswith(".") and not text.endswith("."):
         return text
-    return "=" + base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return encoded(text)
+
+
+async def _value(name: str, kv: Any) -> bytes | None:
+    try:
+        entry = await kv.get(name)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return entry.value or None
 
 
 async def _counter(name: str, kv: Any) -> tuple[int, int]:
