@@ -50,8 +50,10 @@ from dfcore.core._history import EventType, HistoryEvent
 from dfcore.core._registry import ActivityFunction
 from dfcore.core._schedules import ScheduleSpec
 from dfcore.jetstream._dlq import DeadLetter
+from dfcore.jetstream._index import WorkflowSummary, WorkflowWatch
 from dfcore.jetstream._naming import check_task_queue, check_workflow_id
 from dfcore.jetstream._server import EmbeddedServer
+from dfcore.jetstream._workers import QueueInfo, RunningActivity, WorkerInfo
 from dfcore.worker._worker import Worker
 
 __version__ = "0.1.0"
@@ -81,13 +83,16 @@ __all__ = [
     "PayloadError",
     "PayloadTooLargeError",
     "PreparedStart",
+    "QueueInfo",
     "RegistrationError",
     "RetryPolicy",
+    "RunningActivity",
     "Schedule",
     "ScheduleSpec",
     "SerializationError",
     "Settings",
     "Worker",
+    "WorkerInfo",
     "WorkflowAlreadyStartedError",
     "WorkflowContext",
     "WorkflowFailureError",
@@ -96,6 +101,8 @@ __all__ = [
     "WorkflowInfo",
     "WorkflowNotFoundError",
     "WorkflowStatus",
+    "WorkflowSummary",
+    "WorkflowWatch",
     "__version__",
     "activity",
     "check_task_queue",

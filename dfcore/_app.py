@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from dfcore._inspection import Inspection
 from dfcore.client._client import Client
-from dfcore.client._handle import WorkflowHandle, WorkflowStatus
+from dfcore.client._handle import WorkflowHandle
 from dfcore.client._loopthread import on_exit, run_sync
 from dfcore.client._schedules import Schedules, declare_schedule
 from dfcore.client._start import IfExists, PreparedStart, prepare_start
@@ -27,7 +28,6 @@ from dfcore.core._definitions import (
 )
 from dfcore.core._errors import ConfigurationError
 from dfcore.core._registry import ActivityFunction, Registry
-from dfcore.jetstream._dlq import DeadLetter
 from dfcore.jetstream._naming import check_queue
 from dfcore.worker._worker import Worker
 
@@ -118,7 +118,7 @@ class WorkflowFunction(Generic[P, R]):
         return self.app.client.get_handle(workflow_id, result_hint=self._result_hint)
 
 
-class App:
+class App(Inspection):
     """A DurableFuture application: settings plus registered workflows and activities.
 
     Settings come from, in order of precedence: keyword arguments, ``config_from_object``,
@@ -510,34 +510,6 @@ class App:
     ) -> WorkflowHandle[Any]:
         """Sync twin of :meth:`astart`."""
         return run_sync(self.astart(workflow, *args, **options))
-
-    async def alist_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
-        """The most recently active workflows, newest first."""
-        return await self.client.list_workflows(limit)
-
-    def list_workflows(self, limit: int = 50) -> list[WorkflowStatus]:
-        """Sync twin of :meth:`alist_workflows`."""
-        return run_sync(self.alist_workflows(limit))
-
-    async def adead_letters(self, limit: int = 50) -> list[DeadLetter]:
-        """The newest messages workers could not use (oldest of them first), with reasons."""
-        return await self.client.dead_letters(limit)
-
-    def dead_letters(self, limit: int = 50) -> list[DeadLetter]:
-        """Sync twin of :meth:`adead_letters`."""
-        return run_sync(self.adead_letters(limit))
-
-    async def adead_letter(self, seq: int) -> DeadLetter:
-        """One dead letter by its sequence (as listed by :meth:`adead_letters`).
-
-        Raises:
-            DFError: there is no dead letter ``seq`` (it never existed or has expired).
-        """
-        return await self.client.dead_letter(seq)
-
-    def dead_letter(self, seq: int) -> DeadLetter:
-        """Sync twin of :meth:`adead_letter`."""
-        return run_sync(self.adead_letter(seq))
 
     # -- workers ----------------------------------------------------------------------------
 

@@ -37,6 +37,9 @@ def test_names() -> None:
     assert lay.task_subject("gpu") == "shop.task.gpu"
     assert lay.status_subject("default", "order-42") == "shop.status.default.order-42"
     assert lay.status_for("shop.history.gpu.10.order-42") == "shop.status.gpu.order-42"
+    assert lay.index_subject("gpu", "a.b") == "shop.index.gpu.~YS5i"
+    assert lay.index_for("shop.history.gpu.10.order-42") == "shop.index.gpu.order-42"
+    assert lay.parse_index_subject("shop.index.gpu.~YS5i") == ("gpu", "a.b")
     assert lay.timers_of("default", "order-42") == "shop.timer.default.order-42.>"
     assert lay.workflow_consumer("gpu", 3) == "wf_gpu_3"
     assert lay.activity_consumer("gpu") == "act_gpu"
@@ -93,6 +96,7 @@ async def test_streams_and_consumers_created_by_a_worker(
         f"{namespace}.history.>",
         f"{namespace}.timer.>",
         f"{namespace}.status.>",
+        f"{namespace}.index.>",
         f"{namespace}.runs.>",
         f"{namespace}.sched.>",
     ]

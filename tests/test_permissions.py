@@ -79,6 +79,13 @@ def test_each_role_does_its_job_with_only_its_permissions(
         assert seen.status().status == "completed"
         assert [w.workflow_id for w in operator.list_workflows()] == ["greet-1"]
         assert operator.dead_letters() == []
+        # What the dashboard reads: the index watched, the workers asked, the queues' figures.
+        for reader in (client, operator):
+            watch = reader.watch_workflows()
+            assert next(watch).workflow_id == "greet-1"
+            watch.close()
+            assert [w.app for w in reader.workers(window=0.3)] == ["perm-worker"]
+            assert [q.name for q in reader.queues()] == ["default"]
     # Nothing any of them did, the worker's stop (it unpins its partitions) included, was
     # refused by the server.
     assert not [r.getMessage() for r in caplog.records if "NATS refused" in r.getMessage()]

@@ -22,6 +22,7 @@ import orjson
 
 from dfcore.cli._dev import DevOptions, run_dev
 from dfcore.cli._host import Host, current_host, load_app
+from dfcore.cli._plugins import commands
 from dfcore.cli._supervisor import is_child, processes_option, supervise
 from dfcore.client._inspect import render_history
 from dfcore.core._errors import DFError
@@ -212,6 +213,11 @@ def _addrport(value: str | None) -> tuple[str | None, int | None]:
     is_flag=True,
     help="Run only the NATS server (start the worker and the web server yourself).",
 )
+@click.option(
+    "--no-dashboard",
+    is_flag=True,
+    help="Do not serve the dashboard beside the site (it runs when its extra is installed).",
+)
 @_worker_options
 def dev(
     addrport: str | None,
@@ -220,6 +226,7 @@ def dev(
     data_dir: Path | None,
     nats_port: int,
     nats_only: bool,
+    no_dashboard: bool,
     no_relay: bool,
     loglevel: str,
     **options: Any,
@@ -249,6 +256,7 @@ def dev(
         web_host=web_host or address or "127.0.0.1",
         web_port=web_port if web_port is not None else port,
         worker=worker_kwargs(options),
+        services=not no_dashboard,
     )
     try:
         run_dev(host, run_options)
@@ -492,8 +500,9 @@ def _when(at: datetime | None) -> str:
     return at.isoformat(timespec="seconds") if at is not None else "-"
 
 
-#: The commands every host has; the Flask and Django groups add these same objects.
-COMMANDS: tuple[click.Command, ...] = (worker, dev, workflow, schedule, dlq)
+#: The commands every host has; the Flask and Django groups add these same objects. Installed
+#: extras add theirs (``dashboard``), found by entry point (``_plugins``).
+COMMANDS: tuple[click.Command, ...] = (worker, dev, workflow, schedule, dlq, *commands())
 
 
 # -- the core CLI ----------------------------------------------------------------------------

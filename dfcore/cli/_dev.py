@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from dfcore._app import App
 from dfcore.cli._host import Host
+from dfcore.cli._plugins import DevService, dev_services
 from dfcore.core._config import Advice, Settings
 from dfcore.core._errors import ConfigurationError
 from dfcore.jetstream._server import EmbeddedServer, port_in_use
@@ -37,6 +38,7 @@ class DevOptions:
     web_host: str = "127.0.0.1"
     web_port: int | None = None  # None: the host's default
     worker: dict[str, Any] = field(default_factory=dict)  # App.worker(**worker)
+    services: bool = True  # the extras' services beside the site (the dashboard)
 
 
 def run_dev(host: Host, options: DevOptions) -> None:
@@ -56,6 +58,7 @@ def run_dev(host: Host, options: DevOptions) -> None:
             server.stop()
         return
     stop_relay = threading.Event()
+    services: list[DevService] = []
     app: App | None = None
     worker: WorkerThread | None = None
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -68,6 +71,8 @@ def run_dev(host: Host, options: DevOptions) -> None:
         if host.start_relay is not None:
             serving += ", with the outbox relay" if relaying else ", no outbox relay"
         lines = [f"\nNATS JetStream  {server.url}  (data in {data})", f"Worker          {serving}"]
+        if options.services:
+            services = _start_services(app, lines)
         if host.web is None:
             try_it = f"Try it:         {host.advice().run('workflow list')}"
             wait_for_interrupt(lambda: host.echo("\n".join([*lines, reach, try_it, ""])))
@@ -82,6 +87,8 @@ def run_dev(host: Host, options: DevOptions) -> None:
                 pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        for service in services:
+            service.stop()
         stop_relay.set()
         if worker is not None:
             worker.stop()
@@ -90,6 +97,20 @@ def run_dev(host: Host, options: DevOptions) -> None:
         server.stop()
         parts = "the web server, the worker and NATS" if host.web else "the worker and NATS"
         host.echo(f"Stopped {parts}.")
+
+
+def _start_services(app: App, lines: list[str]) -> list[DevService]:
+    """Start what installed extras run beside the site, adding a line for each."""
+    started = []
+    for name, start in dev_services():
+        try:
+            service = start(app)
+        except Exception as exc:  # the site runs on without it
+            lines.append(f"{name.capitalize():15} not started: {exc}")
+            continue
+        started.append(service)
+        lines.append(f"{name.capitalize():15} {service.url}")
+    return started
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

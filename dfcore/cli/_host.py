@@ -13,9 +13,10 @@ import importlib
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -44,6 +45,9 @@ class Host:
         web: the development web server ``dev`` runs in the foreground, if any.
         web_port: its default port.
         echo: writes one line of output (Django commands write to their ``self.stdout``).
+        extra_settings: an extra's settings where the framework keeps them, by the extra's
+            name (``"dashboard"``: Django's ``DFCORE["DASHBOARD"]``, Flask's
+            ``DF_DASHBOARD_*``), as lower-case keys.
     """
 
     name: str
@@ -54,6 +58,7 @@ class Host:
     web: WebServer | None = None
     web_port: int = 8000
     echo: Callable[[str], None] = field(default=click.echo)
+    extra_settings: Callable[[str], Mapping[str, Any]] = lambda name: {}
     takes_app_option: bool = False  # whether -A/--app names the App (the core CLI only)
     app_spec: str | None = None  # the core CLI's -A MODULE[:APP]
 

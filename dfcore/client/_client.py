@@ -8,8 +8,10 @@ start arrives as a :class:`PreparedStart`, encoded by the caller.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from dfcore.client._handle import WorkflowHandle, WorkflowStatus
@@ -23,10 +25,14 @@ from dfcore.core._config import Settings
 from dfcore.core._errors import DFError, WorkflowAlreadyStartedError
 from dfcore.core._facts import WorkflowStarted
 from dfcore.jetstream._dlq import DeadLetter
+from dfcore.jetstream._index import WorkflowSummary, WorkflowWatch
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._store import HEADROOM, AppendConflict
+from dfcore.jetstream._workers import QueueInfo, WorkerInfo
 
 T = TypeVar("T")
+
+log = logging.getLogger("dfcore.client")
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
 
@@ -190,6 +196,36 @@ class Client:
 
         return await self.call(run, "list workflows")
 
+    async def watch_workflows(self) -> WorkflowWatch:
+        """The current index entry of every workflow, then each change as it is written.
+
+        Use it on a long-lived event loop (it holds a subscription on this loop's
+        connection), and close it when done.
+        """
+
+        async def run(client: LoopClient) -> WorkflowWatch:
+            return await (await client.store()).index.watch()
+
+        return await self.call(run, "watch workflows")
+
+    # -- workers and queues -----------------------------------------------------------------
+
+    async def workers(self, window: float = 0.5) -> list[WorkerInfo]:
+        """The worker processes that describe themselves within ``window`` seconds."""
+
+        async def run(client: LoopClient) -> list[WorkerInfo]:
+            return await (await client.store()).ask_workers(window)
+
+        return await self.call(run, "ask the workers")
+
+    async def queues(self) -> list[QueueInfo]:
+        """Backlog and in-flight counts of every task queue with consumers."""
+
+        async def run(client: LoopClient) -> list[QueueInfo]:
+            return await (await client.store()).queue_stats()
+
+        return await self.call(run, "read the queues")
+
     # -- dead letters -----------------------------------------------------------------------
 
     async def dead_letters(self, limit: int = 50) -> list[DeadLetter]:
@@ -227,18 +263,37 @@ async def append_start(store: ClientStore, start: PreparedStart, if_exists: IfEx
     lay = store.layout
     subject = lay.history_subject(start.task_queue, start.workflow_id)
     token = workflow_token(start.workflow_id)
-    try:
-        await store.append(
+    entry = WorkflowSummary(
+        start.workflow_id,
+        start.task_queue,
+        "running",
+        workflow_type=start.workflow_type,
+        started_at=datetime.now(UTC),
+    )
+    # The index entry goes with the start, on one round trip (it never replaces a later one).
+    appended, indexed = await asyncio.gather(
+        store.append(
             subject,
             {"t": WorkflowStarted.type},  # for the header: the record is start.data
             msg_id=f"{token}:start" if if_exists == "use_existing" else None,
             expected_seq=0,
             expected_subject=lay.history_any_queue(start.workflow_id),
             data=start.data,
+        ),
+        store.index.write(entry, first=True),
+        return_exceptions=True,
+    )
+    if isinstance(indexed, Exception) and not isinstance(appended, BaseException):
+        log.warning(
+            "workflow %r started, but is not listed until it ends: %s", start.workflow_id, indexed
         )
-    except AppendConflict:
+    if isinstance(appended, AppendConflict):
         started = await store.started_subject(start.workflow_id)
         if started is None:
+            try:
+                await store.index.withdraw(entry, "not started: its history holds a stray message")
+            except DFError as exc:
+                log.warning("cannot withdraw the index entry of %r: %s", start.workflow_id, exc)
             raise DFError(
                 f"workflow {start.workflow_id!r} was not started: its history already holds "
                 "a message that is not a workflow start (stray or forged; "
@@ -249,4 +304,6 @@ async def append_start(store: ClientStore, start: PreparedStart, if_exists: IfEx
         if if_exists == "fail":
             raise WorkflowAlreadyStartedError(start.workflow_id) from None
         subject = started
+    elif isinstance(appended, BaseException):
+        raise appended
     return subject

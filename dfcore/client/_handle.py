@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
@@ -247,6 +248,53 @@ class WorkflowHandle(Generic[R]):
     def history(self, run: int | None = None) -> list[h.HistoryEvent]:
         """Sync twin of :meth:`ahistory`."""
         return run_sync(self.ahistory(run))
+
+    async def awatch_history(self) -> AsyncGenerator[list[h.HistoryEvent], None]:
+        """The events of the workflow's current run, then each batch of new ones as they
+        are appended: ``async for events in handle.awatch_history()``.
+
+        Indexes go on from batch to batch. A batch that starts again at index 1 (with a
+        ``WorkflowStarted``) is a fresh history, the next run of a workflow that continued
+        as new: replace what came before. Use it on a long-lived event loop, and close the
+        generator (``aclose()``) when done.
+        """
+        store, subject = await self._locate()
+        follower = await store.follow(subject)  # before the first read: nothing falls between
+        try:
+            records = await store.load(subject)
+            events = h.flatten(records)
+            yield events
+            while True:
+                await follower.wait()
+                last = records[-1].seq if records else 0
+                new = await store.load(subject, after_seq=last)
+                if not new:
+                    continue
+                if any(r.type == h.WORKFLOW_STARTED for r in new):  # a next run: start again
+                    records = await store.load(subject)
+                    events = h.flatten(records)
+                    yield events
+                    continue
+                records += new
+                more = h.flatten(new)
+                more = [dataclasses.replace(e, index=e.index + len(events)) for e in more]
+                events += more
+                yield more
+        finally:
+            await follower.close()
+
+    def watch_history(self) -> Iterator[list[h.HistoryEvent]]:
+        """Sync twin of :meth:`awatch_history`: an iterator that blocks for each batch."""
+        events = self.awatch_history()
+
+        async def step() -> list[h.HistoryEvent]:
+            return await anext(events)
+
+        try:
+            while True:
+                yield run_sync(step())
+        finally:
+            run_sync(events.aclose())
 
     async def aexport(self, run: int | None = None) -> dict[str, Any]:
         """The workflow's history as JSON-ready data, every record as stored (decoded); of

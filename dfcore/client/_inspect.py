@@ -7,29 +7,39 @@ from datetime import UTC, datetime
 from dfcore.client._handle import WorkflowStatus, status_of
 from dfcore.client._storage import ClientStore
 from dfcore.core import _history as h
+from dfcore.jetstream._index import WorkflowSummary
 
 
 async def list_workflows(store: ClientStore, limit: int = 50) -> list[WorkflowStatus]:
-    """The most recently active workflows, newest first, with their status.
+    """The workflows started or changed most recently, newest first, with their status.
 
-    Subjects that are not histories (stray messages) are left out, and each outcome is
-    checked against its history, so no content on the subjects can break or falsify it.
+    The workflow index picks them (``store.index.recent``: the cost follows ``limit``, not the
+    number of workflows); each status is then read from the workflow's own history and
+    outcome, so no content on the index or status subjects can falsify it. Index entries with
+    no history behind them (strays, or workflows already removed) are left out.
     """
+    want = limit
+    while True:
+        entries = await store.index.recent(want)
+        out = await _checked(store, entries)
+        if len(out) >= limit or len(entries) < want:
+            return out[:limit]
+        want *= 2  # some entries had no history behind them: read further back
+
+
+async def _checked(store: ClientStore, entries: list[WorkflowSummary]) -> list[WorkflowStatus]:
+    """The status of each entry's workflow from its history, in the entries' order."""
     lay = store.layout
-    ids: dict[str, str] = {}
-    for subject in await store.history_subjects():
-        try:
-            ids[subject] = lay.parse_history_subject(subject)[1]
-        except ValueError:
-            continue
-    lasts = await store.last_many(list(ids))
-    lasts.sort(key=lambda item: item[1].seq, reverse=True)
-    lasts = lasts[:limit]
-    outcomes = dict(await store.last_many([lay.status_for(s) for s, _ in lasts]))
+    by_subject = {lay.history_subject(e.task_queue, e.workflow_id): e for e in entries}
+    lasts = dict(await store.last_many(list(by_subject)))
+    outcomes = dict(await store.last_many([lay.status_for(s) for s in lasts]))
     out = []
-    for subject, record in lasts:
+    for subject, entry in by_subject.items():
+        record = lasts.get(subject)
+        if record is None:
+            continue
         ended = await _ended(store, lay.status_for(subject), outcomes, record)
-        out.append(status_of(ids[subject], None, record, ended))
+        out.append(status_of(entry.workflow_id, entry.workflow_type, record, ended))
     return out
 
 

@@ -14,8 +14,11 @@ from typing import Any, Protocol
 from dfcore.core import _history as h
 from dfcore.core._config import Settings
 from dfcore.jetstream._dlq import DeadLetter
+from dfcore.jetstream._follow import Follower
+from dfcore.jetstream._index import WorkflowIndex
 from dfcore.jetstream._naming import Layout
 from dfcore.jetstream._schedules import ScheduleRecords
+from dfcore.jetstream._workers import QueueInfo, WorkerInfo
 
 
 class DeadLetterReader(Protocol):
@@ -38,6 +41,10 @@ class ClientStore(Protocol):
 
     @property
     def schedules(self) -> ScheduleRecords: ...
+
+    @property
+    def index(self) -> WorkflowIndex:
+        """The workflow index (listings)."""
 
     @property
     def max_payload(self) -> int:
@@ -101,5 +108,14 @@ class ClientStore(Protocol):
     ) -> h.Record | None: ...
 
     async def history_subjects(self) -> list[str]: ...
+
+    async def follow(self, subject: str) -> Follower:
+        """A wake-up for each message stored on ``subject`` from now on."""
+
+    async def ask_workers(self, window: float) -> list[WorkerInfo]:
+        """The worker processes that describe themselves within ``window`` seconds."""
+
+    async def queue_stats(self) -> list[QueueInfo]:
+        """Backlog and in-flight counts of each task queue."""
 
     async def started_subject(self, workflow_id: str) -> str | None: ...

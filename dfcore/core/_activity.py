@@ -37,6 +37,7 @@ class ActivityState:
     details: Any = None
     cancel_requested: bool = False
     abandoned: bool = False
+    started: float = field(default_factory=time.time)  # wall clock, for people
 
 
 _current: contextvars.ContextVar[ActivityState] = contextvars.ContextVar("dfcore_activity")

@@ -103,6 +103,7 @@ class WorkflowRun:
         self.started = False
         self.closed = False
         self.decided = False  # a decision of this run has been recorded
+        self.noted_failure = False  # a WorkflowTaskFailed note came after its last decision
         self._timer_label: str | None = None
         self._unregistered = False  # started under a name this worker has no workflow for
         self.replaying = False
@@ -143,7 +144,7 @@ class WorkflowRun:
             if record.type == h.DECIDED:
                 self._apply_decided(record)
             elif record.type == h.WORKFLOW_TASK_FAILED:
-                pass  # a note for people: not an input of the workflow
+                self.noted_failure = True  # a note for people: not an input of the workflow
             elif not self.closed:
                 self._apply_fact(record)
             self.last_seq = record.seq
@@ -199,6 +200,7 @@ class WorkflowRun:
 
     def _apply_decided(self, record: h.Record) -> None:
         self.decided = True
+        self.noted_failure = False
         pending_keys = {h.command_key(c): c for c in self._pending}
         for cmd in record.commands:
             key = h.command_key(cmd)

@@ -87,6 +87,8 @@ class Layout:
                              workflow's records (``p``: its partition, see :func:`partition_of`);
                              ``<ns>.timer.<queue>.<wf>.<timer>`` its pending timers;
                              ``<ns>.status.<queue>.<wf>`` its final outcome, once it ended;
+                             ``<ns>.index.<queue>.<wf>`` its entry in listings (type, status,
+                             times), replaced as its status changes;
                              ``<ns>.runs.<queue>.<wf>.<n>`` the records of its run ``n``, kept
                              once it continued as new; ``<ns>.sched.<id>.state`` a schedule,
                              ``.at`` its next time (a message schedule), ``.tick`` its times
@@ -104,7 +106,8 @@ class Layout:
                              shared by all workflow workers.
         ``act_<queue>``      on TASKS, filter ``<ns>.task.<queue>``: activity tasks.
     Core NATS subjects (no stream): ``<ns>.workers.<queue>``, the heartbeats of the worker
-    processes serving a queue's workflows; ``<ns>.cancel.<wf>``, activity cancellations.
+    processes serving a queue's workflows; ``<ns>.cancel.<wf>``, activity cancellations;
+    ``<ns>.ctl.workers``, where worker processes are asked to describe themselves.
     """
 
     namespace: str
@@ -213,6 +216,29 @@ class Layout:
         queue, workflow_id = self.parse_history_subject(history_subject)
         return self.status_subject(queue, workflow_id)
 
+    def index_subject(self, queue: str, workflow_id: str) -> str:
+        """The workflow's index entry: one message, replaced as its status changes."""
+        return f"{self.namespace}.index.{queue}.{workflow_token(workflow_id)}"
+
+    def index_for(self, history_subject: str) -> str:
+        queue, workflow_id = self.parse_history_subject(history_subject)
+        return self.index_subject(queue, workflow_id)
+
+    @property
+    def index_all(self) -> str:
+        return f"{self.namespace}.index.>"
+
+    def parse_index_subject(self, subject: str) -> tuple[str, str]:
+        """``(queue, workflow_id)`` of an index subject.
+
+        Raises:
+            ValueError: ``subject`` is not one.
+        """
+        parts = subject.split(".")
+        if len(parts) != 4 or parts[0] != self.namespace or parts[1] != "index":
+            raise ValueError(f"{subject!r} is not an index subject of {self.namespace!r}")
+        return parts[2], workflow_id_from_token(parts[3])
+
     def timer_subject(self, queue: str, workflow_id: str, timer_id: str, run: int = 1) -> str:
         of_run = f"r{run}." if run > 1 else ""
         return f"{self.namespace}.timer.{queue}.{workflow_token(workflow_id)}.{of_run}{timer_id}"
@@ -242,6 +268,16 @@ class Layout:
     def workers_subject(self, queue: str) -> str:
         """Heartbeats of the worker processes that serve ``queue``'s workflows."""
         return f"{self.namespace}.workers.{queue}"
+
+    @property
+    def workers_ask(self) -> str:
+        """Where worker processes are asked to describe themselves (core NATS)."""
+        return f"{self.namespace}.ctl.workers"
+
+    @property
+    def workers_reply(self) -> str:
+        """The prefix of the subjects worker processes answer on (core NATS)."""
+        return f"{self.namespace}.ctl.reply"
 
     @staticmethod
     def workflow_consumer(queue: str, partition: int) -> str:

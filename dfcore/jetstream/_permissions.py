@@ -29,25 +29,39 @@ def permissions(namespace: str, role: str) -> dict[str, list[str]]:
     streams = [lay.history_stream, lay.tasks_stream, lay.dlq_stream]
     api = "$JS.API"
     info = [f"{api}.STREAM.INFO.{s}" for s in streams]
+    # Watching the workflow index (the dashboard): an ordered consumer on the history stream,
+    # which the server sends flow-control requests for.
+    watch = [f"{api}.CONSUMER.CREATE.{lay.history_stream}", f"$JS.FC.{lay.history_stream}.>"]
+    # Asking the workers who they are, and the queues' consumers what waits (App.workers, queues).
+    ask = [
+        lay.workers_ask,
+        f"{api}.CONSUMER.LIST.{lay.history_stream}",
+        f"{api}.CONSUMER.LIST.{lay.tasks_stream}",
+    ]
     if role == "client":
         return {
             "publish": [
                 f"{namespace}.history.>",  # starts, signals, cancellations
+                f"{namespace}.index.>",  # the listing entries of the workflows it starts
                 f"{namespace}.sched.*.state",  # app.schedules: create, change, delete
                 f"{namespace}.sched.*.at",  # ... and arm their next times
                 *info,
+                *watch,
+                *ask,
                 f"{api}.DIRECT.GET.{lay.history_stream}",
             ],
-            "subscribe": ["_INBOX.>", lay.status_all],
+            "subscribe": ["_INBOX.>", lay.status_all, f"{lay.workers_reply}.>"],
         }
     if role == "operator":
         return {
             "publish": [
                 *info,
+                *watch,
+                *ask,
                 f"{api}.DIRECT.GET.{lay.history_stream}",
                 f"{api}.DIRECT.GET.{lay.dlq_stream}",
             ],
-            "subscribe": ["_INBOX.>"],
+            "subscribe": ["_INBOX.>", f"{lay.workers_reply}.>"],
         }
     if role == "worker":
         consumer_streams = [lay.history_stream, lay.tasks_stream]
@@ -69,6 +83,7 @@ def permissions(namespace: str, role: str) -> dict[str, list[str]]:
                 "_INBOX.>",
                 lay.activity_cancel_all,
                 f"{namespace}.workers.>",
+                lay.workers_ask,
                 *(f"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{s}.>" for s in consumer_streams),
             ],
         }

@@ -25,6 +25,8 @@ from dfcore.core._config import Settings
 from dfcore.core._errors import CodecUnavailableError, DFError, PayloadError, WorkflowNotFoundError
 from dfcore.core._facts import TimerFired, status_pointer
 from dfcore.jetstream._dlq import DeadLetters
+from dfcore.jetstream._follow import Follower
+from dfcore.jetstream._index import WorkflowIndex
 from dfcore.jetstream._naming import Layout, workflow_id_from_token
 from dfcore.jetstream._requests import AppendConflict, JetStreamAPI, wrap
 from dfcore.jetstream._runs import kept_records, run_parts
@@ -38,6 +40,7 @@ from dfcore.jetstream._stamps import (
     verified_prev,
 )
 from dfcore.jetstream._streams import Streams
+from dfcore.jetstream._workers import QueueInfo, WorkerInfo, ask_workers, queue_stats
 
 __all__ = ["AppendConflict", "Store", "delivery_stamp", "verified_prev"]
 
@@ -67,8 +70,15 @@ class Store:
         self.streams = Streams(self.api, self.js, settings)
         self.dlq = DeadLetters(self.api, self.js)
         self.schedules = ScheduleRecords(self.api, self.js, self.layout, self.encode, self.decode)
+        self.index = WorkflowIndex(
+            self.api, self.js, self.layout, self.encode, self.decode, self._retention
+        )
         self._replies = self.api.replies
         self._ensured = False
+
+    def _retention(self) -> float | None:
+        """How long an ended workflow is kept, when the server removes it (else None)."""
+        return self.settings.history_retention if self.streams.removes_histories else None
 
     @property
     def max_payload(self) -> int:
@@ -395,6 +405,15 @@ class Store:
             msgs, _ = await self.api.direct_get({"multi_last": chunk, "batch": len(chunk)})
             out += msgs
         return out
+
+    async def follow(self, subject: str) -> Follower:
+        return await Follower.start(self.js, self.layout.history_stream, subject)
+
+    async def ask_workers(self, window: float) -> list[WorkerInfo]:
+        return await ask_workers(self.nc, self.layout, window)
+
+    async def queue_stats(self) -> list[QueueInfo]:
+        return await queue_stats(self.js, self.layout)
 
     async def history_subjects(self) -> list[str]:
         return await self.subjects(self.layout.history_all, "listing workflows")

@@ -98,6 +98,7 @@ class Streams:
                 lay.history_all,
                 lay.timers_all,
                 lay.status_all,
+                lay.index_all,
                 lay.runs_all,
                 lay.schedules_all,
             ],

@@ -26,6 +26,7 @@ from dfcore.core._facts import (
     SignalReceived,
     WorkflowStarted,
 )
+from dfcore.jetstream._index import started_entry
 from dfcore.jetstream._naming import run_token, workflow_token
 from dfcore.jetstream._requests import AppendConflict
 from dfcore.worker._storage import WorkerStore
@@ -77,6 +78,7 @@ async def start_child(
                 parent_subject, ended.to_wire(), msg_id=msg_id, after_seq=decision_seq
             )
             return
+    await store.index.write(started_entry(child, start.to_wire()), first=True)  # once
     fact = ChildWorkflowStarted(cmd.seq, child, run_id, run=run)
     msg_id = f"{token}:child:{cmd.seq}:started"
     await store.append_fact(parent_subject, fact.to_wire(), msg_id=msg_id, after_seq=decision_seq)

@@ -25,6 +25,7 @@ from dfcore.core._errors import DFError, PayloadTooLargeError
 from dfcore.core._facts import WorkflowStarted, run_of
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._requests import AppendConflict
+from dfcore.worker._indexing import index_change
 from dfcore.worker._storage import WorkerStore
 
 log = logging.getLogger("dfcore.worker")
@@ -82,6 +83,7 @@ async def continue_as_new(
                 return  # another worker started the next run meanwhile
             carried += [r.body for r in later if r.type in _CARRIED]
             continue
+        await index_change(store, subject, run=run + 1)
         log.info(
             "workflow %s[%s] continued as new (run %d)",
             ending.workflow,

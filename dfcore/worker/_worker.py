@@ -5,8 +5,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
+import secrets
 import signal
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -20,6 +23,7 @@ from dfcore.jetstream._connection import close_connection, connect
 from dfcore.jetstream._naming import check_queue
 from dfcore.jetstream._pull import PullConsumer
 from dfcore.jetstream._store import Store
+from dfcore.jetstream._workers import WorkerResponder, describe_process
 from dfcore.worker._activity_tasks import ActivityRunner, pull_expiry
 from dfcore.worker._partitions import Partitions
 from dfcore.worker._schedules import REARM_EVERY, ScheduleRunner, rearm, reconcile
@@ -77,6 +81,9 @@ class Worker:
         self._partitions: list[Partitions] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._rearmer: asyncio.Task[None] | None = None
+        self.id = secrets.token_hex(6)
+        self._started = time.time()
+        self._responder: WorkerResponder | None = None
 
     async def start(self) -> None:
         """Connect, create streams and consumers, and start consuming."""
@@ -124,6 +131,8 @@ class Worker:
             await partitions.start()
         if self._processors:
             self._sweeper = asyncio.create_task(self._sweep_idle(settings.workflow_ack_wait / 2))
+        self._responder = WorkerResponder(nc, lay, self.describe)
+        await self._responder.start()
         log.info(
             "worker for app %r serving %s on queues %s (NATS %s, namespace %r)",
             self.client.name,
@@ -173,6 +182,24 @@ class Worker:
             except DFError as exc:
                 log.warning("cannot check the schedules are armed: %s", exc)
 
+    def describe(self) -> dict[str, Any]:
+        """What this process says of itself when asked (``App.workers()``)."""
+        runner = self._activity_runner
+        running = [
+            (s.info.workflow_id, s.info.activity, s.info.seq, s.info.attempt, s.started)
+            for s in (runner.running.values() if runner is not None else ())
+        ]
+        return describe_process(
+            self.id,
+            self.client.name,
+            _version(),
+            self._started,
+            self.queues if self.serve_workflows else [],
+            self.queues if self.serve_activities else [],
+            running,
+            sum(processor.live for processor in self._processors),
+        )
+
     def _queue_of(self, workflow: str) -> str:
         defn = self.registry.workflows.get(workflow)
         return (defn.task_queue if defn is not None else None) or self.client.settings.task_queue
@@ -214,6 +241,8 @@ class Worker:
         for task in (self._sweeper, self._rearmer):
             if task is not None:
                 task.cancel()
+        if self._responder is not None:
+            await self._responder.stop()
         try:
             await asyncio.gather(
                 *(p.stop(self.shutdown_timeout) for p in self._pullers),
@@ -240,3 +269,10 @@ class Worker:
             log.info("stopping: finishing in-flight work (up to %ss)", self.shutdown_timeout)
         finally:
             await self.stop()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("durablefuture")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

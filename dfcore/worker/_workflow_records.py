@@ -13,6 +13,7 @@ from dfcore.core._history import now_ms
 from dfcore.core._run_state import RunInfo
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._requests import AppendConflict
+from dfcore.worker._indexing import index_change
 from dfcore.worker._storage import WorkerStore
 
 log = logging.getLogger("dfcore.worker")
@@ -93,6 +94,9 @@ async def note_task_failure(
         msg_id = f"{workflow_token(workflow_id)}:tf:{prev}"
         await store.append(subject, note.to_wire(), msg_id=msg_id, expected_seq=prev)
     except AppendConflict:
-        pass
+        return
     except DFError as error:
         log.warning("workflow %s: cannot note the task failure: %s", workflow_id, error)
+        return
+    failure = f"{note.error.get('type')}: {note.error.get('message')}"
+    await index_change(store, subject, status="failing", failure=failure)

@@ -49,6 +49,7 @@ from dfcore.jetstream._stamps import removal_marker
 from dfcore.jetstream._store import AppendConflict, delivery_stamp, verified_prev
 from dfcore.worker._delivery import KeepAlive, retry_delay
 from dfcore.worker._dispatch import dispatch, report_end
+from dfcore.worker._indexing import index_change, index_end
 from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_records import (
     follows,
@@ -529,10 +530,12 @@ class WorkflowProcessor:
             )
         except AppendConflict:
             return False  # read what was appended and decide again
-        first = not run.decided
+        first, was_failing = not run.decided, run.noted_failure
         record = h.Record(seq, body)
         run.apply([record])
         await self._dispatch(entry, run, record)
+        if was_failing and status is None:  # its code got past the failure
+            await index_change(self.store, entry.subject, status="running", failure=None)
         if first or status is not None:
             log_progress(run.info, first, status, body["cmds"])
         return True
@@ -548,8 +551,11 @@ class WorkflowProcessor:
         cmds = record.commands
         await dispatch(self.store, entry.workflow_id, entry.subject, run, record)
         if h.terminal_status(cmds):
-            await self.store.mark_ended(entry.subject, record.body, record.seq)
             info = run.info if run is not None else None  # None: its start says who waits
+            await asyncio.gather(
+                self.store.mark_ended(entry.subject, record.body, record.seq),
+                index_end(self.store, entry.subject, record, info),
+            )
             if info is None or info.parent is not None or info.schedule is not None:
                 await report_end(self.store, entry.subject, record, info)
             if run is None or run.has_pending_timers():
