@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv demo test matrix lint bench clean
+.PHONY: venv demo test matrix lint bench clean chromium
 
 venv: $(STAMP)
 
@@ -18,8 +18,17 @@ $(STAMP): pyproject.toml setup.py
 demo: venv
 	$(BIN)/dfcore demo
 
-test: venv
+test: venv chromium
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The dashboard's browser tests drive Debian's Chromium (Playwright from PyPI, no browser
+# download). Installed here when missing and apt-get can run; without it those tests skip,
+# and fail under CI=true.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium ) >/dev/null 2>&1 \
+	  || echo "Chromium is not installed and could not be (apt-get install chromium): the browser tests will skip"; }
 
 # The matrix (tox.ini): Django and Flask cells, lint, typing. pyenv's interpreters are put on
 # PATH so tox finds 3.12. A cell whose Python is missing is skipped, but fails under CI=true.

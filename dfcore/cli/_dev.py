@@ -71,15 +71,17 @@ def run_dev(host: Host, options: DevOptions) -> None:
         if host.start_relay is not None:
             serving += ", with the outbox relay" if relaying else ", no outbox relay"
         lines = [f"\nNATS JetStream  {server.url}  (data in {data})", f"Worker          {serving}"]
+        beside: list[str] = []  # the extras' services, shown after the site
         if options.services:
-            services = _start_services(app, lines)
+            services = _start_services(app, beside)
         if host.web is None:
             try_it = f"Try it:         {host.advice().run('workflow list')}"
-            wait_for_interrupt(lambda: host.echo("\n".join([*lines, reach, try_it, ""])))
+            shown = [*lines, *beside, reach, try_it, ""]
+            wait_for_interrupt(lambda: host.echo("\n".join(shown)))
         else:
 
             def announce(site: str) -> None:
-                host.echo("\n".join([*lines, f"Site            {site}", reach, ""]))
+                host.echo("\n".join([*lines, f"Site            {site}", *beside, reach, ""]))
 
             try:
                 host.web(options.web_host, options.web_port or host.web_port, announce)

@@ -262,8 +262,8 @@ class WorkflowHandle(Generic[R]):
         follower = await store.follow(subject)  # before the first read: nothing falls between
         try:
             records = await store.load(subject)
-            events = h.flatten(records)
-            yield events
+            count = len(h.flatten(records))
+            yield h.flatten(records)
             while True:
                 await follower.wait()
                 last = records[-1].seq if records else 0
@@ -272,13 +272,13 @@ class WorkflowHandle(Generic[R]):
                     continue
                 if any(r.type == h.WORKFLOW_STARTED for r in new):  # a next run: start again
                     records = await store.load(subject)
-                    events = h.flatten(records)
-                    yield events
+                    fresh = h.flatten(records)
+                    count = len(fresh)
+                    yield fresh
                     continue
                 records += new
-                more = h.flatten(new)
-                more = [dataclasses.replace(e, index=e.index + len(events)) for e in more]
-                events += more
+                more = [dataclasses.replace(e, index=e.index + count) for e in h.flatten(new)]
+                count += len(more)
                 yield more
         finally:
             await follower.close()

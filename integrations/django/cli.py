@@ -59,7 +59,16 @@ def django_host(echo: Callable[[str], None], errors: Callable[[str], None]) -> c
         web=_runserver,
         web_port=8000,
         echo=echo,
+        extra_settings=_extra_settings,
     )
+
+
+def _extra_settings(name: str) -> dict[str, Any]:
+    """An extra's settings: ``DFCORE["DASHBOARD"] = {"USER": ..., "PASSWORD": ...}``."""
+    found = getattr(settings, "DFCORE", {}).get(name.upper()) or {}
+    if not isinstance(found, dict):
+        raise CommandError(f'settings.DFCORE["{name.upper()}"] must be a dict of settings')
+    return {str(k).lower(): v for k, v in found.items()}
 
 
 def _runserver(host: str, port: int, announce: Callable[[str], None]) -> None:

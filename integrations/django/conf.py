@@ -30,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
     "AUTODISCOVER": ("workflows", "activities"),
     # Database aliases the relay watches; None: every database the outbox is migrated to.
     "OUTBOX_DATABASES": None,
+    # The dashboard's settings ({"USER": ..., "PASSWORD": ...}; docs/dashboard.md), read by
+    # `manage.py df_dashboard`.
+    "DASHBOARD": None,
     **OutboxSettings.keys(),
 }
 

@@ -63,7 +63,14 @@ def flask_host(app: Flask, state: DFState) -> cli.Host:
         use_server=use_server,
         web=_werkzeug(app),
         web_port=5000,
+        extra_settings=lambda name: _extra_settings(app, name),
     )
+
+
+def _extra_settings(app: Flask, name: str) -> dict[str, Any]:
+    """An extra's keys in the app's config: ``DF_DASHBOARD_USER`` is the dashboard's ``user``."""
+    prefix = f"DF_{name.upper()}_"
+    return {k[len(prefix) :].lower(): v for k, v in app.config.items() if k.startswith(prefix)}
 
 
 def _werkzeug(app: Flask) -> Callable[[str, int, Callable[[str], None]], None]:

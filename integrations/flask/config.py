@@ -18,6 +18,8 @@ from dfcore import ConfigurationError, Settings
 from dfcore.outbox import OutboxSettings
 
 PREFIX = "DF_"
+#: Keys of extras, read by their commands: DF_DASHBOARD_USER ... (docs/dashboard.md).
+EXTRAS = ("DF_DASHBOARD_",)
 
 #: The extension's own keys (beyond the core settings) and their defaults.
 OWN_DEFAULTS: dict[str, Any] = {
@@ -83,7 +85,7 @@ def read_config(config: Mapping[str, Any], where: str) -> FlaskSettings:
     """
     core = core_keys()
     for key in config:
-        known = key in core or key in OWN_DEFAULTS
+        known = key in core or key in OWN_DEFAULTS or str(key).startswith(EXTRAS)
         if isinstance(key, str) and key.startswith(PREFIX) and not known:
             raise ConfigurationError(_unknown_key(key, [*core, *OWN_DEFAULTS], where))
     own = {

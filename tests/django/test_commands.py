@@ -34,8 +34,9 @@ def test_manage_py_df_runs_the_core_commands_with_their_own_help() -> None:
     assert all(df_group.commands[command.name] is command for command in cli.COMMANDS)
     listed = help_of("df")
     assert re.match(r"Usage: manage.py df \[OPTIONS\] COMMAND", listed), listed
-    for name in ("worker", "dev", "relay", "workflow", "schedule", "dlq"):
+    for name in ("worker", "dev", "relay", "workflow", "schedule", "dlq", "dashboard"):
         assert re.search(rf"^  {name} ", listed, re.M), listed
+    assert "Usage: manage.py df_dashboard [OPTIONS]" in help_of("df_dashboard")
     worker = df_group.commands["worker"]
     for words in (("df", "worker"), ("df_worker",)):  # the alias runs the same command
         shown = help_of(*words)

@@ -44,7 +44,7 @@ def worker_process(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.P
 
 
 def test_flask_df_runs_the_core_commands_with_real_help() -> None:
-    names = ("worker", "dev", "workflow", "schedule", "dlq")
+    names = ("worker", "dev", "workflow", "schedule", "dlq", "dashboard")
     assert {name: df_group.commands[name] for name in names} == {
         command.name: command for command in cli.COMMANDS
     }  # the very objects of the core CLI
