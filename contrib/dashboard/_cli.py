@@ -133,7 +133,15 @@ class DevDashboard:
 
 
 def dev_service(app: App) -> DevDashboard:
-    """What ``dev`` starts (entry point ``dfcore.dev_services``): the dashboard, running."""
+    """What ``dev`` starts (entry point ``dfcore.dev_services``): the dashboard, running.
+
+    Raises:
+        RuntimeError: the extra is not installed (``dev`` shows the message and goes on).
+    """
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        raise RuntimeError('pip install "durablefuture[dashboard]" to have it here') from None
     return DevDashboard(app).start()
 
 
