@@ -10,7 +10,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from dfcore import App, DFError, WorkerInfo, WorkflowSummary, WorkflowWatch
+from dfcore import (
+    App,
+    CodecKeyError,
+    CodecUnavailableError,
+    DFError,
+    WorkerInfo,
+    WorkflowSummary,
+    WorkflowWatch,
+)
 
 from ._mirror import Mirror
 from ._views import queue_json, summary_json, worker_json
@@ -37,10 +45,19 @@ class Live:
         self._tasks: list[asyncio.Task[None]] = []
         self._streams: set[asyncio.Queue[tuple[str, Any]]] = set()
         self._counts_due = False
+        self.can_decode = True
+        self.closing = asyncio.Event()  # set when the server stops: every event stream ends
         self.mirror.listeners.append(self._on_change)
 
     async def start(self) -> None:
         self._watch = await self.app.awatch_workflows()
+        try:
+            await self.app.alist_workflows(1)  # reads a history: does the codec have its key?
+        except (CodecKeyError, CodecUnavailableError) as exc:
+            self.can_decode = False
+            log.warning("dashboard: payloads cannot be decoded here: %s", exc)
+        except DFError:
+            pass
         self._tasks = [
             asyncio.create_task(self._follow_index(self._watch)),
             asyncio.create_task(self._poll()),
@@ -118,10 +135,19 @@ class Live:
             try:
                 queue.put_nowait((event, data))
             except asyncio.QueueFull:  # a browser that does not keep up starts again
-                self._streams.discard(queue)
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(("", None))  # its stream ends; EventSource reconnects
+                self._end(queue)  # EventSource reconnects
+
+    def end_streams(self) -> None:
+        """End every event stream, as the server stops."""
+        self.closing.set()
+        for queue in list(self._streams):
+            self._end(queue)
+
+    def _end(self, queue: asyncio.Queue[tuple[str, Any]]) -> None:
+        self._streams.discard(queue)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(("", None))
 
     @contextlib.asynccontextmanager
     async def stream(self) -> AsyncIterator[asyncio.Queue[tuple[str, Any]]]:

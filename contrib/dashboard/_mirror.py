@@ -5,16 +5,20 @@ Listing 100,000 workflows a page at a time must not read 100,000 entries from th
 page. The server hands the current entries out once, when the dashboard starts, and then each
 change (see "The workflow index" in docs/architecture.md); the dashboard answers every page,
 filter and count from this copy. A page is a walk from the cursor's place in the sorted keys
-that stops once it has the page; counts per status are kept as entries change.
+that stops once it has the page; with an id prefix, it is one pass over that prefix's ids (kept
+sorted too) for the page and its total. Counts per status, type and queue are kept as entries
+change, so other totals need no walk, unless a start-time range is asked, and then only over
+that range.
 """
 
 from __future__ import annotations
 
 import base64
 import bisect
+import itertools
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -37,16 +41,10 @@ class Filter:
     started_after: datetime | None = None
     started_before: datetime | None = None
 
-    @property
-    def only_status(self) -> bool:
-        """Whether nothing but statuses is asked (the total is then known from the counts)."""
-        return not (
-            self.workflow_type
-            or self.task_queue
-            or self.id_prefix
-            or self.started_after
-            or self.started_before
-        )
+    def __post_init__(self) -> None:
+        unknown = sorted(self.statuses - set(STATUSES))
+        if unknown:
+            raise ValueError(f"unknown status {unknown[0]!r}; a status is one of {STATUSES}")
 
     def matches(self, entry: WorkflowSummary) -> bool:
         if self.statuses and entry.status not in self.statuses:
@@ -84,7 +82,10 @@ class Mirror:
     def __init__(self) -> None:
         self._entries: dict[str, WorkflowSummary] = {}
         self._keys: list[_Key] = []
+        self._key_of: dict[str, _Key] = {}
+        self._ids: list[str] = []  # sorted: an id prefix is a range
         self._counts: Counter[str] = Counter()
+        self._kinds: Counter[tuple[str, str | None, str]] = Counter()  # status, type, queue
         self._minutes: dict[int, _Minute] = defaultdict(_Minute)
         self.listeners: list[Callable[[WorkflowSummary], None]] = []
 
@@ -110,20 +111,25 @@ class Mirror:
             # has the server's stamp), so a workflow keeps its place in the list.
             entry = replace(entry, started_at=old.started_at or entry.started_at)
             self._remove(old)
+        else:
+            bisect.insort(self._ids, entry.workflow_id)
         self._entries[entry.workflow_id] = entry
-        bisect.insort(self._keys, _key(entry))
+        key = self._key_of[entry.workflow_id] = _key(entry)
+        bisect.insort(self._keys, key)
         self._counts[entry.status] += 1
+        self._kinds[_kind(entry)] += 1
         self._count_minutes(old, entry)
         for listener in list(self.listeners):
             listener(entry)
         return True
 
     def _remove(self, entry: WorkflowSummary) -> None:
-        key = _key(entry)
+        key = self._key_of[entry.workflow_id]
         at = bisect.bisect_left(self._keys, key)
         if at < len(self._keys) and self._keys[at] == key:
             del self._keys[at]
         self._counts[entry.status] -= 1
+        self._kinds[_kind(entry)] -= 1
 
     def _count_minutes(self, old: WorkflowSummary | None, new: WorkflowSummary) -> None:
         if old is None and new.started_at is not None:
@@ -145,38 +151,58 @@ class Mirror:
 
     def page(self, wanted: Filter, limit: int, cursor: str | None = None) -> Page:
         """Up to ``limit`` entries matching ``wanted``, newest first, from ``cursor`` on."""
-        end = len(self._keys)
-        if cursor is not None:
-            end = bisect.bisect_left(self._keys, decode_cursor(cursor))
-        items: list[WorkflowSummary] = []
-        at = end - 1
-        while at >= 0 and len(items) < limit:
-            entry = self._entries[self._keys[at][1]]
-            if wanted.matches(entry):
-                items.append(entry)
-            at -= 1
-        more = at >= 0 and any(self._matching(wanted, range(at, -1, -1), stop_at=1))
-        next_cursor = encode_cursor(_key(items[-1])) if items and more else None
-        return Page(items, next_cursor, self._total(wanted))
+        after = decode_cursor(cursor) if cursor is not None else None
+        prefixed = self._prefixed(wanted)
+        if prefixed is not None:  # the prefix's entries are read for the total in any case
+            keys = sorted(
+                self._key_of[entry.workflow_id] for entry in self._among(wanted, prefixed)
+            )
+            total = len(keys)
+            end = len(keys) if after is None else bisect.bisect_left(keys, after)
+            found = [self._entries[key[1]] for key in reversed(keys[max(end - limit, 0) : end])]
+            more = end > limit
+        else:
+            end = len(self._keys) if after is None else bisect.bisect_left(self._keys, after)
+            walk = (self._entries[self._keys[at][1]] for at in range(end - 1, -1, -1))
+            matching = self._among(wanted, walk)
+            found = list(itertools.islice(matching, limit))
+            more = next(matching, None) is not None
+            total = self._total(wanted)
+        next_cursor = encode_cursor(self._key_of[found[-1].workflow_id]) if found and more else None
+        return Page(found, next_cursor, total)
 
     def _total(self, wanted: Filter) -> int:
-        if wanted.only_status:
-            if not wanted.statuses:
-                return len(self._entries)
-            return sum(self._counts.get(s, 0) for s in wanted.statuses)
-        return sum(1 for entry in self._entries.values() if wanted.matches(entry))
+        """How many entries match a filter without an id prefix."""
+        if wanted.started_after or wanted.started_before:
+            lo, hi = 0, len(self._keys)
+            if wanted.started_after:
+                lo = bisect.bisect_left(self._keys, (_ms(wanted.started_after), ""))
+            if wanted.started_before:  # its own millisecond too: matches() is exact
+                hi = bisect.bisect_left(self._keys, (_ms(wanted.started_before) + 1, ""))
+            started = (self._entries[key[1]] for key in self._keys[lo:hi])
+            return sum(1 for _ in self._among(wanted, started))
+        return sum(
+            n
+            for (status, workflow_type, queue), n in self._kinds.items()
+            if (not wanted.statuses or status in wanted.statuses)
+            and (not wanted.workflow_type or workflow_type == wanted.workflow_type)
+            and (not wanted.task_queue or queue == wanted.task_queue)
+        )
 
-    def _matching(
-        self, wanted: Filter, positions: Iterable[int], stop_at: int
-    ) -> Iterable[WorkflowSummary]:
-        found = 0
-        for at in positions:
-            entry = self._entries[self._keys[at][1]]
-            if wanted.matches(entry):
-                yield entry
-                found += 1
-                if found >= stop_at:
-                    return
+    def _prefixed(self, wanted: Filter) -> list[WorkflowSummary] | None:
+        """The entries whose ids start with the filter's prefix (None: it has none)."""
+        prefix = wanted.id_prefix
+        if not prefix:
+            return None
+        lo = bisect.bisect_left(self._ids, prefix)
+        hi = lo
+        while hi < len(self._ids) and self._ids[hi].startswith(prefix):
+            hi += 1
+        return [self._entries[workflow_id] for workflow_id in self._ids[lo:hi]]
+
+    @staticmethod
+    def _among(wanted: Filter, entries: Iterable[WorkflowSummary]) -> Iterator[WorkflowSummary]:
+        return (entry for entry in entries if wanted.matches(entry))
 
     def metrics(self, minutes: int, now: datetime | None = None) -> dict[str, object]:
         """Started, completed and failed per minute over the last ``minutes``, and the
@@ -205,9 +231,17 @@ class Mirror:
         return {"per_minute": rows, "latency_ms": latency, "window_minutes": minutes}
 
 
+def _kind(entry: WorkflowSummary) -> tuple[str, str | None, str]:
+    return (entry.status, entry.workflow_type, entry.task_queue)
+
+
 def _key(entry: WorkflowSummary) -> _Key:
     started = entry.started_at
-    return (int(started.timestamp() * 1000) if started else 0, entry.workflow_id)
+    return (_ms(started) if started else 0, entry.workflow_id)
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
 
 
 def encode_cursor(key: _Key) -> str:
@@ -230,7 +264,7 @@ def decode_cursor(cursor: str) -> _Key:
 
 
 def _minute(when: datetime) -> int:
-    ms = int(when.timestamp() * 1000)
+    ms = _ms(when)
     return ms - ms % _MINUTE_MS
 
 

@@ -243,6 +243,7 @@ def openapi() -> dict[str, Any]:
     ]
     paths: dict[str, Any] = {
         "/api/session": {"get": _op("Who is logged in, and the CSRF token", _answer(None))},
+        "/api/openapi.json": {"get": _op("This document", _answer(None))},
         "/api/workflows": {
             "get": _op("Workflows, newest first", _answer("Page"), "400", parameters=list_params),
             "post": _op(

@@ -20,6 +20,7 @@ from aiohttp import web
 from dfcore import (
     App,
     ConfigurationError,
+    DFConnectionError,
     DFError,
     PayloadError,
     RegistrationError,
@@ -52,10 +53,15 @@ PAGES: tuple[str, ...] = (
     "/metrics",
 )
 PAGES += ("/dead-letters", "/dead-letters/{tail:.*}", "/schedules", "/queues")
-CSP = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
 
 
 class ApiError(Exception):
@@ -70,12 +76,14 @@ def create_app(
     df_app: App, settings: DashboardSettings, live: Live | None = None
 ) -> web.Application:
     """The dashboard as an aiohttp application for ``df_app``."""
-    app = web.Application(middlewares=[_errors, _security])
+    app = web.Application(middlewares=[_security, _errors])
     app[DF_APP] = df_app
     app[GUARD] = Guard(settings)
     app[LIVE] = live or Live(df_app)
     app.on_startup.append(_start_live)
+    app.on_shutdown.append(_end_streams)
     app.on_cleanup.append(_stop_live)
+    app.on_response_prepare.append(_secure_headers)
     api = [
         web.get("/api/session", session),
         web.get("/api/openapi.json", openapi_document),
@@ -108,8 +116,18 @@ async def _start_live(app: web.Application) -> None:
     await app[LIVE].start()
 
 
+async def _end_streams(app: web.Application) -> None:
+    app[LIVE].end_streams()  # open event streams would otherwise hold the server up
+
+
 async def _stop_live(app: web.Application) -> None:
     await app[LIVE].stop()
+
+
+async def _secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer, errors and redirects included, carries the same security headers."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 # -- middleware ----------------------------------------------------------------------------------
@@ -126,6 +144,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except DFError as exc:
         log.warning("dashboard: %s %s: %s", request.method, request.path, exc)
         return _error(503, "unavailable", str(exc))
+    except web.HTTPException as exc:  # no such route, or not with this method
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        message = f"{request.method} {request.path}: {exc.reason}; see /api/openapi.json"
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), message)
 
 
 @web.middleware
@@ -142,21 +165,13 @@ async def _security(request: web.Request, handler: Handler) -> web.StreamRespons
             raise web.HTTPFound(f"/login?next={request.path_qs}")
         if guard.settings.mode == "basic":
             response.headers["WWW-Authenticate"] = 'Basic realm="DurableFuture", charset="UTF-8"'
-        return _secured(response)
+        return response
     if request.method == "POST" and request.path.startswith("/api/"):
         own = f"{request.scheme}://{request.host}"
         why = guard.write_allowed(how or "none", request.headers, own)
         if why is not None:
-            return _secured(_error(403, "forbidden", why))
-    return _secured(await handler(request))
-
-
-def _secured(response: web.StreamResponse) -> web.StreamResponse:
-    response.headers.setdefault("Content-Security-Policy", CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    return response
+            return _error(403, "forbidden", why)
+    return await handler(request)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -216,7 +231,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 def _log_in(guard: Guard, token: str, next_page: str) -> web.StreamResponse:
     if guard.settings.mode != "token" or not guard.token_ok(token):
         return web.Response(status=401, text="Wrong token.")
-    response = web.HTTPSeeOther(_local(next_page))
+    response = web.Response(status=303, headers={"Location": _local(next_page)})
     response.set_cookie(COOKIE, guard.session_value(), httponly=True, samesite="Strict")
     return response
 
@@ -242,7 +257,10 @@ async def session(request: web.Request) -> web.StreamResponse:
             "version": VERSION,
             "auth": guard.settings.mode,
             "loaded": request.app[LIVE].loaded.is_set(),
-            "codec": {"configured": settings.codec is not None, "can_decode": True},
+            "codec": {
+                "configured": settings.codec is not None,
+                "can_decode": request.app[LIVE].can_decode,
+            },
         }
     )
 
@@ -307,23 +325,29 @@ async def workflow_stream(request: web.Request) -> web.StreamResponse:
     history = request.app[DF_APP].get_handle(workflow_id).awatch_history()
     events = await anext(history)  # raises WorkflowNotFoundError before the stream begins
     response = await _open_stream(request)
-    waiting: asyncio.Future[list[Any]] | None = None
+    closing: asyncio.Future[Any] = asyncio.ensure_future(request.app[LIVE].closing.wait())
+    waiting: asyncio.Future[Any] | None = None
     try:
         await _send_batch(response, workflow_id, events, events)
-        while True:
+        while not closing.done():
             waiting = waiting or asyncio.ensure_future(anext(history))
-            done, _ = await asyncio.wait({waiting}, timeout=KEEP_ALIVE)
-            if not done:
-                await response.write(b": keep-alive\n\n")  # fails once the browser is gone
+            await asyncio.wait(
+                {waiting, closing}, timeout=KEEP_ALIVE, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not waiting.done():
+                if not closing.done():
+                    await response.write(b": keep-alive\n\n")  # fails once the browser is gone
                 continue
             batch, waiting = waiting.result(), None
             events = batch if batch[0].index == 1 else events + batch
             await _send_batch(response, workflow_id, events, batch)
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the browser has gone
     finally:
-        if waiting is not None:
+        closing.cancel()
+        if waiting is not None:  # the history's generator is still running: stop it first
             waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
         await history.aclose()
     return response
 
@@ -346,7 +370,6 @@ async def _open_stream(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
-    _secured(response)
     await response.prepare(request)
     return response
 
@@ -373,8 +396,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 if not event:
                     break  # fell behind: the browser reconnects and starts again
                 await _send(response, event, data)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the browser has gone
     return response
 
 
@@ -396,7 +419,11 @@ async def start_workflow(request: web.Request) -> web.StreamResponse:
             raise FormError("args must be a JSON array and kwargs a JSON object")
         if len(args) > len(params):
             raise FormError(f"{defn.name} takes {len(params)} arguments, not {len(args)}")
-        values = [*args, *arguments(params[len(args) :], kwargs)]
+        named = {param.name: value for param, value in zip(params, args, strict=False)}
+        twice = sorted(set(named) & set(kwargs))
+        if twice:
+            raise FormError(f"parameter {twice[0]!r} is given both in args and in kwargs")
+        values = arguments(params, {**named, **kwargs})
     except FormError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     options = {k: body[k] for k in ("workflow_id", "task_queue") if body.get(k)}
@@ -492,6 +519,8 @@ async def dead_letter(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "bad_request", "a dead letter's sequence is a number") from None
     try:
         letter = await request.app[DF_APP].adead_letter(seq)
+    except DFConnectionError:
+        raise  # 503, as for every call NATS does not answer
     except DFError as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     return _json(dead_letter_json(letter))
@@ -546,7 +575,7 @@ async def serve(
     ``started`` is called with the dashboard's URL once it listens.
     """
     settings.check()
-    runner = web.AppRunner(create_app(df_app, settings), access_log=None)
+    runner = web.AppRunner(create_app(df_app, settings), access_log=None, shutdown_timeout=5)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
