@@ -116,6 +116,10 @@ def test_start_the_order_from_the_form_and_watch_it_complete_live(page: Any) -> 
     assert page.evaluate("performance.getEntriesByType('navigation').length") == loads
     assert '"bob"' in page.get_by_test_id("args").inner_text()
     assert "tracking_id" in page.get_by_test_id("result").inner_text()
+    # It ended: signal and cancel are gone, starting it again is not.
+    assert page.get_by_test_id("action-signal").is_hidden()
+    assert page.get_by_test_id("action-cancel").is_hidden()
+    assert page.get_by_test_id("action-restart").is_visible()
     page.get_by_test_id("history-row").first.click()
     assert "order" in page.get_by_test_id("event-details").first.inner_text()
     shot(page, "workflow")

@@ -402,6 +402,18 @@ export async function workflowPage(root, ctx) {
       }
     });
     actionsSlot.append(h("div", { class: "actions", testid: "actions" }, signal, cancel, restart));
+    openOnly = [signal, cancel];
+    syncActions();
+  }
+
+  // Signal and cancel are for open workflows: an ended one hides them (the API would say 409).
+  let openOnly = [];
+  function syncActions() {
+    const ended = ENDED.has(st.summary && st.summary.status);
+    for (const button of openOnly) {
+      button.hidden = ended;
+      if (ended && button.getAttribute("aria-expanded") === "true") closePanel();
+    }
   }
 
   // ---- live --------------------------------------------------------------------------------
@@ -414,6 +426,7 @@ export async function workflowPage(root, ctx) {
     if ("recurring_error" in u) st.recurring = u.recurring_error ?? null;
     if ("history_seq" in u) st.seq = u.history_seq ?? st.seq;
     appendEvents(u.events, true);
+    syncActions();
     renderHead();
     renderSummary();
     renderOutcome();
