@@ -47,6 +47,14 @@ from dfcore.core._errors import (
     WorkflowNotFoundError,
 )
 from dfcore.core._history import EventType, HistoryEvent
+from dfcore.core._observe import (
+    AttemptObservation,
+    ObservedAttempt,
+    ObservedInput,
+    ObservedStart,
+    ObservedTask,
+    Observer,
+)
 from dfcore.core._registry import ActivityFunction
 from dfcore.core._schedules import ScheduleSpec
 from dfcore.jetstream._dlq import DeadLetter
@@ -64,6 +72,7 @@ __all__ = [
     "Advice",
     "App",
     "ApplicationError",
+    "AttemptObservation",
     "CancelledError",
     "ChildWorkflowError",
     "ChildWorkflowHandle",
@@ -79,6 +88,11 @@ __all__ = [
     "IdentityCodec",
     "JSONConverter",
     "NondeterminismError",
+    "ObservedAttempt",
+    "ObservedInput",
+    "ObservedStart",
+    "ObservedTask",
+    "Observer",
     "PayloadCodec",
     "PayloadError",
     "PayloadTooLargeError",

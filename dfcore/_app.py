@@ -27,6 +27,7 @@ from dfcore.core._definitions import (
     WorkflowDefinition,
 )
 from dfcore.core._errors import ConfigurationError
+from dfcore.core._observe import Observer, Observers
 from dfcore.core._registry import ActivityFunction, Registry
 from dfcore.jetstream._naming import check_queue
 from dfcore.worker._worker import Worker
@@ -154,6 +155,7 @@ class App(Inspection):
         #: The workflows and activities, by name; several Apps may share one (Flask does).
         self.registry = registry if registry is not None else Registry()
         self.activity_contexts: list[Callable[[ActivityInfo], AbstractContextManager[Any]]] = []
+        self.observers = Observers()
         #: The connections to NATS, one per event loop, and the calls made over them.
         self.client = Client(self.settings, name=name)  # validates: a bad value fails now
         on_exit(self.aclose)  # held weakly: an App dropped early closes its connections now
@@ -366,6 +368,11 @@ class App(Inspection):
         """
         self.activity_contexts.append(factory)
 
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` of this app's starts, workflow tasks and activity attempts, in
+        this process and in its workers (tracing, metrics: see ``dfcore.contrib.tracing``)."""
+        self.observers.all.append(observer)
+
     async def aclose(self) -> None:
         """Close this loop's connection (sync callers' connection closes at exit)."""
         await self.client.aclose()
@@ -464,6 +471,7 @@ class App(Inspection):
             task_queue=check_queue(queue),
             execution_timeout=execution_timeout or (defn.execution_timeout if defn else None),
             max_payload=self.client.max_payload,
+            observers=self.observers,
         )
 
     def prepare_start(
@@ -516,7 +524,11 @@ class App(Inspection):
     def worker(self, **options: Any) -> Worker:
         """A worker for this app; see :class:`dfcore.Worker` for the options."""
         return Worker(
-            self.client, self.registry, activity_contexts=self.activity_contexts, **options
+            self.client,
+            self.registry,
+            activity_contexts=self.activity_contexts,
+            observers=self.observers,
+            **options,
         )
 
     async def arun_worker(self, **options: Any) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import json
 import logging
 import os
 import signal
@@ -37,6 +38,7 @@ from dfcore.client._loopthread import SYNC_LOOP, run_sync
 from dfcore.client._start import UNSENT, PreparedStart
 from dfcore.core._definitions import RetryPolicy
 from dfcore.core._errors import ConfigurationError, PayloadError
+from dfcore.core._observe import trace_headers
 
 if TYPE_CHECKING:
     from dfcore._app import App
@@ -48,6 +50,8 @@ __all__ = [
     "OutboxSource",
     "flush_committed",
     "retry_delay",
+    "trace_from_column",
+    "trace_to_column",
 ]
 
 log = logging.getLogger("dfcore.outbox")
@@ -203,6 +207,23 @@ _BACKOFF = RetryPolicy(max_attempts=0, initial_interval=2.0, max_interval=MAX_RE
 def retry_delay(attempts: int) -> float:
     """Seconds before the next publish of a row that has failed ``attempts`` times."""
     return _BACKOFF.delay(attempts)
+
+
+def trace_to_column(start: PreparedStart) -> str:
+    """A start's trace context as the outbox's ``trace_context`` column holds it (JSON text;
+    empty when there is none), so the relay sends it in the start's headers."""
+    return json.dumps(dict(start.trace), separators=(",", ":")) if start.trace else ""
+
+
+def trace_from_column(text: str | None) -> dict[str, str]:
+    """What :func:`trace_to_column` wrote (a value that is not, is taken as none)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return trace_headers(value) if isinstance(value, dict) else {}
 
 
 class OutboxRelay:

@@ -279,6 +279,7 @@ async def append_start(store: ClientStore, start: PreparedStart, if_exists: IfEx
             expected_seq=0,
             expected_subject=lay.history_any_queue(start.workflow_id),
             data=start.data,
+            trace=start.trace,
         ),
         store.index.write(entry, first=True),
         return_exceptions=True,

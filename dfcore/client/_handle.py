@@ -316,7 +316,7 @@ class WorkflowHandle(Generic[R]):
         records = await store.load(subject)
         if run is None or (records and run_of(records[0].body) == run):
             return records
-        kept = await store.load_run(subject, run) if isinstance(run, int) and run > 0 else None
+        kept = await store.runs.load(subject, run) if isinstance(run, int) and run > 0 else None
         if kept is None:
             current = run_of(records[0].body) if records else 1
             raise WorkflowNotFoundError(

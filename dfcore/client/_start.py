@@ -7,13 +7,14 @@ import dataclasses
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dfcore.core._codec import JSONConverter, PayloadCodec, check_size, safe_encode
 from dfcore.core._errors import SerializationError
 from dfcore.core._facts import WorkflowStarted
+from dfcore.core._observe import ObservedStart, Observers
 from dfcore.jetstream._store import HEADROOM
 
 IfExists = Literal["use_existing", "fail"]
@@ -70,12 +71,15 @@ class PreparedStart:
         workflow_type: the registered workflow name.
         task_queue: the queue whose workers run it.
         data: the encoded start record (the app's codec applied).
+        trace: the trace context it carries in its headers (``traceparent``, ``tracestate``,
+            ``baggage``), from the app's observers where it was prepared; empty without them.
     """
 
     workflow_id: str
     workflow_type: str
     task_queue: str
     data: bytes
+    trace: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def what(self) -> str:
@@ -92,10 +96,12 @@ def prepare_start(
     execution_timeout: float | None,
     max_payload: int,
     schedule: str | None = None,
+    observers: Observers | None = None,
 ) -> PreparedStart:
     """Build and encode a start record (no I/O); an unserialisable argument is named.
 
-    ``schedule``: the schedule starting it, which hears of its end.
+    ``schedule``: the schedule starting it, which hears of its end. ``observers`` are told of
+    the start, where it is made, and give it the trace context it carries.
     """
     fact = WorkflowStarted(
         workflow=workflow,
@@ -106,6 +112,9 @@ def prepare_start(
         schedule=schedule,
     )
     start = PreparedStart(workflow_id or str(uuid.uuid4()), workflow, task_queue, b"")
+    if observers:
+        observed = ObservedStart(start.workflow_id, workflow, task_queue)
+        start = dataclasses.replace(start, trace=observers.start(observed))
     converter = JSONConverter()
     try:
         raw = converter.dumps(fact.to_wire(), what=start.what)
@@ -114,5 +123,6 @@ def prepare_start(
             converter.dumps(arg, what=f"argument {i} of workflow {workflow!r}")
         raise
     data = safe_encode(codec, raw, start.what)
-    check_size(len(data) + HEADROOM, max_payload, start.what)
+    carried = sum(len(name) + len(value) + 4 for name, value in start.trace.items())
+    check_size(len(data) + HEADROOM + carried, max_payload, start.what)
     return dataclasses.replace(start, data=data)

@@ -27,6 +27,11 @@ class DeadLetterReader(Protocol):
     async def at(self, seq: int) -> DeadLetter | None: ...
 
 
+class RunReader(Protocol):
+    async def load(self, history_subject: str, run: int) -> list[h.Record] | None:
+        """The records of an earlier run of a workflow that continued as new, if kept."""
+
+
 class ClientStore(Protocol):
     """The storage operations of starts, handles and listings."""
 
@@ -41,6 +46,9 @@ class ClientStore(Protocol):
 
     @property
     def schedules(self) -> ScheduleRecords: ...
+
+    @property
+    def runs(self) -> RunReader: ...
 
     @property
     def index(self) -> WorkflowIndex:
@@ -71,6 +79,7 @@ class ClientStore(Protocol):
         status: str | None = None,
         data: bytes | None = None,
         rollup: bool = False,
+        trace: Mapping[str, str] | None = None,
     ) -> int:
         """Append one record; its stream sequence (``AppendConflict`` if an expectation fails).
 
@@ -85,9 +94,6 @@ class ClientStore(Protocol):
 
     async def read(self, subject: str, after_seq: int = 0) -> tuple[list[h.Record], int]:
         """The records after ``after_seq`` and the last sequence read, unreadable ones too."""
-
-    async def load_run(self, history_subject: str, run: int) -> list[h.Record] | None:
-        """The records of an earlier run of a workflow that continued as new, if kept."""
 
     async def load(self, subject: str, after_seq: int = 0) -> list[h.Record]: ...
 

@@ -104,6 +104,7 @@ class WorkflowRun:
         self.closed = False
         self.decided = False  # a decision of this run has been recorded
         self.noted_failure = False  # a WorkflowTaskFailed note came after its last decision
+        self.inputs: list[h.Record] = []  # facts applied since the last decision, not replayed
         self._timer_label: str | None = None
         self._unregistered = False  # started under a name this worker has no workflow for
         self.replaying = False
@@ -146,6 +147,10 @@ class WorkflowRun:
             elif record.type == h.WORKFLOW_TASK_FAILED:
                 self.noted_failure = True  # a note for people: not an input of the workflow
             elif not self.closed:
+                if not self.replaying:
+                    self.inputs.append(record)  # what the next decision answers (observers)
+                if record.type == h.WORKFLOW_STARTED and not self.started:
+                    self.info.trace = record.trace
                 self._apply_fact(record)
             self.last_seq = record.seq
         self.replaying = False
@@ -200,6 +205,7 @@ class WorkflowRun:
 
     def _apply_decided(self, record: h.Record) -> None:
         self.decided = True
+        self.inputs.clear()
         self.noted_failure = False
         pending_keys = {h.command_key(c): c for c in self._pending}
         for cmd in record.commands:
@@ -445,7 +451,7 @@ class WorkflowRun:
         seq: int | None = None,
         label: str | None = None,
     ) -> TimerState:
-        state = TimerState(timer_id, purpose, seq)
+        state = TimerState(timer_id, purpose, seq, self._now_ms, label)
         self._timers[timer_id] = state
         fire_at = self._now_ms + int(delay * 1000)
         self.produce(StartTimer(timer_id, purpose, round(delay, 3), fire_at, seq, label))

@@ -150,13 +150,15 @@ class Record:
     ``stamp`` (milliseconds since the epoch) is the server's, so no writer can forge it;
     None only for records built in memory (a decision just appended, tests). ``opens``: the
     server's checks prove it is the first record of its history (a start; see
-    ``Store.is_first_record``).
+    ``Store.is_first_record``). ``trace``: the trace context a start carried in its headers
+    (see ``_observe.trace_headers``); empty on other records.
     """
 
     seq: int
     body: Mapping[str, Any]
     stamp: int | None = None
     opens: bool = False
+    trace: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def type(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dfcore.core._commands import Command
@@ -35,6 +35,8 @@ class TimerState:
     timer: str
     purpose: str
     seq: int | None = None
+    started_ms: int = 0  # the workflow's time when it was started
+    label: str | None = None
     handle: asyncio.TimerHandle | None = None
     fired: bool = False
 
@@ -54,6 +56,7 @@ class RunInfo:
     run: int = 1  # 2 and on: continued as new from the run before
     deadline_ms: int | None = None  # when the execution timeout ends the workflow
     schedule: str | None = None  # the schedule that started it
+    trace: Mapping[str, str] = field(default_factory=dict)  # the trace headers its start carried
 
 
 class Run(Protocol):

@@ -328,3 +328,8 @@ class Layout:
     def partition_of_subject(self, history_subject: str) -> int:
         """The partition of a history subject that :meth:`parse_history_subject` accepted."""
         return int(history_subject.split(".")[3])
+
+
+def queue_of(history_subject: str) -> str:
+    """The task queue of a history subject that ``parse_history_subject`` accepted."""
+    return history_subject.split(".")[2]

@@ -1,20 +1,82 @@
-"""The copies of a continued workflow's earlier runs: how their records are packed into
-messages on ``<ns>.runs.<queue>.<wf>.<n>`` (``Store.keep_run``) and read back
-(``Store.load_run``)."""
+"""The copies of a continued workflow's earlier runs: their records packed into messages on
+``<ns>.runs.<queue>.<wf>.<n>`` (:meth:`RunCopies.keep`) and read back (:meth:`RunCopies.load`)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from nats.aio.msg import Msg
 
 from dfcore.core import _history as h
 from dfcore.core._codec import JSONConverter
 from dfcore.core._errors import CodecUnavailableError, PayloadError
+from dfcore.jetstream._naming import Layout
+from dfcore.jetstream._requests import JetStreamAPI
 
 log = logging.getLogger("dfcore.store")
+
+
+class _Storage(Protocol):
+    api: JetStreamAPI
+    layout: Layout
+    converter: JSONConverter
+
+    @property
+    def max_payload(self) -> int: ...
+
+    def encode(self, body: Mapping[str, Any], what: str) -> bytes: ...
+
+    def decode(self, data: bytes, what: str) -> Any: ...
+
+
+class RunCopies:
+    """The earlier runs of continued workflows (``Store.runs``)."""
+
+    def __init__(self, store: _Storage, retention: Callable[[], float | None]) -> None:
+        self._store = store
+        self._retention = retention
+
+    async def keep(self, history_subject: str, run: int, records: list[h.Record]) -> None:
+        """Copy a run's records to its runs subject before the next run's start rolls them up.
+
+        A few messages, each holding as many records as fit; they expire after
+        ``history_retention`` like an ended workflow's history. Idempotent within the
+        duplicate window; a copy made twice is read once (:meth:`load`).
+        """
+        store = self._store
+        queue, workflow_id = store.layout.parse_history_subject(history_subject)
+        subject = store.layout.runs_subject(queue, workflow_id, run)
+        headers: dict[str, str] = {h.HDR_EVENT: "RunRecords"}
+        retention = self._retention()
+        if retention is not None:
+            headers["Nats-TTL"] = f"{retention}s"
+        parts = run_parts(run, records, store.converter, int(store.max_payload * 0.6))
+        for part, body in enumerate(parts):
+            part_headers = {**headers, "Nats-Msg-Id": f"{history_subject}:run:{run}:{part}"}
+            data = store.encode(body, f"the records of run {run}")
+            await store.api.publish(subject, data, part_headers, f"keeping run {run}")
+
+    async def load(self, history_subject: str, run: int) -> list[h.Record] | None:
+        """The records of an earlier run, in order; None when none are kept (never made, or
+        removed after ``history_retention``)."""
+        store = self._store
+        queue, workflow_id = store.layout.parse_history_subject(history_subject)
+        subject = store.layout.runs_subject(queue, workflow_id, run)
+        kept: dict[int, h.Record] = {}
+        start = 1
+        while True:
+            msgs, more = await store.api.direct_get(
+                {"seq": start, "next_by_subj": subject, "batch": 64}
+            )
+            for msg in msgs:
+                for record in kept_records(msg, run, store.decode):
+                    kept[record.seq] = record
+            if not more or not msgs:
+                break
+            start = int(msgs[-1].headers["Nats-Sequence"]) + 1
+        return [kept[seq] for seq in sorted(kept)] if kept else None
 
 
 def run_parts(

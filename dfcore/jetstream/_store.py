@@ -24,12 +24,13 @@ from dfcore.core._codec import JSONConverter, PayloadCodec, check_size, safe_dec
 from dfcore.core._config import Settings
 from dfcore.core._errors import CodecUnavailableError, DFError, PayloadError, WorkflowNotFoundError
 from dfcore.core._facts import TimerFired, status_pointer
+from dfcore.core._observe import trace_headers
 from dfcore.jetstream._dlq import DeadLetters
 from dfcore.jetstream._follow import Follower
 from dfcore.jetstream._index import WorkflowIndex
 from dfcore.jetstream._naming import Layout, workflow_id_from_token
 from dfcore.jetstream._requests import AppendConflict, JetStreamAPI, wrap
-from dfcore.jetstream._runs import kept_records, run_parts
+from dfcore.jetstream._runs import RunCopies
 from dfcore.jetstream._schedules import ScheduleRecords
 from dfcore.jetstream._stamps import (
     at_schedule,
@@ -73,6 +74,7 @@ class Store:
         self.index = WorkflowIndex(
             self.api, self.js, self.layout, self.encode, self.decode, self._retention
         )
+        self.runs = RunCopies(self, self._retention)
         self._replies = self.api.replies
         self._ensured = False
 
@@ -133,16 +135,17 @@ class Store:
         status: str | None = None,
         data: bytes | None = None,
         rollup: bool = False,
+        trace: Mapping[str, str] | None = None,
     ) -> int:
         """Append one record; return its stream sequence.
 
         ``rollup``: the server deletes every earlier record of the subject as it stores this
-        one (a continued run's start).
+        one (a continued run's start). ``trace``: trace headers (a start's; see ``_observe``).
 
         Raises:
             AppendConflict: ``expected_seq`` no longer matches the subject's last sequence.
         """
-        headers = {h.HDR_EVENT: event_header(body)}
+        headers = {**(trace or {}), h.HDR_EVENT: event_header(body)}
         if rollup:
             headers["Nats-Rollup"] = "sub"
         if msg_id is not None:
@@ -436,8 +439,10 @@ class Store:
         try:
             body = self.decode(msg.data, f"history message {seq}")
             record = h.validate_record(seq, body, stored_stamp(headers))
-            if record.type == h.WORKFLOW_STARTED and self._opens(headers):
-                return dataclasses.replace(record, opens=True)
+            if record.type == h.WORKFLOW_STARTED:
+                return dataclasses.replace(
+                    record, opens=self._opens(headers), trace=trace_headers(headers)
+                )
             return record
         except CodecUnavailableError:
             raise  # this process lacks a key: nothing may be skipped, retry once it is fixed
@@ -449,45 +454,6 @@ class Store:
                 exc,
             )
             return None
-
-    # -- earlier runs (continue-as-new) ------------------------------------------------------
-
-    async def keep_run(self, history_subject: str, run: int, records: list[h.Record]) -> None:
-        """Copy a run's records to its runs subject before the next run's start rolls them up.
-
-        A few messages, each holding as many records as fit; they expire after
-        ``history_retention`` like an ended workflow's history. Idempotent within the
-        duplicate window; a copy made twice after it is read once (:meth:`load_run`).
-        """
-        queue, workflow_id = self.layout.parse_history_subject(history_subject)
-        subject = self.layout.runs_subject(queue, workflow_id, run)
-        headers: dict[str, str] = {h.HDR_EVENT: "RunRecords"}
-        if self.streams.removes_histories:
-            headers["Nats-TTL"] = f"{self.settings.history_retention}s"
-        parts = run_parts(run, records, self.converter, int(self.max_payload * 0.6))
-        for part, body in enumerate(parts):
-            part_headers = {**headers, "Nats-Msg-Id": f"{history_subject}:run:{run}:{part}"}
-            data = self.encode(body, f"the records of run {run}")
-            await self.api.publish(subject, data, part_headers, f"keeping run {run}")
-
-    async def load_run(self, history_subject: str, run: int) -> list[h.Record] | None:
-        """The records of an earlier run, in order; None when none are kept (never made, or
-        removed after ``history_retention``)."""
-        queue, workflow_id = self.layout.parse_history_subject(history_subject)
-        subject = self.layout.runs_subject(queue, workflow_id, run)
-        kept: dict[int, h.Record] = {}
-        start = 1
-        while True:
-            msgs, more = await self.api.direct_get(
-                {"seq": start, "next_by_subj": subject, "batch": 64}
-            )
-            for msg in msgs:
-                for record in kept_records(msg, run, self.decode):
-                    kept[record.seq] = record
-            if not more or not msgs:
-                break
-            start = int(msgs[-1].headers["Nats-Sequence"]) + 1
-        return [kept[seq] for seq in sorted(kept)] if kept else None
 
     def _opens(self, headers: Mapping[str, str]) -> bool:
         subject = headers.get("Nats-Subject", "")
@@ -564,11 +530,17 @@ class Store:
 
     # -- tasks and timers -------------------------------------------------------------------
 
-    async def publish_task(self, queue: str, body: Mapping[str, Any], msg_id: str) -> None:
+    async def publish_task(
+        self,
+        queue: str,
+        body: Mapping[str, Any],
+        msg_id: str,
+        trace: Mapping[str, str] | None = None,
+    ) -> None:
         data = self.encode(body, f"activity task {body.get('activity')!r}")
-        subject = self.layout.task_subject(queue)
+        headers = {**(trace or {}), "Nats-Msg-Id": msg_id}
         await self.api.publish(
-            subject, data, {"Nats-Msg-Id": msg_id}, f"publishing a task to {queue!r}"
+            self.layout.task_subject(queue), data, headers, f"publishing a task to {queue!r}"
         )
 
     async def schedule_timer(

@@ -35,10 +35,12 @@ from dfcore.core._errors import (
     WorkflowNotFoundError,
 )
 from dfcore.core._facts import ActivityCompleted, ActivityFailed
+from dfcore.core._observe import AttemptObservation, Observers
 from dfcore.core._registry import Registry
 from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._naming import Layout, run_token, workflow_id_from_token
 from dfcore.worker._delivery import KeepAlive
+from dfcore.worker._observing import end_attempt, observe_attempt
 from dfcore.worker._storage import WorkerStore
 
 Outcome = ActivityCompleted | ActivityFailed
@@ -54,9 +56,11 @@ class ActivityRunner:
         registry: Registry,
         store: WorkerStore,
         contexts: Sequence[Callable[[ActivityInfo], AbstractContextManager[Any]]] = (),
+        observers: Observers | None = None,
     ) -> None:
         self.registry = registry
         self.contexts = contexts
+        self.observers = observers or Observers()
         self.store = store
         self.ack_wait = store.settings.activity_ack_wait
         self.threads = ActivityThreads()
@@ -159,7 +163,7 @@ class ActivityRunner:
                     info.seq,
                     info.attempt,
                 )
-            outcome = await self._run(defn, info, task.args, msg)
+            outcome = await self._run(defn, info, task, msg)
         try:
             try:
                 await self._report_patiently(task, info, outcome, msg)
@@ -266,15 +270,17 @@ class ActivityRunner:
         )
 
     async def _run(
-        self, defn: ActivityDefinition, info: ActivityInfo, args: list[Any], msg: Msg
+        self, defn: ActivityDefinition, info: ActivityInfo, task: ActivityTask, msg: Msg
     ) -> Outcome:
         state = ActivityState(info)
         key = (info.workflow_id, info.seq)
         self.running[key] = state
+        watchers = observe_attempt(self.observers, info, task, msg) if self.observers else []
         began = time.perf_counter()
         outcome: Outcome
+        raised: BaseException | None = None
         try:
-            job = self._launch(defn, state, args)
+            job = self._launch(defn, state, task.args, watchers)
             timeout = await self._watch(job, state, msg)
             if timeout is not None:
                 state.abandoned = True
@@ -284,15 +290,22 @@ class ActivityRunner:
                 try:
                     outcome = ActivityCompleted(info.seq, info.attempt, job.result())
                 except BaseException as exc:
+                    raised = exc
                     error = _activity_error(exc)
                     outcome = ActivityFailed(info.seq, info.attempt, error, state.details)
         finally:
             self.running.pop(key, None)
         _log_attempt(info, outcome, time.perf_counter() - began)
+        if watchers:
+            end_attempt(watchers, outcome, raised)
         return outcome
 
     def _launch(
-        self, defn: ActivityDefinition, state: ActivityState, args: list[Any]
+        self,
+        defn: ActivityDefinition,
+        state: ActivityState,
+        args: list[Any],
+        watchers: list[AttemptObservation],
     ) -> asyncio.Future[Any]:
         ctx = contextvars.copy_context()
         ctx.run(_current.set, state)
@@ -305,6 +318,8 @@ class ActivityRunner:
             return defn.fn(*call_args)
 
         def enter_contexts(stack: contextlib.ExitStack) -> None:
+            for watcher in watchers:
+                stack.enter_context(watcher.running())
             for factory in contexts:
                 stack.enter_context(factory(state.info))
 

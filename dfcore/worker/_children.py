@@ -41,9 +41,10 @@ async def start_child(
     decision_seq: int,
     cmd: StartChild,
     run: int = 1,
+    trace: Mapping[str, str] | None = None,
 ) -> None:
     """Make the child's history, then tell the parent (its run ``run``) it runs, or that it
-    cannot."""
+    cannot. The child's start carries ``trace``: the parent's decision's."""
     parent = Parent(parent_id, parent_subject, cmd.seq, run)
     run_id = _child_run_id(parent_id, cmd.seq, run)
     start = WorkflowStarted(
@@ -64,6 +65,7 @@ async def start_child(
             msg_id=f"{workflow_token(child)}:child-of:{token}:{cmd.seq}",
             expected_seq=0,
             expected_subject=lay.history_any_queue(child),
+            trace=trace,
         )
     except AppendConflict:
         if not await _ours(store, child, parent):

@@ -4,7 +4,7 @@ Each run's history starts on the same subject, so clients keep signalling, cance
 awaiting the workflow by its id alone. The next run's start is appended with a rollup: as the
 server stores it, it deletes every record before it, so the history a worker replays holds one
 run only, however long the workflow has been going. Before that the run's records are copied
-to their runs subject (``Store.keep_run``), where ``handle.history(run=N)`` finds them.
+to their runs subject (``Store.runs.keep``), where ``handle.history(run=N)`` finds them.
 
 Facts may reach the history between the decision and the next start. Signals and cancellations
 are carried in the start (they are meant for whoever runs then); answers to the ending run's
@@ -47,7 +47,7 @@ async def continue_as_new(
         raise DFError(f"the read of {subject} lags behind its decision {decision.seq}")
     ending = WorkflowStarted.from_wire(first.body)
     run = run_of(first.body)
-    await store.keep_run(subject, run, [r for r in records if r.seq <= decision.seq])
+    await store.runs.keep(subject, run, [r for r in records if r.seq <= decision.seq])
     if (await store.first(subject) or first).seq > decision.seq:
         return  # another worker carried it out meanwhile: its next run's timers are not ours
     await store.purge_run_timers(subject, run)
@@ -76,6 +76,7 @@ async def continue_as_new(
                 expected_seq=seen,
                 rollup=True,
                 data=data,
+                trace=first.trace,  # the next run goes on in its workflow's trace
             )
         except AppendConflict:  # a fact came meanwhile: carry it too if it is for the next run
             later, seen = await store.read(subject, seen)

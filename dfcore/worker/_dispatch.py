@@ -37,12 +37,18 @@ from dfcore.worker._storage import WorkerStore
 
 
 async def dispatch(
-    store: WorkerStore, workflow_id: str, subject: str, run: WorkflowRun | None, record: h.Record
+    store: WorkerStore,
+    workflow_id: str,
+    subject: str,
+    run: WorkflowRun | None,
+    record: h.Record,
+    trace: Mapping[str, str],
 ) -> None:
     """Publish the work of every command of decision ``record``.
 
     Children are started first, so a cancellation or signal beside them finds them; the next
-    run of a workflow that continues as new is started last, once the rest is out.
+    run of a workflow that continues as new is started last, once the rest is out. Activity
+    tasks and children's starts carry ``trace`` in their headers.
     """
     cmds = record.commands
     number = run.info.run if run is not None else run_of(record.body)
@@ -50,7 +56,10 @@ async def dispatch(
     async def each(kinds: set[str], inside: bool) -> None:
         chosen = [c for c in cmds if (c["t"] in kinds) == inside]
         await asyncio.gather(
-            *(_dispatch_one(store, workflow_id, subject, run, number, record, c) for c in chosen)
+            *(
+                _dispatch_one(store, workflow_id, subject, run, number, record, c, trace)
+                for c in chosen
+            )
         )
 
     ordered = {h.CHILD_WORKFLOW_SCHEDULED, h.WORKFLOW_CONTINUED_AS_NEW}
@@ -90,6 +99,7 @@ async def _dispatch_one(
     number: int,
     decision: h.Record,
     cmd: Mapping[str, Any],
+    trace: Mapping[str, str],
 ) -> None:
     command = command_from_wire(cmd)
     decision_seq = decision.seq
@@ -99,7 +109,7 @@ async def _dispatch_one(
             return
         task = ActivityTask.scheduled(workflow_id, subject, decision_seq, command, number)
         msg_id = f"{run_token(workflow_id, number)}:{task.seq}:{task.attempt}"
-        await store.publish_task(task.task_queue, task.to_wire(), msg_id)
+        await store.publish_task(task.task_queue, task.to_wire(), msg_id, trace)
     elif isinstance(command, StartTimer):
         timer = run.timer(command.timer) if run is not None else None
         if (timer is not None and timer.fired) or (run is not None and run.closed):
@@ -111,10 +121,10 @@ async def _dispatch_one(
     elif isinstance(command, StartChild):
         child = run.children.get(command.seq) if run is not None else None
         if child is None or not child.started.done():
-            await start_child(store, workflow_id, subject, decision_seq, command, number)
+            await start_child(store, workflow_id, subject, decision_seq, command, number, trace)
     elif isinstance(command, SignalChild):
         await signal_child(store, workflow_id, subject, command, number)
     elif isinstance(command, CancelChild):
         await cancel_child(store, workflow_id, subject, command, number)
     elif isinstance(command, ContinueAsNew):
-        await continue_as_new(store, subject, decision, command)
+        await continue_as_new(store, subject, decision, command)  # its start's trace goes on

@@ -24,6 +24,7 @@ from dfcore.client._client import append_start
 from dfcore.client._start import prepare_start
 from dfcore.core._errors import CodecUnavailableError, DFConnectionError, DFError
 from dfcore.core._history import now_ms
+from dfcore.core._observe import Observers
 from dfcore.core._schedules import (
     MAX_CATCH_UP,
     SCHEDULE_ID,
@@ -47,10 +48,13 @@ REARM_EVERY = 60.0  # seconds between a worker's checks that every schedule is a
 class ScheduleRunner:
     """Handles the ticks of every schedule of a namespace (the ``sched`` consumer)."""
 
-    def __init__(self, store: WorkerStore, default_queue: str, codec: Any) -> None:
+    def __init__(
+        self, store: WorkerStore, default_queue: str, codec: Any, observers: Observers
+    ) -> None:
         self.store = store
         self.default_queue = default_queue
         self.codec = codec
+        self.observers = observers
 
     async def handle(self, msg: Msg) -> None:
         try:
@@ -164,6 +168,7 @@ class ScheduleRunner:
                 execution_timeout=None,
                 max_payload=store.max_payload,
                 schedule=spec.schedule_id,
+                observers=self.observers,
             )
             await append_start(store, start, "use_existing")  # nothing if it exists
         except (DFConnectionError, CodecUnavailableError):

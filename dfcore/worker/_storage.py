@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from dfcore.client._storage import ClientStore, DeadLetterReader
+from dfcore.client._storage import ClientStore, DeadLetterReader, RunReader
 from dfcore.core import _history as h
 from dfcore.jetstream._requests import JetStreamAPI
 from dfcore.jetstream._streams import Streams
@@ -37,6 +37,11 @@ class DeadLetterFiler(DeadLetterReader, Protocol):
         """:meth:`keep` for a message one of the engine's consumers delivered."""
 
 
+class RunKeeper(RunReader, Protocol):
+    async def keep(self, history_subject: str, run: int, records: list[h.Record]) -> None:
+        """Keep a run's records readable before the next run's start rolls them up."""
+
+
 class WorkerStore(ClientStore, Protocol):
     """The storage operations of workflow and activity workers."""
 
@@ -51,6 +56,9 @@ class WorkerStore(ClientStore, Protocol):
 
     @property
     def dlq(self) -> DeadLetterFiler: ...
+
+    @property
+    def runs(self) -> RunKeeper: ...
 
     def encode(self, body: Mapping[str, Any], what: str) -> bytes: ...
 
@@ -73,10 +81,13 @@ class WorkerStore(ClientStore, Protocol):
     ) -> None:
         """Have a TimerFired record (of run ``run``) appended to the history at ``fire_at_ms``."""
 
-    async def keep_run(self, history_subject: str, run: int, records: list[h.Record]) -> None:
-        """Keep a run's records readable before the next run's start rolls them up."""
-
-    async def publish_task(self, queue: str, body: Mapping[str, Any], msg_id: str) -> None: ...
+    async def publish_task(
+        self,
+        queue: str,
+        body: Mapping[str, Any],
+        msg_id: str,
+        trace: Mapping[str, str] | None = None,
+    ) -> None: ...
 
     async def requeue(self, subject: str, data: bytes, msg_id: str) -> None: ...
 

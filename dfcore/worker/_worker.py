@@ -17,6 +17,7 @@ from typing import Any
 from dfcore.client._client import Client
 from dfcore.core._activity import ActivityInfo
 from dfcore.core._errors import DFError
+from dfcore.core._observe import Observers
 from dfcore.core._registry import Registry
 from dfcore.core._schedules import declared_schedules
 from dfcore.jetstream._connection import close_connection, connect
@@ -55,6 +56,7 @@ class Worker:
         registry: Registry,
         *,
         activity_contexts: Sequence[Callable[[ActivityInfo], AbstractContextManager[Any]]] = (),
+        observers: Observers | None = None,
         task_queues: Sequence[str] | None = None,
         workflows: bool = True,
         activities: bool = True,
@@ -68,6 +70,7 @@ class Worker:
         self.client = client
         self.registry = registry
         self.activity_contexts = activity_contexts
+        self.observers = observers or Observers()
         self.queues = [check_queue(q) for q in (task_queues or [settings.task_queue])]
         self.serve_workflows = workflows
         self.serve_activities = activities
@@ -94,7 +97,7 @@ class Worker:
         lay = store.layout
         for queue in self.queues:
             if self.serve_workflows:
-                processor = WorkflowProcessor(self.registry, store)
+                processor = WorkflowProcessor(self.registry, store, self.observers)
                 partitions = Partitions(store, processor, queue, self.workflow_concurrency)
                 await partitions.ensure_consumers()
                 self._processors.append(processor)
@@ -105,7 +108,7 @@ class Worker:
                     lay.tasks_stream, name, lay.task_subject(queue), settings.activity_ack_wait
                 )
                 runner = self._activity_runner or ActivityRunner(
-                    self.registry, store, self.activity_contexts
+                    self.registry, store, self.activity_contexts, self.observers
                 )
                 self._activity_runner = runner
                 expires, heartbeat = pull_expiry(settings.activity_ack_wait)
@@ -154,7 +157,7 @@ class Worker:
             lay.schedule_ticks,
             settings.workflow_ack_wait,
         )
-        runner = ScheduleRunner(store, settings.task_queue, self.client.codec)
+        runner = ScheduleRunner(store, settings.task_queue, self.client.codec, self.observers)
         expires, heartbeat = pull_expiry(settings.workflow_ack_wait)
         self._pullers.append(
             PullConsumer(

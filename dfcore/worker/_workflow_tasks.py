@@ -22,7 +22,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -41,15 +41,18 @@ from dfcore.core._errors import (
     WorkflowNotFoundError,
 )
 from dfcore.core._facts import Decision, run_of
+from dfcore.core._observe import Observers, trace_headers
 from dfcore.core._registry import Registry
 from dfcore.core._replay import new_run
-from dfcore.jetstream._naming import workflow_token
+from dfcore.jetstream._naming import queue_of, workflow_token
 from dfcore.jetstream._pull import PullConsumer
 from dfcore.jetstream._stamps import removal_marker
 from dfcore.jetstream._store import AppendConflict, delivery_stamp, verified_prev
+from dfcore.worker._cache import CachedWorkflow
 from dfcore.worker._delivery import KeepAlive, retry_delay
 from dfcore.worker._dispatch import dispatch, report_end
 from dfcore.worker._indexing import index_change, index_end
+from dfcore.worker._observing import TaskWork, tell_decided
 from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_records import (
     follows,
@@ -63,19 +66,6 @@ _NO_LIMIT = 1 << 30
 _POINTER_TRIES = 5  # reads of a deferred start that is not there before it is dead-lettered
 
 
-@dataclass
-class _Entry:
-    """A cached workflow: its run (None once closed or evicted) and a lock serialising it."""
-
-    workflow_id: str
-    subject: str
-    run: WorkflowRun | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    closed_seq: int = 0
-    users: int = 0  # handlers holding or waiting for the lock; the cache keeps such entries
-    touched: float = 0.0  # when a message for it last arrived (monotonic seconds)
-
-
 class _StaleRead(DFError):
     """A read did not reach the delivered record yet (a lagging replica); try again shortly."""
 
@@ -83,11 +73,14 @@ class _StaleRead(DFError):
 class WorkflowProcessor:
     """Handles history messages of one task queue: replays, decides, appends, dispatches."""
 
-    def __init__(self, registry: Registry, store: WorkerStore) -> None:
+    def __init__(
+        self, registry: Registry, store: WorkerStore, observers: Observers | None = None
+    ) -> None:
         self.registry = registry
+        self.observers = observers or Observers()
         self.settings = settings = store.settings
         self.store = store
-        self.cache: OrderedDict[str, _Entry] = OrderedDict()
+        self.cache: OrderedDict[str, CachedWorkflow] = OrderedDict()
         self.capacity = settings.workflow_cache_size
         self.idle_after = settings.workflow_ack_wait
         self.live = 0  # cached entries holding a run: the running workflows taken on
@@ -304,7 +297,7 @@ class WorkflowProcessor:
         self._admitting += 1  # hold its place while it waits for the lock and the read
         try:
             first = self.store.is_first_record(msg.headers, msg.subject)
-            record = dataclasses.replace(record, opens=first)
+            record = dataclasses.replace(record, opens=first, trace=trace_headers(msg.headers))
             await self._serve(workflow_id, msg.subject, record, msg, opens_history=first)
         finally:
             self._admitting -= 1
@@ -327,9 +320,10 @@ class WorkflowProcessor:
         entry = self._entry(workflow_id, subject)
         entry.users += 1
         keep_alive = KeepAlive(msg, self.settings.workflow_ack_wait / 3)
+        work = TaskWork()
         try:
             async with entry.lock:
-                if not await self._handle_locked(entry, record, msg, opens_history):
+                if not await self._handle_locked(entry, record, msg, work, opens_history):
                     return
         finally:
             keep_alive.cancel()
@@ -346,11 +340,12 @@ class WorkflowProcessor:
         await msg.ack()
 
     async def _handle_locked(
-        self, entry: _Entry, record: h.Record, msg: Msg, opens_history: bool = False
+        self, entry: CachedWorkflow, record: h.Record, msg: Msg, work: TaskWork, opens_history: bool
     ) -> bool:
         """Process one record; False when the message was handed back or dead-lettered."""
+        prev = verified_prev(msg.headers, record)
         try:
-            await self._process(entry, record, opens_history, verified_prev(msg.headers, record))
+            await self._process(entry, record, opens_history, prev, work)
         except _StaleRead:
             await msg.nak(delay=0.2)
             return False
@@ -379,16 +374,16 @@ class WorkflowProcessor:
             self._drop(entry)
         self.cache.clear()
 
-    def _entry(self, workflow_id: str, subject: str) -> _Entry:
+    def _entry(self, workflow_id: str, subject: str) -> CachedWorkflow:
         entry = self.cache.get(workflow_id)
         if entry is None:
-            entry = self.cache[workflow_id] = _Entry(workflow_id, subject)
+            entry = self.cache[workflow_id] = CachedWorkflow(workflow_id, subject)
         else:
             self.cache.move_to_end(workflow_id)
         entry.touched = time.monotonic()
         return entry
 
-    def _drop(self, entry: _Entry) -> None:
+    def _drop(self, entry: CachedWorkflow) -> None:
         if entry.run is not None:
             entry.run.evict()
             self.live -= 1
@@ -423,7 +418,12 @@ class WorkflowProcessor:
         self.store.encode({"v": value}, what)
 
     async def _process(
-        self, entry: _Entry, record: h.Record, opens_history: bool, prev: int | None
+        self,
+        entry: CachedWorkflow,
+        record: h.Record,
+        opens_history: bool,
+        prev: int | None,
+        work: TaskWork,
     ) -> None:
         """Bring the run past ``record`` and decide. ``prev``: the record's server-checked
         ``prev`` (None when unchecked): when it is the run's last record, nothing is read."""
@@ -438,16 +438,26 @@ class WorkflowProcessor:
         if run is None:
             run = entry.run = self._new_run(entry.workflow_id)
             self.live += 1
+            work.cache = "miss"
         known = [record] if opens_history and run.last_seq == 0 else None
         if known is None and follows(record, prev, run.last_seq):
             known = [record]
-        await self._catch_up_and_decide(entry, run, seq, known)
+        elif known is None and run.last_seq == 0:
+            work.cache = "replay"  # its whole history is read
+        if self.observers:
+            self.observers.cache(queue_of(entry.subject), work.cache)
+        await self._catch_up_and_decide(entry, run, seq, known, work)
         if run.closed and not run.pending_commands():
             entry.closed_seq = run.last_seq
             self._drop(entry)
 
     async def _catch_up_and_decide(
-        self, entry: _Entry, run: WorkflowRun, delivered: int, known: list[h.Record] | None
+        self,
+        entry: CachedWorkflow,
+        run: WorkflowRun,
+        delivered: int,
+        known: list[h.Record] | None,
+        work: TaskWork,
     ) -> None:
         conflicted = False
         while True:
@@ -475,11 +485,14 @@ class WorkflowProcessor:
             for record in records:
                 if record.seq == delivered and record.type == h.DECIDED:
                     await self._dispatch(entry, run, record, delivered=True)
-            if await self._decide(entry, run):
+            if await self._decide(entry, run, work):
                 return
             conflicted = True
+            work.conflicts += 1
 
-    def _next_run_in(self, entry: _Entry, run: WorkflowRun, records: list[h.Record]) -> WorkflowRun:
+    def _next_run_in(
+        self, entry: CachedWorkflow, run: WorkflowRun, records: list[h.Record]
+    ) -> WorkflowRun:
         """A fresh run when ``records`` hold the start of the workflow's next run (it continued
         as new); the records from that start on are then applied to it. Only a start that
         provably opens the history counts: any other is a stray, and ignored."""
@@ -492,7 +505,7 @@ class WorkflowProcessor:
                 return entry.run
         return run
 
-    async def _decide(self, entry: _Entry, run: WorkflowRun) -> bool:
+    async def _decide(self, entry: CachedWorkflow, run: WorkflowRun, work: TaskWork) -> bool:
         """Append the pending commands; False if someone appended first.
 
         A decision too big for one message is appended as several records, all but the last
@@ -507,16 +520,21 @@ class WorkflowProcessor:
         except PayloadTooLargeError:
             parts = split_decision(cmds, self.store)
         else:
-            return await self._appenddecision_body(entry, run, body, data)
+            return await self._appenddecision_body(entry, run, body, data, work)
         for i, part in enumerate(parts):
             more = i < len(parts) - 1
             body = Decision(part, run.last_seq, more=more, run=run.info.run).to_wire()
-            if not await self._appenddecision_body(entry, run, body, None):
+            if not await self._appenddecision_body(entry, run, body, None, work):
                 return False
         return True
 
     async def _appenddecision_body(
-        self, entry: _Entry, run: WorkflowRun, body: dict[str, Any], data: bytes | None
+        self,
+        entry: CachedWorkflow,
+        run: WorkflowRun,
+        body: dict[str, Any],
+        data: bytes | None,
+        work: TaskWork,
     ) -> bool:
         status = h.terminal_status(body["cmds"])
         try:
@@ -529,11 +547,16 @@ class WorkflowProcessor:
                 data=data,
             )
         except AppendConflict:
+            if self.observers:
+                self.observers.append_conflict(queue_of(entry.subject))
             return False  # read what was appended and decide again
         first, was_failing = not run.decided, run.noted_failure
         record = h.Record(seq, body)
+        trace = run.info.trace
+        if self.observers:
+            trace = tell_decided(self.observers, run, work, body, status) or trace
         run.apply([record])
-        await self._dispatch(entry, run, record)
+        await self._dispatch(entry, run, record, trace=trace)
         if was_failing and status is None:  # its code got past the failure
             await index_change(self.store, entry.subject, status="running", failure=None)
         if first or status is not None:
@@ -541,15 +564,24 @@ class WorkflowProcessor:
         return True
 
     async def _dispatch(
-        self, entry: _Entry, run: WorkflowRun | None, record: h.Record, *, delivered: bool = False
+        self,
+        entry: CachedWorkflow,
+        run: WorkflowRun | None,
+        record: h.Record,
+        *,
+        delivered: bool = False,
+        trace: Mapping[str, str] | None = None,
     ) -> None:
         """Publish the work a decision implies; idempotent (deterministic message ids).
 
         ``delivered``: the decision is the message being handled, so it will not be delivered
-        again; otherwise (just appended) it will be, and is then acked unread.
+        again; otherwise (just appended) it will be, and is then acked unread. ``trace``: the
+        trace headers its activity tasks and children carry (by default its start's).
         """
         cmds = record.commands
-        await dispatch(self.store, entry.workflow_id, entry.subject, run, record)
+        if trace is None:
+            trace = run.info.trace if run is not None else {}
+        await dispatch(self.store, entry.workflow_id, entry.subject, run, record, trace)
         if h.terminal_status(cmds):
             info = run.info if run is not None else None  # None: its start says who waits
             await asyncio.gather(

@@ -8,7 +8,7 @@ from django.db import models
 from django.utils import timezone
 
 from dfcore import PreparedStart
-from dfcore.outbox import OutboxRow
+from dfcore.outbox import OutboxRow, trace_from_column, trace_to_column
 
 
 class OutboxEntry(models.Model):
@@ -23,6 +23,9 @@ class OutboxEntry(models.Model):
     attempts = models.PositiveIntegerField(default=0, help_text="publishes tried so far")
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    trace_context = models.TextField(
+        blank=True, default="", help_text="the trace headers the start carries (JSON)"
+    )
 
     class Meta:
         db_table = "dfcore_outbox"
@@ -55,12 +58,17 @@ class OutboxEntry(models.Model):
             workflow_type=start.workflow_type,
             task_queue=start.task_queue,
             payload=start.data,
+            trace_context=trace_to_column(start),
             **fields,
         )
 
     def as_row(self) -> OutboxRow:
         start = PreparedStart(
-            self.workflow_id, self.workflow_type, self.task_queue, bytes(self.payload)
+            self.workflow_id,
+            self.workflow_type,
+            self.task_queue,
+            bytes(self.payload),
+            trace_from_column(self.trace_context),
         )
         return OutboxRow(self.pk, start, self.attempts)
 

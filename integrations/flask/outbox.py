@@ -45,7 +45,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from dfcore import App, ConfigurationError, PreparedStart, WorkflowFunction, WorkflowHandle
-from dfcore.outbox import OutboxRelay, OutboxRow, OutboxSettings
+from dfcore.outbox import (
+    OutboxRelay,
+    OutboxRow,
+    OutboxSettings,
+    trace_from_column,
+    trace_to_column,
+)
 
 log = logging.getLogger("dfcore.flask.outbox")
 
@@ -86,6 +92,7 @@ outbox_table = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UTCDateTime()),
     Column("last_error", Text, nullable=False, default=""),
+    Column("trace_context", Text, nullable=False, default="", server_default=""),
     Index("dfcore_outbox_published", "published_at"),
 )
 
@@ -104,8 +111,19 @@ _SKIP_LOCKED_DIALECTS = {"postgresql", "mysql", "mariadb", "oracle"}
 
 
 def create_outbox_tables(engine: Engine) -> None:
-    """Create the outbox tables in this database if they do not exist."""
+    """Create the outbox tables in this database if they do not exist, and add the columns
+    a later version added to tables an earlier one created."""
     metadata.create_all(engine, checkfirst=True)
+    have = {column["name"] for column in inspect(engine).get_columns(outbox_table.name)}
+    with engine.begin() as connection:
+        for column in outbox_table.columns:
+            if column.name not in have:  # each added column has a server default
+                kind = column.type.compile(engine.dialect)
+                default = "DEFAULT ''" if column.server_default is not None else ""
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {outbox_table.name} ADD COLUMN {column.name} {kind} "
+                    f"NOT NULL {default}"
+                )
 
 
 def start_in_transaction(
@@ -157,6 +175,7 @@ def start_in_transaction(
         created_at=_now(),
         attempts=0,
         last_error="",
+        trace_context=trace_to_column(start),
     )
     try:
         key = session.execute(statement).inserted_primary_key[0]
@@ -167,6 +186,12 @@ def start_in_transaction(
                 f"({exc.orig}): create it with `flask df create-outbox`, or add "
                 "dfcore.integrations.flask.outbox.metadata to your migrations (Alembic's "
                 "target_metadata)"
+            ) from exc
+        if _missing_column(exc):
+            raise ConfigurationError(
+                f"the outbox table {outbox_table.name} lacks a column this version writes "
+                f"({exc.orig}): run `flask df create-outbox` to add it, or an Alembic "
+                "migration of dfcore.integrations.flask.outbox.metadata"
             ) from exc
         raise
     if settings.publish_on_commit:
@@ -400,7 +425,11 @@ class SQLAlchemyOutboxSource:
 
 def _as_row(row: Any) -> OutboxRow:
     start = PreparedStart(
-        row["workflow_id"], row["workflow_type"], row["task_queue"], bytes(row["payload"])
+        row["workflow_id"],
+        row["workflow_type"],
+        row["task_queue"],
+        bytes(row["payload"]),
+        trace_from_column(row["trace_context"]),
     )
     return OutboxRow(row["id"], start, row["attempts"])
 
@@ -411,6 +440,14 @@ def _missing_table(exc: DBAPIError) -> bool:
     named = outbox_table.name in text
     return named and (
         "no such table" in text or "does not exist" in text or "doesn't exist" in text
+    )
+
+
+def _missing_column(exc: DBAPIError) -> bool:
+    """Whether the database said an outbox column is not there (an older table)."""
+    text = str(exc.orig).lower()
+    return "column" in text and (
+        "no column named" in text or "does not exist" in text or "unknown column" in text
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from dfcore.integrations.flask.outbox import (
 from dfcore.outbox import flush_committed
 from tests.flask.conftest import Factory
 from tests.flaskapp import Greeting, db, df, greet
+from tests.test_observe import Carrier, first_history_message
 from tests.workerkit import WorkerThread, starts_of
 
 
@@ -153,6 +155,37 @@ def test_a_missing_outbox_table_says_how_to_create_it(make_app: Any, tmp_path: A
         start_in_transaction(session, app, "greet", "pat", workflow_id="greet-pat")
     assert "`flask df create-outbox`" in str(info.value)
     assert "dfcore_outbox" in str(info.value)
+
+
+def test_a_table_of_an_earlier_version_gains_the_trace_column(
+    make_app: Any, tmp_path: Any, nats_url: str, namespace: str
+) -> None:
+    """A table made before trace_context existed: a start says how to add the column, the
+    create command adds it (rows kept), and a start's trace context then travels through it."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    with engine.begin() as connection:  # the table as 0.1 created it
+        connection.exec_driver_sql(
+            "CREATE TABLE dfcore_outbox (id INTEGER PRIMARY KEY, workflow_id VARCHAR(255) NOT "
+            "NULL, workflow_type VARCHAR(255) NOT NULL, task_queue VARCHAR(255) NOT NULL, "
+            "payload BLOB NOT NULL, created_at DATETIME NOT NULL, published_at DATETIME, "
+            "attempts INTEGER NOT NULL, next_attempt_at DATETIME, last_error TEXT NOT NULL)"
+        )
+    app: App = make_app()
+    app.add_observer(Carrier())
+    with Session(engine) as session, pytest.raises(ConfigurationError) as info:
+        start_in_transaction(session, app, "greet", "pat", workflow_id="greet-old")
+    assert "`flask df create-outbox`" in str(info.value) and "lacks a column" in str(info.value)
+    create_outbox_tables(engine)
+    create_outbox_tables(engine)  # again: nothing to add
+    with Session(engine) as session:
+        start_in_transaction(session, app, "greet", "pat", workflow_id="greet-new")
+        session.commit()
+    assert flush_committed()
+    with Session(engine) as session:
+        stored = session.execute(select(outbox_table.c.trace_context)).scalar_one()
+    assert json.loads(stored) == {"traceparent": Carrier.TRACEPARENT}
+    first = first_history_message(nats_url, namespace, "greet-new")
+    assert first.headers["traceparent"] == Carrier.TRACEPARENT
 
 
 def test_a_burst_of_commits_is_published_in_batches(make_app: Any, tmp_path: Any) -> None:
