@@ -1,6 +1,7 @@
 """Bursts and scale-out: N order workflows fired at once, then awaited, on K worker processes.
 
     python bench/burst.py [--workers 1,2,3] [--bursts 500,2000,8000] [--latency-samples 200]
+                          [--observe otel|prometheus [--sample RATIO]]
 
 The method a Celery user benchmarks with, at default settings: for every (K, N) cell a fresh
 embedded nats-server (file storage) and K ``dfcore worker`` processes (``--processes K``) are
@@ -13,6 +14,9 @@ result. For each cell it prints:
     on the same server, and the ratio of workflows/s to it.
 After the cells it measures single-workflow latency (one at a time) and the cost of step 500 of
 a long workflow against step 1, on one worker process.
+``--observe`` turns tracing and metrics on in the client and the workers: OpenTelemetry's SDK
+with spans exported to nowhere (bench/observed.py), and the metrics through OpenTelemetry
+(``otel``) or each worker's Prometheus endpoint (``prometheus``, ``--metrics-port``).
 This is a benchmark, not a test: it prints figures and never fails on them.
 """
 
@@ -86,6 +90,8 @@ class Workers:
         env = {**os.environ, "DF_NATS_URL": url, "DF_NAMESPACE": "bench"}
         command = [sys.executable, "-m", "dfcore", "worker", "-A", "bench.order_app:app"]
         command += ["-l", LOGLEVEL]
+        if os.environ.get("DF_BENCH_OBSERVE") == "prometheus":
+            command += ["--metrics-port", "0"]
         supervised = supervised and processes > 1  # --processes 1 runs the worker itself
         with log.open("ab") as out:  # as a service manager keeps a worker's output
             if supervised:
@@ -262,6 +268,23 @@ if __name__ == "__main__":
     parser.add_argument(
         "--loglevel", default="INFO", help="the workers' -l (INFO, their default; WARNING: quiet)"
     )
+    parser.add_argument(
+        "--sample",
+        type=float,
+        default=1.0,
+        help="with --observe: the share of traces sampled (tuned; default all)",
+    )
+    parser.add_argument(
+        "--observe",
+        choices=["otel", "prometheus"],
+        help="tracing on, and metrics through OpenTelemetry or Prometheus (bench/observed.py)",
+    )
     arguments = parser.parse_args()
+    if arguments.observe:  # the workers' app instruments itself (bench/order_app.py)
+        os.environ["DF_BENCH_OBSERVE"] = arguments.observe
+        os.environ["DF_BENCH_SAMPLE"] = str(arguments.sample)
+        from bench.observed import observe
+
+        observe(app, arguments.observe)
     LOGLEVEL = arguments.loglevel
     asyncio.run(main(arguments))

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from dfcore import App
 
 app = App("bench")
+
+if os.environ.get("DF_BENCH_OBSERVE"):  # bench/burst.py --observe: tracing and metrics on
+    from bench.observed import observe
+
+    observe(app, os.environ["DF_BENCH_OBSERVE"])
 
 
 @app.activity

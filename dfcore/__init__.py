@@ -50,7 +50,9 @@ from dfcore.core._history import EventType, HistoryEvent
 from dfcore.core._observe import (
     AttemptObservation,
     ObservedAttempt,
+    ObservedGauges,
     ObservedInput,
+    ObservedQueue,
     ObservedStart,
     ObservedTask,
     Observer,
@@ -62,11 +64,13 @@ from dfcore.jetstream._index import WorkflowSummary, WorkflowWatch
 from dfcore.jetstream._naming import check_task_queue, check_workflow_id
 from dfcore.jetstream._server import EmbeddedServer
 from dfcore.jetstream._workers import QueueInfo, RunningActivity, WorkerInfo
+from dfcore.worker._metrics import METRICS, Metric, MetricSink, MetricsObserver
 from dfcore.worker._worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "METRICS",
     "ActivityError",
     "ActivityFunction",
     "Advice",
@@ -87,9 +91,14 @@ __all__ = [
     "HistoryEvent",
     "IdentityCodec",
     "JSONConverter",
+    "Metric",
+    "MetricSink",
+    "MetricsObserver",
     "NondeterminismError",
     "ObservedAttempt",
+    "ObservedGauges",
     "ObservedInput",
+    "ObservedQueue",
     "ObservedStart",
     "ObservedTask",
     "Observer",

@@ -373,6 +373,11 @@ class App(Inspection):
         this process and in its workers (tracing, metrics: see ``dfcore.contrib.tracing``)."""
         self.observers.all.append(observer)
 
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop telling ``observer``; workers started before keep the observers they had."""
+        if observer in self.observers.all:
+            self.observers.all.remove(observer)
+
     async def aclose(self) -> None:
         """Close this loop's connection (sync callers' connection closes at exit)."""
         await self.client.aclose()

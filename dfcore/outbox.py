@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dfcore.client._loopthread import SYNC_LOOP, run_sync
-from dfcore.client._start import UNSENT, PreparedStart
+from dfcore.client._start import UNSENT, PreparedStart, start_fields
 from dfcore.core._definitions import RetryPolicy
 from dfcore.core._errors import ConfigurationError, PayloadError
 from dfcore.core._observe import trace_headers
@@ -328,6 +328,7 @@ class OutboxRelay:
                     row.key,
                     delay,
                     error,
+                    extra=start_fields(row.start),
                 )
                 source.mark_failed(row.key, error, delay)
         return len(done)

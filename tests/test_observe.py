@@ -146,14 +146,14 @@ def test_decisions_attempts_and_their_trace_headers(
         [("activity", "charge", True)],  # the decision: retry after a backoff timer
         [("timer", "retry", False)],  # the decision: the second attempt
         [("activity", "charge", False)],
-        [("timer", "timer", False), ("signal", "approve", False)],  # the sleep, then the wait
+        [("timer", "sleep", False), ("signal", "approve", False)],  # the sleep, then the wait
         [("child", "order-1-child", False), ("child", "order-1-child", False)],  # started, ended
     ], inputs
     assert [t.status for t in tasks][-1] == "completed" and all(
         t.status is None for t in tasks[:-1]
     )
     assert all(t.began_ns <= t.ended_ns for t in tasks)
-    timer = next(i for t in tasks for i in t.inputs if i.kind == "timer" and i.name == "timer")
+    timer = next(i for t in tasks for i in t.inputs if i.kind == "timer" and i.name == "sleep")
     assert timer.began_ms is not None and timer.at_ms - timer.began_ms >= 50
 
     # Each attempt carried the decision's trace headers, and was told its outcome.

@@ -9,6 +9,9 @@ groups, with a :class:`Host` as the click context object saying where the App co
         group.add_command(command)
     group.main(obj=dfcore.cli.Host(name="myframework df", get_app=load_my_app))
 
+Projects that configure logging themselves use :class:`JsonFormatter` for the JSON lines of
+``--log-format json`` (in Django's ``LOGGING``: ``{"()": "dfcore.cli.JsonFormatter"}``).
+
 The argparse helpers of earlier versions (``add_worker_arguments``, ``worker_options``,
 ``run_workflow_command`` ...) still work, with a ``DeprecationWarning``: build on the click
 commands instead.
@@ -20,14 +23,16 @@ import warnings
 from typing import Any
 
 from dfcore.cli import _argparse  # the argparse helpers the click commands replace
-from dfcore.cli._commands import COMMANDS, CONTEXT, cli, main, setup_logging
+from dfcore.cli._commands import COMMANDS, CONTEXT, cli, main
 from dfcore.cli._host import Host, current_host
+from dfcore.cli._logging import JsonFormatter, setup_logging
 from dfcore.worker._worker_thread import WorkerThread
 
 __all__ = [
     "COMMANDS",
     "CONTEXT",
     "Host",
+    "JsonFormatter",
     "WorkerThread",
     "cli",
     "current_host",

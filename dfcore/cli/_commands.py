@@ -10,7 +10,6 @@ Shell completion is click's: ``eval "$(_DFCORE_COMPLETE=bash_source dfcore)"`` (
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -22,8 +21,9 @@ import orjson
 
 from dfcore.cli._dev import DevOptions, run_dev
 from dfcore.cli._host import Host, current_host, load_app
+from dfcore.cli._logging import log_format_option, setup_logging
 from dfcore.cli._plugins import commands
-from dfcore.cli._supervisor import is_child, processes_option, supervise
+from dfcore.cli._supervisor import child_slot, is_child, processes_option, supervise
 from dfcore.client._inspect import render_history
 from dfcore.core._errors import DFError
 from dfcore.jetstream._dlq import render_list as render_dead_letters
@@ -32,14 +32,6 @@ from dfcore.jetstream._dlq import render_one as render_dead_letter
 F = TypeVar("F", bound=Callable[..., Any])
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr (unless logging is configured already), dfcore at ``level``."""
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
-    logging.getLogger("dfcore").setLevel(level.upper())
 
 
 def _set_app(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -124,7 +116,15 @@ def _worker_options(command: F) -> F:
             help="Do not relay the transactional outbox in this process (Django and Flask "
             "projects; run the relay command instead).",
         ),
+        click.option(
+            "--metrics-port",
+            metavar="[HOST:]PORT",
+            envvar="DF_METRICS_PORT",
+            help="Serve Prometheus metrics on http://HOST:PORT/metrics (HOST: 127.0.0.1; use "
+            "0.0.0.0:PORT to be scraped from elsewhere). With -P N, process k serves PORT+k.",
+        ),
         _loglevel,
+        log_format_option,
         app_option(hidden=True),
     ]
     for option in reversed(options):
@@ -143,7 +143,22 @@ def worker_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         "activity_concurrency": options["concurrency"],
         "workflow_concurrency": options["workflow_concurrency"],
         "shutdown_timeout": options["shutdown_timeout"],
+        **_metrics_kwargs(options.get("metrics_port")),
     }
+
+
+def _metrics_kwargs(value: str | None) -> dict[str, Any]:
+    """``metrics_port``/``metrics_host`` from ``--metrics-port``; a supervised child adds its
+    number to the port, so each process of ``-P N`` has its own."""
+    try:
+        host, port = _addrport(value)
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, param_hint="--metrics-port") from None
+    if port is None:
+        return {}
+    if port and is_child():
+        port += child_slot()
+    return {"metrics_port": port, "metrics_host": host or "127.0.0.1"}
 
 
 @click.command(context_settings=CONTEXT)
@@ -157,10 +172,10 @@ def worker_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     "process that dies is restarted; SIGTERM drains them all.",
 )
 @_worker_options
-def worker(processes: int, no_relay: bool, loglevel: str, **options: Any) -> None:
+def worker(processes: int, no_relay: bool, loglevel: str, log_format: str, **options: Any) -> None:
     """Run a worker for the app's workflows and activities (with the outbox relay, where the
     project has one). SIGTERM or Ctrl-C drains in-flight work first."""
-    setup_logging(loglevel)
+    setup_logging(loglevel, log_format)
     host = current_host()
     app = host.app()  # a bad app fails here, once, not in each supervised child
     kwargs = worker_kwargs(options)
@@ -229,6 +244,7 @@ def dev(
     no_dashboard: bool,
     no_relay: bool,
     loglevel: str,
+    log_format: str,
     **options: Any,
 ) -> None:
     """Develop without installing anything: an embedded NATS JetStream server, a worker (with
@@ -236,7 +252,7 @@ def dev(
 
     ADDRPORT is the web server's address, as runserver takes it (8000, 127.0.0.1:8000); --host
     and --port say the same. Ctrl-C stops everything."""
-    setup_logging(loglevel)
+    setup_logging(loglevel, log_format)
     host = current_host()
     if host.takes_app_option and not host.app_spec and not nats_only:
         raise click.UsageError(

@@ -43,6 +43,12 @@ def is_child() -> bool:
     return os.environ.get(CHILD_ENV) is not None
 
 
+def child_slot() -> int:
+    """This supervised child's number, 0 to N-1 (0 when not supervised)."""
+    value = os.environ.get(CHILD_ENV, "0")
+    return int(value) if value.isdigit() else 0
+
+
 def processes_option(value: str) -> int:
     """Parse ``--processes``: a positive number, or ``auto`` for one per CPU core."""
     if value == "auto":

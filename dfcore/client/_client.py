@@ -18,7 +18,7 @@ from dfcore.client._handle import WorkflowHandle, WorkflowStatus
 from dfcore.client._inspect import list_workflows
 from dfcore.client._loop_client import LoopClient
 from dfcore.client._loopthread import SYNC_LOOP, run_sync
-from dfcore.client._start import IfExists, PreparedStart
+from dfcore.client._start import IfExists, PreparedStart, start_fields
 from dfcore.client._storage import ClientStore
 from dfcore.core._codec import IdentityCodec, PayloadCodec, check_size
 from dfcore.core._config import Settings
@@ -286,7 +286,10 @@ async def append_start(store: ClientStore, start: PreparedStart, if_exists: IfEx
     )
     if isinstance(indexed, Exception) and not isinstance(appended, BaseException):
         log.warning(
-            "workflow %r started, but is not listed until it ends: %s", start.workflow_id, indexed
+            "workflow %r started, but is not listed until it ends: %s",
+            start.workflow_id,
+            indexed,
+            extra=start_fields(start),
         )
     if isinstance(appended, AppendConflict):
         started = await store.started_subject(start.workflow_id)
@@ -294,7 +297,12 @@ async def append_start(store: ClientStore, start: PreparedStart, if_exists: IfEx
             try:
                 await store.index.withdraw(entry, "not started: its history holds a stray message")
             except DFError as exc:
-                log.warning("cannot withdraw the index entry of %r: %s", start.workflow_id, exc)
+                log.warning(
+                    "cannot withdraw the index entry of %r: %s",
+                    start.workflow_id,
+                    exc,
+                    extra=start_fields(start),
+                )
             raise DFError(
                 f"workflow {start.workflow_id!r} was not started: its history already holds "
                 "a message that is not a workflow start (stray or forged; "

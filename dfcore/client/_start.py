@@ -14,6 +14,7 @@ from typing import Any, Literal
 from dfcore.core._codec import JSONConverter, PayloadCodec, check_size, safe_encode
 from dfcore.core._errors import SerializationError
 from dfcore.core._facts import WorkflowStarted
+from dfcore.core._logfields import log_fields
 from dfcore.core._observe import ObservedStart, Observers
 from dfcore.jetstream._store import HEADROOM
 
@@ -84,6 +85,11 @@ class PreparedStart:
     @property
     def what(self) -> str:
         return f"the start of workflow {self.workflow_type!r}"
+
+
+def start_fields(start: PreparedStart) -> dict[str, Any]:
+    """``extra=`` of a log line about a start: the first run of its workflow."""
+    return log_fields(start.workflow_id, run=1, workflow_type=start.workflow_type)
 
 
 def prepare_start(

@@ -15,6 +15,7 @@ from dfcore.core._children import ChildWorkflowHandle
 from dfcore.core._definitions import ActivityOptions, RetryPolicy
 from dfcore.core._engine import WorkflowRun
 from dfcore.core._errors import outside_workflow
+from dfcore.core._logfields import log_fields
 
 _T = TypeVar("_T")
 
@@ -47,8 +48,7 @@ class _ReplaySafeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         info = self._run.info
-        extra = {"workflow_id": info.workflow_id, "workflow_type": info.workflow_type}
-        kwargs["extra"] = {**extra, **(kwargs.get("extra") or {})}
+        kwargs["extra"] = {**log_fields(info), **(kwargs.get("extra") or {})}
         return f"[{info.workflow_type} {info.workflow_id}] {msg}", kwargs
 
 

@@ -54,6 +54,7 @@ from dfcore.core._facts import (
     WorkflowStarted,
     fact_from_wire,
 )
+from dfcore.core._logfields import log_fields
 from dfcore.core._run_state import ActivityCall, RunInfo, TimerState
 from dfcore.core._sync_workflow import run_sync_workflow
 from dfcore.core._workflow_loop import DeterministicLoop
@@ -192,7 +193,11 @@ class WorkflowRun:
             try:
                 self.loop.run_until_idle()
             except BaseException:
-                log.debug("workflow %s: error while unwinding", self.info.workflow_id)
+                log.debug(
+                    "workflow %s: error while unwinding",
+                    self.info.workflow_id,
+                    extra=log_fields(self.info),
+                )
 
     # -- records ----------------------------------------------------------------------------
 
@@ -362,6 +367,7 @@ class WorkflowRun:
                 self.info.workflow_id,
                 len(unread) - MAX_CARRIED,
                 MAX_CARRIED,
+                extra=log_fields(self.info),
             )
             unread = unread[-MAX_CARRIED:]
         deadline = self.info.deadline_ms
@@ -497,7 +503,13 @@ class WorkflowRun:
             return  # expected while a run unwinds or is discarded
         if message.startswith("Task was destroyed but it is pending"):
             return  # a parked workflow that was dropped from memory; its history has it all
-        log.warning("workflow %s: %s", self.info.workflow_id, context.get("message"), exc_info=exc)
+        log.warning(
+            "workflow %s: %s",
+            self.info.workflow_id,
+            context.get("message"),
+            exc_info=exc,
+            extra=log_fields(self.info),
+        )
 
 
 _NO_PATCH_CALL = (

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -70,6 +70,7 @@ class ObservedTask:
 
     Attributes:
         workflow_id, workflow_type, run, task_queue: whose task it was.
+        seq: the history sequence of the decision's record (unique in the workflow).
         trace: the trace context its start carried.
         began_ns, ended_ns: wall-clock nanoseconds, from when the worker took the message to
             when the decision was appended.
@@ -81,12 +82,16 @@ class ObservedTask:
         status: ``completed``, ``failed``, ``cancelled`` or ``timed_out`` when it ended the
             workflow; ``continued`` when it continued as new; else None.
         started_ms: when the workflow's run started (server clock).
+        scheduled_ms: when the server stored the record that made the task (server clock;
+            0 when not known).
+        failure: the error that failed the workflow (``Type: message``), when it did.
     """
 
     workflow_id: str
     workflow_type: str
     run: int
     task_queue: str
+    seq: int
     trace: Mapping[str, str]
     began_ns: int
     ended_ns: int
@@ -96,6 +101,7 @@ class ObservedTask:
     commands: tuple[str, ...]
     status: str | None
     started_ms: int
+    scheduled_ms: int = 0
     failure: str | None = None
 
 
@@ -115,6 +121,25 @@ class ObservedAttempt:
     scheduled_ms: int
     run: int = 1
     seq: int = 0
+
+
+@dataclass(frozen=True)
+class ObservedQueue:
+    """A task queue's figures as its consumers on the server hold them, for one ``kind`` of
+    task (``workflow`` or ``activity``)."""
+
+    task_queue: str
+    kind: str
+    backlog: int
+    in_flight: int
+
+
+@dataclass(frozen=True)
+class ObservedGauges:
+    """What a worker holds now: the queues it serves, and its cached runs per queue."""
+
+    queues: tuple[ObservedQueue, ...]
+    cached_runs: Mapping[str, int]
 
 
 class AttemptObservation:
@@ -154,9 +179,15 @@ class Observer:
     def append_conflict(self, task_queue: str) -> None:
         """A decision's append was refused: another writer appended first."""
 
+    def gauges(self, gauges: ObservedGauges) -> None:
+        """A worker's current figures, now and then (and whenever its metrics are scraped)."""
+
 
 class Observers:
-    """The observers of an App, called in turn; one that raises is logged and skipped."""
+    """The observers of an App, called in turn; one that raises is logged and skipped.
+
+    (The hooks are on every workflow task's path: each call is a plain loop and try.)
+    """
 
     def __init__(self, observers: list[Observer] | None = None) -> None:
         self.all: list[Observer] = observers if observers is not None else []
@@ -165,41 +196,55 @@ class Observers:
         return bool(self.all)
 
     def start(self, start: ObservedStart) -> dict[str, str]:
-        return self._headers("start", start)
+        carried: dict[str, str] = {}
+        for observer in self.all:
+            try:
+                carried.update(observer.start(start))
+            except Exception:
+                _raised(observer, "start")
+        return trace_headers(carried)
 
     def workflow_task(self, task: ObservedTask) -> dict[str, str]:
-        return self._headers("workflow_task", task)
+        carried: dict[str, str] = {}
+        for observer in self.all:
+            try:
+                carried.update(observer.workflow_task(task))
+            except Exception:
+                _raised(observer, "workflow_task")
+        return trace_headers(carried) if carried else carried
 
     def activity_attempt(self, attempt: ObservedAttempt) -> list[AttemptObservation]:
         held = []
         for observer in self.all:
-            with _logged(observer, "activity_attempt"):
+            try:
                 observation = observer.activity_attempt(attempt)
+            except Exception:
+                _raised(observer, "activity_attempt")
+            else:
                 if observation is not None:
                     held.append(observation)
         return held
 
     def cache(self, task_queue: str, outcome: CacheOutcome) -> None:
-        for observer in self.all:
-            with _logged(observer, "cache"):
-                observer.cache(task_queue, outcome)
+        self._tell("cache", task_queue, outcome)
 
     def append_conflict(self, task_queue: str) -> None:
+        self._tell("append_conflict", task_queue)
+
+    def want_gauges(self) -> bool:
+        """Whether any observer takes the gauges (so a worker reads them now and then)."""
+        return any(type(o).gauges is not Observer.gauges for o in self.all)
+
+    def gauges(self, gauges: ObservedGauges) -> None:
+        self._tell("gauges", gauges)
+
+    def _tell(self, hook: str, *args: Any) -> None:
         for observer in self.all:
-            with _logged(observer, "append_conflict"):
-                observer.append_conflict(task_queue)
-
-    def _headers(self, hook: str, event: Any) -> dict[str, str]:
-        carried: dict[str, str] = {}
-        for observer in self.all:
-            with _logged(observer, hook):
-                carried.update(getattr(observer, hook)(event))
-        return trace_headers(carried)
+            try:
+                getattr(observer, hook)(*args)
+            except Exception:
+                _raised(observer, hook)
 
 
-@contextlib.contextmanager
-def _logged(observer: Observer, hook: str) -> Iterator[None]:
-    try:
-        yield
-    except Exception:
-        log.exception("observer %r: %s() raised; the engine goes on without it", observer, hook)
+def _raised(observer: Observer, hook: str) -> None:
+    log.exception("observer %r: %s() raised; the engine goes on without it", observer, hook)

@@ -42,6 +42,9 @@ class ActivityTask:
         start_to_close, heartbeat_timeout: seconds, or None.
         heartbeat: the details of the previous attempt's last heartbeat.
         run: the workflow's run that scheduled it (its outcome names it).
+        workflow_type: the workflow's type, for the worker's log lines ("" when the
+            decision was carried out by a worker that did not hold the run, or by an
+            earlier version).
     """
 
     workflow_id: str
@@ -56,6 +59,7 @@ class ActivityTask:
     heartbeat_timeout: float | None = None
     heartbeat: Any = field(default=None, compare=False)
     run: int = 1
+    workflow_type: str = ""
 
     @classmethod
     def scheduled(
@@ -65,6 +69,7 @@ class ActivityTask:
         decision_seq: int,
         command: ScheduleActivity,
         run: int = 1,
+        workflow_type: str = "",
     ) -> ActivityTask:
         """The task a ``ScheduleActivity`` command of decision ``decision_seq`` asks for."""
         return cls(
@@ -80,6 +85,7 @@ class ActivityTask:
             heartbeat_timeout=command.heartbeat_timeout,
             heartbeat=command.heartbeat,
             run=run,
+            workflow_type=workflow_type,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -98,6 +104,8 @@ class ActivityTask:
         }
         if self.run > 1:
             wire["run"] = self.run
+        if self.workflow_type:
+            wire["wt"] = self.workflow_type
         return wire
 
     @classmethod
@@ -119,9 +127,10 @@ class ActivityTask:
             if value is not None and (not isinstance(value, _NUMBER) or isinstance(value, bool)):
                 raise ValueError(f"{name!r} must be a number of seconds, got {value!r}")
             timeouts[name] = None if value is None else float(value)
-        queue = body.get("task_queue", "")
-        if not isinstance(queue, str):
-            raise ValueError(f"'task_queue' must be str, got {type(queue).__name__}")
+        queue, workflow_type = body.get("task_queue", ""), body.get("wt", "")
+        for name, text in (("task_queue", queue), ("wt", workflow_type)):
+            if not isinstance(text, str):
+                raise ValueError(f"{name!r} must be str, got {type(text).__name__}")
         return cls(
             workflow_id=body["wf"],
             history=body["h"],
@@ -133,5 +142,6 @@ class ActivityTask:
             task_queue=queue,
             heartbeat=body.get("heartbeat"),
             run=run_of(body),
+            workflow_type=workflow_type,
             **timeouts,
         )

@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from dfcore.core._logfields import log_fields
 from dfcore.jetstream._requests import JetStreamAPI, wrap
 
 log = logging.getLogger("dfcore.store")
@@ -232,7 +233,13 @@ class DeadLetters:
         # subscribed worker receives) once per content, within the dedup window.
         origin = str(stream_seq) if stream_seq is not None else hashlib.sha256(data).hexdigest()
         out["Nats-Msg-Id"] = f"{subject}:{origin}"
-        log.error("dead-lettered a message on %s (%s): %s", subject, source, out[HDR_REASON])
+        log.error(
+            "dead-lettered a message on %s (%s): %s",
+            subject,
+            source,
+            out[HDR_REASON],
+            extra=log_fields(self.layout.workflow_of(subject)),
+        )
         await self.api.publish(self.layout.dlq_subject(source), kept, out, "keeping a dead letter")
 
     async def keep_message(self, source: str, msg: Msg, reason: str) -> None:

@@ -325,6 +325,13 @@ class Layout:
             raise ValueError(f"{subject!r} is not in its workflow id's partition")
         return parts[2], workflow_id
 
+    def workflow_of(self, subject: str | None) -> str | None:
+        """The workflow id of a history subject; None for any other (for log lines)."""
+        try:
+            return self.parse_history_subject(subject or "")[1]
+        except ValueError:
+            return None
+
     def partition_of_subject(self, history_subject: str) -> int:
         """The partition of a history subject that :meth:`parse_history_subject` accepted."""
         return int(history_subject.split(".")[3])

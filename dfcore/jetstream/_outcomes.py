@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
 from dfcore.core import _history as h
 from dfcore.core._errors import CodecUnavailableError, DFError
+from dfcore.core._logfields import log_fields
 
 if TYPE_CHECKING:
     from nats.aio.subscription import Subscription
@@ -115,7 +116,8 @@ class OutcomeWatcher:
         try:
             record = h.validate_record(0, self._store.decode(msg.data, "workflow outcome"))
         except (DFError, ValueError) as exc:
-            log.warning("ignoring an unreadable outcome on %s: %s", msg.subject, exc)
+            fields = self._fields(msg.subject)
+            log.warning("ignoring an unreadable outcome on %s: %s", msg.subject, exc, extra=fields)
             return
         # Checked against the history in its own task: the subscription's callbacks run one
         # at a time, and a burst of outcomes must not wait for each other's reads.
@@ -131,16 +133,27 @@ class OutcomeWatcher:
             self._fail(subject, exc)  # this process cannot read the outcome: say so, not hang
             return
         except DFError as exc:
-            log.warning("could not check an outcome on %s (will read it again): %s", subject, exc)
+            log.warning(
+                "could not check an outcome on %s (will read it again): %s",
+                subject,
+                exc,
+                extra=self._fields(subject),
+            )
             return  # the periodic recheck reads it again
         if decision is None:
             log.warning(
                 "ignoring an outcome on %s that its history does not hold (forged, or read "
                 "from a replica that lags behind; it is read again later)",
                 subject,
+                extra=self._fields(subject),
             )
             return
         self._deliver(subject, decision)
+
+    def _fields(self, status_subject: str) -> dict[str, Any]:
+        """``extra=`` of a line about the workflow of a status subject (its id: a client
+        waiting for an outcome knows neither the run nor the type)."""
+        return log_fields(self._store.layout.parse_status_subject(status_subject))
 
     def _deliver(self, subject: str, record: h.Record) -> None:
         for future in self._waiters.get(subject, ()):
@@ -203,7 +216,12 @@ class OutcomeWatcher:
                 self._fail(subject, exc)
                 continue
             except DFError as exc:
-                log.warning("could not read the outcome on %s (will retry): %s", subject, exc)
+                log.warning(
+                    "could not read the outcome on %s (will retry): %s",
+                    subject,
+                    exc,
+                    extra=self._fields(subject),
+                )
                 continue
             if last is not None:
                 found.append((subject, last[1]))

@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from dfcore.core import _history as h
 from dfcore.core._codec import JSONConverter
 from dfcore.core._errors import CodecUnavailableError, PayloadError
+from dfcore.core._logfields import log_fields
 from dfcore.jetstream._naming import Layout
 from dfcore.jetstream._requests import JetStreamAPI
 
@@ -71,7 +72,7 @@ class RunCopies:
                 {"seq": start, "next_by_subj": subject, "batch": 64}
             )
             for msg in msgs:
-                for record in kept_records(msg, run, store.decode):
+                for record in kept_records(msg, run, store.decode, workflow_id):
                     kept[record.seq] = record
             if not more or not msgs:
                 break
@@ -96,8 +97,11 @@ def run_parts(
     return [{"t": "RunRecords", "run": run, "records": part} for part in parts if part]
 
 
-def kept_records(msg: Msg, run: int, decode: Callable[[bytes, str], Any]) -> list[h.Record]:
-    """The records one copy message holds; none (with a warning) if it is unreadable."""
+def kept_records(
+    msg: Msg, run: int, decode: Callable[[bytes, str], Any], workflow_id: str
+) -> list[h.Record]:
+    """The records one copy message of ``workflow_id``'s run ``run`` holds; none (with a
+    warning) if it is unreadable."""
     try:
         body = decode(msg.data, f"the records of run {run}")
         return [
@@ -107,5 +111,8 @@ def kept_records(msg: Msg, run: int, decode: Callable[[bytes, str], Any]) -> lis
     except CodecUnavailableError:
         raise  # this process lacks the key: the copy is fine
     except (PayloadError, ValueError, KeyError, TypeError) as exc:
-        log.warning("skipping an unreadable copy of run %s on %s: %s", run, msg.subject, exc)
+        fields = log_fields(workflow_id, run=run)  # its type is in the unreadable records
+        log.warning(
+            "skipping an unreadable copy of run %s on %s: %s", run, msg.subject, exc, extra=fields
+        )
         return []

@@ -24,6 +24,7 @@ from dfcore.core._codec import JSONConverter, PayloadCodec, check_size, safe_dec
 from dfcore.core._config import Settings
 from dfcore.core._errors import CodecUnavailableError, DFError, PayloadError, WorkflowNotFoundError
 from dfcore.core._facts import TimerFired, status_pointer
+from dfcore.core._logfields import log_fields
 from dfcore.core._observe import trace_headers
 from dfcore.jetstream._dlq import DeadLetters
 from dfcore.jetstream._follow import Follower
@@ -447,11 +448,13 @@ class Store:
         except CodecUnavailableError:
             raise  # this process lacks a key: nothing may be skipped, retry once it is fixed
         except (PayloadError, h.MalformedRecordError) as exc:
+            subject = headers.get("Nats-Subject")
             log.warning(  # its delivery dead-lettered it; every replay steps over it
                 "skipping unreadable history message %s on %s: %s",
                 seq,
-                headers.get("Nats-Subject"),
+                subject,
                 exc,
+                extra=log_fields(self.layout.workflow_of(subject)),
             )
             return None
 

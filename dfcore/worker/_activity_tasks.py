@@ -35,6 +35,7 @@ from dfcore.core._errors import (
     WorkflowNotFoundError,
 )
 from dfcore.core._facts import ActivityCompleted, ActivityFailed
+from dfcore.core._logfields import log_fields
 from dfcore.core._observe import AttemptObservation, Observers
 from dfcore.core._registry import Registry
 from dfcore.core._tasks import ActivityTask
@@ -149,6 +150,7 @@ class ActivityRunner:
                 info.seq,
                 info.attempt,
                 SETTLED,
+                extra=log_fields(task),
             )
             await msg.ack()
             return
@@ -162,6 +164,7 @@ class ActivityRunner:
                     info.activity,
                     info.seq,
                     info.attempt,
+                    extra=log_fields(task),
                 )
             outcome = await self._run(defn, info, task, msg)
         try:
@@ -186,7 +189,12 @@ class ActivityRunner:
         try:
             records, _ = await self.store.read_recent(task.history, task.decision_seq)
         except DFError as exc:
-            log.warning("cannot read %s to check a redelivered task (%s)", task.history, exc)
+            log.warning(
+                "cannot read %s to check a redelivered task (%s)",
+                task.history,
+                exc,
+                extra=log_fields(task),
+            )
             return False
         for record in records:
             body = record.body
@@ -246,7 +254,11 @@ class ActivityRunner:
                 if loop.time() + pause > give_up:
                     raise
                 log.warning(
-                    "could not record %s #%s yet (%s); retrying", info.activity, info.seq, exc
+                    "could not record %s #%s yet (%s); retrying",
+                    info.activity,
+                    info.seq,
+                    exc,
+                    extra=log_fields(task),
                 )
             with contextlib.suppress(Exception):
                 await msg.in_progress()
@@ -281,7 +293,7 @@ class ActivityRunner:
         raised: BaseException | None = None
         try:
             job = self._launch(defn, state, task.args, watchers)
-            timeout = await self._watch(job, state, msg)
+            timeout = await self._watch(job, state, task, msg)
             if timeout is not None:
                 state.abandoned = True
                 job.cancel()
@@ -295,7 +307,7 @@ class ActivityRunner:
                     outcome = ActivityFailed(info.seq, info.attempt, error, state.details)
         finally:
             self.running.pop(key, None)
-        _log_attempt(info, outcome, time.perf_counter() - began)
+        _log_attempt(task, outcome, time.perf_counter() - began)
         if watchers:
             end_attempt(watchers, outcome, raised)
         return outcome
@@ -339,7 +351,7 @@ class ActivityRunner:
         return self.threads.submit(loop, lambda: ctx.run(run_sync))
 
     async def _watch(
-        self, job: asyncio.Future[Any], state: ActivityState, msg: Msg
+        self, job: asyncio.Future[Any], state: ActivityState, task: ActivityTask, msg: Msg
     ) -> dict[str, Any] | None:
         """Wait for the job; keep the task alive in JetStream; enforce timeouts."""
         info = state.info
@@ -364,7 +376,7 @@ class ActivityRunner:
             try:
                 await msg.in_progress()  # keeps JetStream from redelivering a live attempt
             except Exception as exc:
-                log.debug("could not extend %s: %r", info.activity, exc)
+                log.debug("could not extend %s: %r", info.activity, exc, extra=log_fields(task))
 
 
 HAND_BACK_DELAY = 2.0
@@ -407,22 +419,22 @@ def _task_info(task: ActivityTask, layout: Layout) -> ActivityInfo:
     )
 
 
-def _log_attempt(info: ActivityInfo, outcome: Outcome, took: float) -> None:
+def _log_attempt(task: ActivityTask, outcome: Outcome, took: float) -> None:
     """The worker's line for an attempt it ran (``-l INFO``), as Celery's "succeeded in"."""
     if not log.isEnabledFor(logging.INFO):
         return  # quiet workers build no lines
-    fields = {"workflow_id": info.workflow_id, "activity": info.activity, "attempt": info.attempt}
-    name = f"{info.activity}[{info.workflow_id} #{info.seq}]"
+    fields = log_fields(task)
+    name = f"{task.activity}[{task.workflow_id} #{task.seq}]"
     if isinstance(outcome, ActivityCompleted):
         log.info(
-            "activity %s attempt %d succeeded in %.3fs", name, info.attempt, took, extra=fields
+            "activity %s attempt %d succeeded in %.3fs", name, task.attempt, took, extra=fields
         )
         return
     error = outcome.error
     log.info(  # the workflow's retry policy decides what comes of it
         "activity %s attempt %d failed in %.3fs: %s: %s",
         name,
-        info.attempt,
+        task.attempt,
         took,
         error.get("type"),
         error.get("message"),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from dfcore.core._engine import WorkflowRun
+from dfcore.core._logfields import log_fields
 
 
 @dataclass
@@ -19,3 +21,7 @@ class CachedWorkflow:
     closed_seq: int = 0
     users: int = 0  # handlers holding or waiting for the lock; the cache keeps such entries
     touched: float = 0.0  # when a message for it last arrived (monotonic seconds)
+
+    def log_fields(self) -> dict[str, Any]:
+        """``extra=`` of a line about it: its run's id, number and type when it holds one."""
+        return log_fields(self.run.info if self.run is not None else self.workflow_id)

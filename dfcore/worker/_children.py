@@ -26,6 +26,7 @@ from dfcore.core._facts import (
     SignalReceived,
     WorkflowStarted,
 )
+from dfcore.core._logfields import log_fields
 from dfcore.jetstream._index import started_entry
 from dfcore.jetstream._naming import run_token, workflow_token
 from dfcore.jetstream._requests import AppendConflict
@@ -87,10 +88,23 @@ async def start_child(
 
 
 async def signal_child(
-    store: WorkerStore, parent_id: str, parent_subject: str, cmd: SignalChild, run: int = 1
+    store: WorkerStore,
+    parent_id: str,
+    parent_subject: str,
+    cmd: SignalChild,
+    run: int = 1,
+    workflow_type: str = "",
 ) -> None:
+    """Signal the child, if the workflow under its id is this parent's child
+    (``workflow_type``: the parent's, for the log lines, when known)."""
+    fields = log_fields(parent_id, run=run, workflow_type=workflow_type)
     if not await _ours(store, cmd.workflow_id, Parent(parent_id, parent_subject, cmd.child, run)):
-        log.warning("workflow %s: %s is not its child; signal not sent", parent_id, cmd.workflow_id)
+        log.warning(
+            "workflow %s: %s is not its child; signal not sent",
+            parent_id,
+            cmd.workflow_id,
+            extra=fields,
+        )
         return
     subject = store.layout.history_subject(cmd.task_queue, cmd.workflow_id)
     body = SignalReceived(cmd.name, cmd.payload).to_wire()
@@ -98,7 +112,12 @@ async def signal_child(
     try:
         await store.append_fact(subject, body, msg_id=msg_id, after_seq=0)
     except WorkflowNotFoundError:
-        log.warning("workflow %s: child %s is gone; signal not sent", parent_id, cmd.workflow_id)
+        log.warning(
+            "workflow %s: child %s is gone; signal not sent",
+            parent_id,
+            cmd.workflow_id,
+            extra=fields,
+        )
 
 
 async def cancel_child(
@@ -117,21 +136,26 @@ async def cancel_child(
         pass  # never started (or removed): nothing to cancel
 
 
-async def report_to_parent(store: WorkerStore, decision: h.Record, parent: Parent) -> None:
-    """A workflow ended with ``decision``: append its end to the parent that started it."""
+async def report_to_parent(
+    store: WorkerStore, decision: h.Record, parent: Parent, fields: Mapping[str, Any]
+) -> None:
+    """A workflow ended with ``decision``: append its end to the parent that started it
+    (``fields``: the ended workflow's, for the log lines)."""
     try:  # a start names its parent, and anyone may start: only a parent's history will do
         _, named = store.layout.parse_history_subject(parent.history)
     except ValueError:
         named = None
     if named != parent.workflow_id:
-        log.warning("ignoring the parent a workflow's start names: %s", parent)
+        log.warning("ignoring the parent a workflow's start names: %s", parent, extra=fields)
         return
     ended = dataclasses.replace(_ending(parent.seq, decision.commands), run=parent.run)
     msg_id = f"{run_token(parent.workflow_id, parent.run)}:child:{parent.seq}:ended"
     try:
         await store.append_fact(parent.history, ended.to_wire(), msg_id=msg_id, after_seq=0)
     except WorkflowNotFoundError:
-        log.warning("child workflow's parent %s is gone; its end is not reported", parent)
+        log.warning(
+            "child workflow's parent %s is gone; its end is not reported", parent, extra=fields
+        )
 
 
 def _ending(seq: int, cmds: list[Mapping[str, Any]]) -> ChildWorkflowEnded:

@@ -23,6 +23,7 @@ from dfcore.core import _history as h
 from dfcore.core._commands import ContinueAsNew
 from dfcore.core._errors import DFError, PayloadTooLargeError
 from dfcore.core._facts import WorkflowStarted, run_of
+from dfcore.core._logfields import log_fields
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._requests import AppendConflict
 from dfcore.worker._indexing import index_change
@@ -54,7 +55,8 @@ async def continue_as_new(
     ended_at = command.after or decision.seq  # what came later, the run did not see
     carried = [*command.carried]
     carried += [r.body for r in records if r.seq > ended_at and r.type in _CARRIED]
-    token = workflow_token(store.layout.parse_history_subject(subject)[1])
+    workflow_id = store.layout.parse_history_subject(subject)[1]
+    token = workflow_token(workflow_id)
     for _ in range(_TRIES):
         start = WorkflowStarted(
             ending.workflow,
@@ -88,8 +90,9 @@ async def continue_as_new(
         log.info(
             "workflow %s[%s] continued as new (run %d)",
             ending.workflow,
-            store.layout.parse_history_subject(subject)[1],
+            workflow_id,
             run + 1,
+            extra=log_fields(workflow_id, run=run + 1, workflow_type=ending.workflow),
         )
         return
     raise DFError(f"could not continue {subject} as new: it kept changing through {_TRIES} tries")
@@ -105,7 +108,14 @@ def _fitting(store: WorkerStore, start: WorkflowStarted, subject: str) -> bytes:
             if not carried:
                 raise
             dropped = max(1, len(carried) // 4)
-            log.warning("%s: %d signals dropped: the next run's start must fit", subject, dropped)
+            workflow_id = store.layout.parse_history_subject(subject)[1]
+            fields = log_fields(workflow_id, run=start.run, workflow_type=start.workflow)
+            log.warning(
+                "%s: %d signals dropped: the next run's start must fit",
+                subject,
+                dropped,
+                extra=fields,
+            )
             carried = carried[dropped:]
             start = dataclasses.replace(start, carried=tuple(carried))
 

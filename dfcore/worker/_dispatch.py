@@ -27,6 +27,7 @@ from dfcore.core._commands import (
 )
 from dfcore.core._engine import WorkflowRun
 from dfcore.core._facts import WorkflowStarted, run_of
+from dfcore.core._logfields import log_fields
 from dfcore.core._run_state import RunInfo
 from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._naming import run_token
@@ -76,19 +77,20 @@ async def report_end(
 ) -> None:
     """A workflow ended with ``decision``: tell the parent and the schedule that started it,
     if any. ``info``: the run's, when it is cached; else its start is read."""
+    _, workflow_id = store.layout.parse_history_subject(subject)
     if info is None:
         first = await store.first(subject)
         if first is None or first.type != h.WORKFLOW_STARTED:
             return
         start = WorkflowStarted.from_wire(first.body)
         parent, schedule = start.parent, start.schedule
+        fields = log_fields(workflow_id, run=start.run, workflow_type=start.workflow)
     else:
-        parent, schedule = info.parent, info.schedule
+        parent, schedule, fields = info.parent, info.schedule, log_fields(info)
     if parent is not None:
-        await report_to_parent(store, decision, parent)
+        await report_to_parent(store, decision, parent, fields)
     if schedule is not None:
-        _, workflow_id = store.layout.parse_history_subject(subject)
-        await send_ended(store, schedule, workflow_id)
+        await send_ended(store, schedule, workflow_id, fields=fields)
 
 
 async def _dispatch_one(
@@ -103,11 +105,12 @@ async def _dispatch_one(
 ) -> None:
     command = command_from_wire(cmd)
     decision_seq = decision.seq
+    kind = run.info.workflow_type if run is not None else ""  # the run's, when cached here
     if isinstance(command, ScheduleActivity):
         call = run.activity(command.seq) if run is not None else None
         if call is not None and (call.done or call.attempt != command.attempt):
             return
-        task = ActivityTask.scheduled(workflow_id, subject, decision_seq, command, number)
+        task = ActivityTask.scheduled(workflow_id, subject, decision_seq, command, number, kind)
         msg_id = f"{run_token(workflow_id, number)}:{task.seq}:{task.attempt}"
         await store.publish_task(task.task_queue, task.to_wire(), msg_id, trace)
     elif isinstance(command, StartTimer):
@@ -123,7 +126,7 @@ async def _dispatch_one(
         if child is None or not child.started.done():
             await start_child(store, workflow_id, subject, decision_seq, command, number, trace)
     elif isinstance(command, SignalChild):
-        await signal_child(store, workflow_id, subject, command, number)
+        await signal_child(store, workflow_id, subject, command, number, kind)
     elif isinstance(command, CancelChild):
         await cancel_child(store, workflow_id, subject, command, number)
     elif isinstance(command, ContinueAsNew):

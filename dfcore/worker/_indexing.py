@@ -11,6 +11,7 @@ from typing import Any
 
 from dfcore.core import _history as h
 from dfcore.core._errors import DFError
+from dfcore.core._logfields import log_fields
 from dfcore.core._run_state import RunInfo
 from dfcore.jetstream._index import WorkflowSummary, ended_entry, started_entry
 from dfcore.worker._storage import WorkerStore
@@ -57,7 +58,9 @@ async def index_change(store: WorkerStore, history_subject: str, **changes: Any)
         if entry is not None and not entry.ended:
             await store.index.write(dataclasses.replace(entry, **changes))
     except DFError as exc:
-        log.warning("cannot update the index entry of %s: %s", history_subject, exc)
+        _, workflow_id = store.layout.parse_history_subject(history_subject)
+        fields = log_fields(workflow_id, run=changes.get("run"))  # its type is not at hand
+        log.warning("cannot update the index entry of %s: %s", history_subject, exc, extra=fields)
 
 
 async def _current(store: WorkerStore, history_subject: str) -> WorkflowSummary | None:

@@ -25,6 +25,7 @@ from dfcore.core._observe import (
     Observers,
     trace_headers,
 )
+from dfcore.core._run_state import TimerState
 from dfcore.core._tasks import ActivityTask
 from dfcore.jetstream._stamps import delivery_stamp
 
@@ -36,6 +37,7 @@ class TaskWork:
     """One workflow task as the worker does it: when it began, what the cache held, how many
     of its appends were refused."""
 
+    scheduled_ms: int = 0
     began_ns: int = field(default_factory=time.time_ns)
     cache: CacheOutcome = "hit"
     conflicts: int = 0
@@ -45,6 +47,7 @@ def tell_decided(
     observers: Observers,
     run: WorkflowRun,
     work: TaskWork,
+    seq: int,
     body: Mapping[str, Any],
     status: str | None,
 ) -> dict[str, str]:
@@ -60,6 +63,7 @@ def tell_decided(
         workflow_type=info.workflow_type,
         run=info.run,
         task_queue=info.task_queue,
+        seq=seq,
         trace=info.trace,
         began_ns=work.began_ns,
         ended_ns=time.time_ns(),
@@ -69,6 +73,7 @@ def tell_decided(
         commands=tuple(str(c["t"]) for c in cmds),
         status=status,
         started_ms=info.start_time_ms,
+        scheduled_ms=work.scheduled_ms,
         failure=failure,
     )
     return observers.workflow_task(task)
@@ -79,7 +84,7 @@ def _input(run: WorkflowRun, record: h.Record) -> ObservedInput:
     kind = record.type
     if kind == h.TIMER_FIRED:
         timer = run.timer(str(body.get("timer")))
-        name = (timer.label or timer.purpose) if timer is not None else str(body.get("timer"))
+        name = _timer_name(timer) if timer is not None else str(body.get("timer"))
         return ObservedInput("timer", name, at, timer.started_ms if timer else None)
     if kind == h.SIGNAL_RECEIVED:
         return ObservedInput("signal", str(body.get("name")), at, _int(body.get("ts")))
@@ -97,6 +102,12 @@ def _input(run: WorkflowRun, record: h.Record) -> ObservedInput:
         failed = kind == h.CHILD_WORKFLOW_ENDED and body.get("status") != "completed"
         return ObservedInput("child", name, at, failed=failed)
     return ObservedInput("start", run.info.workflow_type, at)
+
+
+def _timer_name(timer: TimerState) -> str:
+    """What a timer is for: its label, ``sleep`` for the code's own, else its purpose
+    (``retry``: an activity's backoff)."""
+    return timer.label or ("sleep" if timer.purpose == "timer" else timer.purpose)
 
 
 def _failure(cmd: Mapping[str, Any]) -> str:

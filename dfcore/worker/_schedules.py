@@ -15,6 +15,7 @@ schedule an ``ended`` tick, which starts the time buffered behind it (``overlap=
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from dfcore.client._client import append_start
 from dfcore.client._start import prepare_start
 from dfcore.core._errors import CodecUnavailableError, DFConnectionError, DFError
 from dfcore.core._history import now_ms
+from dfcore.core._logfields import log_fields
 from dfcore.core._observe import Observers
 from dfcore.core._schedules import (
     MAX_CATCH_UP,
@@ -74,7 +76,7 @@ class ScheduleRunner:
             else:
                 raise DFError("its record kept changing while this tick was handled")
         except DFError as exc:
-            log.warning("schedule %s: %s; will retry", schedule_id, exc)
+            log.warning("schedule %s: %s; will retry", schedule_id, exc, extra=_fields(schedule_id))
             await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
             return
         await msg.ack()
@@ -114,7 +116,8 @@ class ScheduleRunner:
         note = _note(spec, started, decision.skipped, decision.buffered_ms)
         if len(started) < len(decision.start):
             note += "; some times could not start (see the workers' log)"
-        log.info("schedule %s: %s", spec.schedule_id, note)
+        one = spec.workflow_id(started[0]) if len(started) == 1 else None
+        log.info("schedule %s: %s", spec.schedule_id, note, extra=_fields(spec, one))
         return state.evolve(
             next_ms=spec.next_after(max(now, due[-1])),
             last_workflow_id=last,
@@ -129,11 +132,10 @@ class ScheduleRunner:
         at = state.buffered_ms
         if not await self._start(state.spec, at):
             return state.evolve(buffered_ms=None, note=f"could not start {iso(at)}")
-        note = f"started {state.spec.workflow_id(at)} (buffered behind {ended})"
-        log.info("schedule %s: %s", state.spec.schedule_id, note)
-        return state.evolve(
-            last_workflow_id=state.spec.workflow_id(at), buffered_ms=None, note=note
-        )
+        spec, started = state.spec, state.spec.workflow_id(at)
+        note = f"started {started} (buffered behind {ended})"
+        log.info("schedule %s: %s", spec.schedule_id, note, extra=_fields(spec, started))
+        return state.evolve(last_workflow_id=started, buffered_ms=None, note=note)
 
     async def _running(self, state: ScheduleState) -> bool:
         """Whether the last workflow the schedule started is still running."""
@@ -174,23 +176,41 @@ class ScheduleRunner:
         except (DFConnectionError, CodecUnavailableError):
             raise  # passing: the tick is handed back and tried again
         except DFError as exc:
-            log.error("schedule %s: cannot start %s: %s", spec.schedule_id, workflow_id, exc)
+            fields = _fields(spec, workflow_id)
+            log.error(
+                "schedule %s: cannot start %s: %s", spec.schedule_id, workflow_id, exc, extra=fields
+            )
             return False
         return True
 
 
 async def send_ended(
-    store: WorkerStore, schedule_id: str, workflow_id: str, why: str = "ended"
+    store: WorkerStore,
+    schedule_id: str,
+    workflow_id: str,
+    why: str = "ended",
+    fields: Mapping[str, Any] | None = None,
 ) -> None:
     """Tell schedule ``schedule_id`` that the workflow it started, ``workflow_id``, ended
-    (``why``: ``ended``, from its worker; ``poke``, from a tick that saw it end meanwhile)."""
+    (``why``: ``ended``, from its worker; ``poke``, from a tick that saw it end meanwhile;
+    ``fields``: the workflow's, for the log lines)."""
     if not SCHEDULE_ID.fullmatch(schedule_id):
-        log.warning("ignoring the schedule a workflow's start names: %r", schedule_id)
+        extra = fields if fields is not None else log_fields(workflow_id)
+        log.warning("ignoring the schedule a workflow's start names: %r", schedule_id, extra=extra)
         return
     subject = store.layout.schedule_tick_subject(schedule_id)
     headers = {"Nats-Msg-Id": f"{subject}:{why}:{workflow_id}", "Nats-TTL": "86400s"}
     body = orjson.dumps({"ended": workflow_id})
     await store.api.publish(subject, body, headers, f"telling schedule {schedule_id}")
+
+
+def _fields(of: ScheduleSpec | str, workflow_id: str | None = None) -> dict[str, Any]:
+    """``extra=`` of a schedule's line: the schedule's id, and the workflow of one of its
+    times (the first run of its type) when the line is about one."""
+    if isinstance(of, str):
+        return log_fields(None, schedule=of)
+    run, kind = (1, of.workflow) if workflow_id is not None else (None, None)
+    return log_fields(workflow_id, run=run, workflow_type=kind, schedule=of.schedule_id)
 
 
 def _note(spec: ScheduleSpec, started: list[int], skipped: list[int], buffered: int | None) -> str:
@@ -226,7 +246,13 @@ async def reconcile(store: WorkerStore, declared: list[ScheduleSpec]) -> None:
                 break
             try:
                 await records.put(new, seq)
-                log.info("schedule %s: %s (%s)", spec.schedule_id, new.note, spec.describe())
+                log.info(
+                    "schedule %s: %s (%s)",
+                    spec.schedule_id,
+                    new.note,
+                    spec.describe(),
+                    extra=_fields(spec),
+                )
                 break
             except AppendConflict:
                 continue
@@ -245,6 +271,10 @@ async def rearm(store: WorkerStore) -> int:
         if state.next_ms is not None and 0 <= now_ms() - state.next_ms < IN_FLIGHT_MS:
             continue  # it fired just now: its tick is on its way, and moves it on
         await records.arm(state)
-        log.warning("schedule %s: its next time was not armed; armed it", state.spec.schedule_id)
+        log.warning(
+            "schedule %s: its next time was not armed; armed it",
+            state.spec.schedule_id,
+            extra=_fields(state.spec),
+        )
         fixed += 1
     return fixed

@@ -17,7 +17,7 @@ from typing import Any
 from dfcore.client._client import Client
 from dfcore.core._activity import ActivityInfo
 from dfcore.core._errors import DFError
-from dfcore.core._observe import Observers
+from dfcore.core._observe import ObservedGauges, Observers
 from dfcore.core._registry import Registry
 from dfcore.core._schedules import declared_schedules
 from dfcore.jetstream._connection import close_connection, connect
@@ -26,7 +26,9 @@ from dfcore.jetstream._pull import PullConsumer
 from dfcore.jetstream._store import Store
 from dfcore.jetstream._workers import WorkerResponder, describe_process
 from dfcore.worker._activity_tasks import ActivityRunner, pull_expiry
+from dfcore.worker._metrics import GAUGES_EVERY, MetricsObserver, observed_queues
 from dfcore.worker._partitions import Partitions
+from dfcore.worker._prometheus import MetricsRegistry, MetricsServer
 from dfcore.worker._schedules import REARM_EVERY, ScheduleRunner, rearm, reconcile
 from dfcore.worker._storage import WorkerStore
 from dfcore.worker._workflow_tasks import WorkflowProcessor
@@ -48,6 +50,8 @@ class Worker:
         activity_concurrency: max activities at once (default: the setting).
         workflow_concurrency: max workflow tasks at once (default: the setting).
         shutdown_timeout: on stop, how long in-flight work may take before it is handed back.
+        metrics_port: serve Prometheus metrics on this port (0: a free one; None: none).
+        metrics_host: the address the metrics are served on.
     """
 
     def __init__(
@@ -63,6 +67,8 @@ class Worker:
         activity_concurrency: int | None = None,
         workflow_concurrency: int | None = None,
         shutdown_timeout: float = 30.0,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if not workflows and not activities:
             raise DFError("a worker must serve workflows, activities, or both")
@@ -70,7 +76,15 @@ class Worker:
         self.client = client
         self.registry = registry
         self.activity_contexts = activity_contexts
-        self.observers = observers or Observers()
+        self.observers = Observers(list(observers.all) if observers else [])
+        self.metrics: MetricsRegistry | None = None
+        self._metrics_server: MetricsServer | None = None
+        if metrics_port is not None:
+            self.metrics = MetricsRegistry()
+            self.observers.all.append(MetricsObserver(self.metrics))
+            self._metrics_server = MetricsServer(
+                self.metrics, self.refresh_gauges, metrics_host, metrics_port
+            )
         self.queues = [check_queue(q) for q in (task_queues or [settings.task_queue])]
         self.serve_workflows = workflows
         self.serve_activities = activities
@@ -84,6 +98,7 @@ class Worker:
         self._partitions: list[Partitions] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._rearmer: asyncio.Task[None] | None = None
+        self._gauger: asyncio.Task[None] | None = None
         self.id = secrets.token_hex(6)
         self._started = time.time()
         self._responder: WorkerResponder | None = None
@@ -136,6 +151,10 @@ class Worker:
             self._sweeper = asyncio.create_task(self._sweep_idle(settings.workflow_ack_wait / 2))
         self._responder = WorkerResponder(nc, lay, self.describe)
         await self._responder.start()
+        if self.observers.want_gauges():
+            self._gauger = asyncio.create_task(self._report_gauges(GAUGES_EVERY))
+        if self._metrics_server is not None:
+            await self._metrics_server.start()
         log.info(
             "worker for app %r serving %s on queues %s (NATS %s, namespace %r)",
             self.client.name,
@@ -239,9 +258,30 @@ class Worker:
             for partitions in self._partitions:
                 await partitions.count_deferred()
 
+    async def refresh_gauges(self) -> None:
+        """Tell the observers this worker's current figures: its queues' backlog and in-flight
+        counts (asked of the server) and its cached runs."""
+        if self.store is None:
+            return
+        try:
+            stats = await self.store.queue_stats()
+        except DFError as exc:
+            log.warning("cannot read the queues' figures for the metrics: %s", exc)
+            stats = []
+        queues = tuple(observed_queues(stats, self.queues))
+        cached = dict(zip(self.queues, (p.live for p in self._processors)))
+        self.observers.gauges(ObservedGauges(queues, cached))
+
+    async def _report_gauges(self, every: float) -> None:
+        while True:
+            await self.refresh_gauges()
+            await asyncio.sleep(every)
+
     async def stop(self) -> None:
         """Stop taking work, let in-flight work finish (up to shutdown_timeout), disconnect."""
-        for task in (self._sweeper, self._rearmer):
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+        for task in (self._sweeper, self._rearmer, self._gauger):
             if task is not None:
                 task.cancel()
         if self._responder is not None:

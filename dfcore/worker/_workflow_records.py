@@ -4,12 +4,14 @@ progress; and whether a delivered fact follows the last record applied."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from dfcore.core import _history as h
 from dfcore.core._errors import DFError, WorkflowCodeError
 from dfcore.core._facts import WorkflowTaskFailed
 from dfcore.core._history import now_ms
+from dfcore.core._logfields import log_fields
 from dfcore.core._run_state import RunInfo
 from dfcore.jetstream._naming import workflow_token
 from dfcore.jetstream._requests import AppendConflict
@@ -52,7 +54,7 @@ def log_progress(
     ended_badly = status not in (None, "completed")
     if not log.isEnabledFor(logging.WARNING if ended_badly else logging.INFO):
         return  # quiet workers build no lines
-    fields = {"workflow_id": info.workflow_id, "workflow_type": info.workflow_type}
+    fields = log_fields(info)
     name = f"{info.workflow_type}[{info.workflow_id}]"
     if first:
         log.info("workflow %s started", name, extra=fields)
@@ -77,14 +79,16 @@ def task_error(exc: BaseException) -> dict[str, Any]:
 
 
 async def note_task_failure(
-    store: WorkerStore, subject: str, workflow_id: str, exc: DFError, attempt: int
+    store: WorkerStore, subject: str, exc: DFError, attempt: int, fields: Mapping[str, Any]
 ) -> None:
-    """Record in the history that the workflow's task fails, once per stuck point.
+    """Record in the history that the workflow's task fails, once per stuck point
+    (``fields``: the workflow's, for the log lines).
 
     The note is for people (``dfcore workflow show``, ``handle.status()``); replay ignores it.
     If the history already ends with a note, or anything was appended meanwhile, nothing is
     written: the next failed attempt writes it then.
     """
+    workflow_id = store.layout.parse_history_subject(subject)[1]
     try:
         last = await store.last(subject)
         if last is None or last[1].type == h.WORKFLOW_TASK_FAILED:
@@ -96,7 +100,9 @@ async def note_task_failure(
     except AppendConflict:
         return
     except DFError as error:
-        log.warning("workflow %s: cannot note the task failure: %s", workflow_id, error)
+        log.warning(
+            "workflow %s: cannot note the task failure: %s", workflow_id, error, extra=fields
+        )
         return
     failure = f"{note.error.get('type')}: {note.error.get('message')}"
     await index_change(store, subject, status="failing", failure=failure)

@@ -41,6 +41,7 @@ from dfcore.core._errors import (
     WorkflowNotFoundError,
 )
 from dfcore.core._facts import Decision, run_of
+from dfcore.core._logfields import log_fields
 from dfcore.core._observe import Observers, trace_headers
 from dfcore.core._registry import Registry
 from dfcore.core._replay import new_run
@@ -54,12 +55,7 @@ from dfcore.worker._dispatch import dispatch, report_end
 from dfcore.worker._indexing import index_change, index_end
 from dfcore.worker._observing import TaskWork, tell_decided
 from dfcore.worker._storage import WorkerStore
-from dfcore.worker._workflow_records import (
-    follows,
-    log_progress,
-    note_task_failure,
-    split_decision,
-)
+from dfcore.worker._workflow_records import follows, log_progress, note_task_failure, split_decision
 
 log = logging.getLogger("dfcore.worker")
 _NO_LIMIT = 1 << 30
@@ -253,7 +249,8 @@ class WorkflowProcessor:
         try:
             start = await self.store.start_at(subject, seq)
         except DFError as exc:
-            log.warning("cannot read deferred start %s (%s); will retry", seq, exc)
+            fields = log_fields(workflow_id)
+            log.warning("cannot read deferred start %s (%s); will retry", seq, exc, extra=fields)
             await msg.nak(delay=retry_delay(attempt))
             return
         if start is not None:
@@ -281,8 +278,8 @@ class WorkflowProcessor:
             _, workflow_id = self.store.layout.parse_history_subject(msg.subject)
             body = self.store.decode(msg.data, f"history message {seq}")
             record = h.validate_record(seq, body, delivery_stamp(msg))
-        except CodecUnavailableError as exc:
-            log.error("%s; will retry", exc)  # this process lacks the key; the message is fine
+        except CodecUnavailableError as exc:  # this process lacks the key; the message is fine
+            log.error("%s; will retry", exc, extra=log_fields(workflow_id))
             await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
             return
         except (ValueError, PayloadError) as exc:  # MalformedRecordError is a ValueError
@@ -320,7 +317,7 @@ class WorkflowProcessor:
         entry = self._entry(workflow_id, subject)
         entry.users += 1
         keep_alive = KeepAlive(msg, self.settings.workflow_ack_wait / 3)
-        work = TaskWork()
+        work = TaskWork(scheduled_ms=record.time_ms or 0)
         try:
             async with entry.lock:
                 if not await self._handle_locked(entry, record, msg, work, opens_history):
@@ -354,16 +351,18 @@ class WorkflowProcessor:
             await self._reject(msg, str(exc))
             return False
         except (NondeterminismError, WorkflowCodeError, UnregisteredWorkflowError) as exc:
+            fields, attempt = entry.log_fields(), msg.metadata.num_delivered
             self._drop(entry)
-            log.error("%s", exc)
-            await note_task_failure(
-                self.store, entry.subject, entry.workflow_id, exc, msg.metadata.num_delivered
-            )
-            await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
+            log.error("%s", exc, extra=fields)
+            await note_task_failure(self.store, entry.subject, exc, attempt, fields)
+            await msg.nak(delay=retry_delay(attempt))
             return False
         except Exception as exc:
+            fields = entry.log_fields()
             self._drop(entry)
-            log.exception("workflow %s: task failed (%s); will retry", entry.workflow_id, exc)
+            log.exception(
+                "workflow %s: task failed (%s); will retry", entry.workflow_id, exc, extra=fields
+            )
             await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
             return False
         return True
@@ -553,8 +552,8 @@ class WorkflowProcessor:
         first, was_failing = not run.decided, run.noted_failure
         record = h.Record(seq, body)
         trace = run.info.trace
-        if self.observers:
-            trace = tell_decided(self.observers, run, work, body, status) or trace
+        if self.observers and not body.get("more"):  # a split decision is told once, at its end
+            trace = tell_decided(self.observers, run, work, seq, body, status) or trace
         run.apply([record])
         await self._dispatch(entry, run, record, trace=trace)
         if was_failing and status is None:  # its code got past the failure
