@@ -5,12 +5,14 @@ A workflow's trace hangs off the span current where it was started::
     POST /orders                                  (the user's request span, if any)
     └─ StartWorkflow:order                        producer, ends at once
        ├─ WorkflowTask:order                      one per decision the server accepted
-       │  ├─ RunActivity:charge  attempt 1        ERROR: the attempt failed
-       │  └─ WorkflowTask:receipt                 a child workflow's tasks hang off the
-       │                                          decision that started it
+       │  └─ RunActivity:charge  attempt 1        ERROR: the attempt failed
+       ├─ Timer:retry                             the backoff: set -> fired
        ├─ WorkflowTask:order
        │  └─ RunActivity:charge  attempt 2
-       ├─ Timer:reminder, Signal:approve          from when set or sent to when answered
+       ├─ WorkflowTask:order
+       │  ├─ WorkflowTask:receipt ...             a child's spans hang off the decision
+       │  └─ RunWorkflow:receipt                  that started it
+       ├─ Signal:approve                          sent -> handed to the code
        └─ RunWorkflow:order                       the run, from its start to its end
 
 The context travels in message headers (``traceparent``, ``tracestate``, ``baggage``): the start
@@ -136,14 +138,16 @@ class Tracing(Observer):
         workflow got it; False for facts shown as events of the task's span."""
         if fact.kind not in ("timer", "signal") or fact.began_ms is None:
             return False
+        # a timer ends when it fires; a signal when the workflow's code gets it (this task)
+        ended = fact.at_ms * 1_000_000 if fact.kind == "timer" else task.began_ns
         span = self.tracer.start_span(
             f"{fact.kind.capitalize()}:{fact.name}",
             context=parent,
             kind=SpanKind.INTERNAL,
             attributes={"dfcore.workflow_id": task.workflow_id, "dfcore.run": task.run},
-            start_time=min(fact.began_ms, fact.at_ms) * 1_000_000,
+            start_time=min(fact.began_ms * 1_000_000, ended),
         )
-        span.end(end_time=fact.at_ms * 1_000_000)
+        span.end(end_time=ended)
         return True
 
     def _run_span(self, task: ObservedTask, parent: otel_context.Context) -> None:
