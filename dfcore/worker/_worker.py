@@ -106,6 +106,8 @@ class Worker:
     async def start(self) -> None:
         """Connect, create streams and consumers, and start consuming."""
         settings = self.client.settings
+        if self._metrics_server is not None:  # a taken port fails before any work is taken
+            await self._metrics_server.start()
         nc = await connect(settings, f"dfcore-worker:{self.client.name}", self)
         self.store = store = Store(nc, settings, self.client.codec)
         await store.ensure()
@@ -153,8 +155,6 @@ class Worker:
         await self._responder.start()
         if self.observers.want_gauges():
             self._gauger = asyncio.create_task(self._report_gauges(GAUGES_EVERY))
-        if self._metrics_server is not None:
-            await self._metrics_server.start()
         log.info(
             "worker for app %r serving %s on queues %s (NATS %s, namespace %r)",
             self.client.name,
