@@ -23,9 +23,9 @@ from opentelemetry import trace
 from dfcore import App, Observer
 
 from ._meters import OpenTelemetrySink, metrics_observer
-from ._spans import PROPAGATOR, Tracing
+from ._spans import Tracing
 
-__all__ = ["PROPAGATOR", "Instrumentation", "OpenTelemetrySink", "Tracing", "instrument"]
+__all__ = ["Instrumentation", "OpenTelemetrySink", "Tracing", "instrument"]
 
 
 @dataclass

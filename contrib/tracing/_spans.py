@@ -33,7 +33,6 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -44,7 +43,6 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from dfcore import (
     AttemptObservation,
@@ -55,9 +53,7 @@ from dfcore import (
     Observer,
 )
 
-_BAGGAGE = W3CBaggagePropagator()
-PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), _BAGGAGE])
-"""W3C trace context and baggage: the only headers the engine carries."""
+_BAGGAGE = W3CBaggagePropagator()  # the start's baggage; traceparent is read and written here
 
 _FAILED = {"failed", "timed_out", "cancelled"}
 

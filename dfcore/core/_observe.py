@@ -82,8 +82,6 @@ class ObservedTask:
         status: ``completed``, ``failed``, ``cancelled`` or ``timed_out`` when it ended the
             workflow; ``continued`` when it continued as new; else None.
         started_ms: when the workflow's run started (server clock).
-        scheduled_ms: when the server stored the record that made the task (server clock;
-            0 when not known).
         failure: the error that failed the workflow (``Type: message``), when it did.
     """
 
@@ -101,7 +99,6 @@ class ObservedTask:
     commands: tuple[str, ...]
     status: str | None
     started_ms: int
-    scheduled_ms: int = 0
     failure: str | None = None
 
 

@@ -37,7 +37,6 @@ class TaskWork:
     """One workflow task as the worker does it: when it began, what the cache held, how many
     of its appends were refused."""
 
-    scheduled_ms: int = 0
     began_ns: int = field(default_factory=time.time_ns)
     cache: CacheOutcome = "hit"
     conflicts: int = 0
@@ -73,7 +72,6 @@ def tell_decided(
         commands=tuple(str(c["t"]) for c in cmds),
         status=status,
         started_ms=info.start_time_ms,
-        scheduled_ms=work.scheduled_ms,
         failure=failure,
     )
     return observers.workflow_task(task)

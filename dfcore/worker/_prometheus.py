@@ -62,14 +62,6 @@ class MetricsRegistry:
         with self._lock:
             self._gauges.setdefault(name, {})[_key(labels)] = value
 
-    def value(self, name: str, **labels: str) -> float:
-        """A counter's or gauge's value (0 when never set), or a histogram's count."""
-        key = _key(labels)
-        with self._lock:
-            if name in self._histograms:
-                return sum(self._histograms[name].get(key, _Histogram()).counts)
-            return self._counters.get(name, self._gauges.get(name, {})).get(key, 0.0)
-
     def render(self) -> str:
         """Every series in Prometheus' text exposition format (version 0.0.4)."""
         lines: list[str] = []

@@ -317,7 +317,7 @@ class WorkflowProcessor:
         entry = self._entry(workflow_id, subject)
         entry.users += 1
         keep_alive = KeepAlive(msg, self.settings.workflow_ack_wait / 3)
-        work = TaskWork(scheduled_ms=record.time_ms or 0)
+        work = TaskWork()
         try:
             async with entry.lock:
                 if not await self._handle_locked(entry, record, msg, work, opens_history):
