@@ -430,6 +430,38 @@ def test_the_result_backend_counts_once_per_increment(nats_url: str) -> None:
     assert backend.mget([b"celery-task-meta-x y", b"celery-task-meta-none"]) == [b"{}", None]
 
 
+def test_the_result_backend_waits_for_a_stream_the_server_has_not_restored(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restarted server answers before its streams are back ("no response from stream"): a
+    result written then is written when the bucket returns, not lost as the task's failure."""
+    import nats
+
+    from dfcore.contrib.kombu.backend import JetStreamBackend
+
+    app = celery.Celery("restoring")
+    bucket = "b" + uuid4().hex[:10]
+    app.conf.result_backend_transport_options = {"bucket": bucket}
+    backend = JetStreamBackend(app, url=_dfnats(nats_url))
+    backend.set(b"celery-task-meta-1", b"first")
+
+    async def on_server(change: Callable[[Any], Any]) -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            await change(nc.jetstream())
+        finally:
+            await nc.close()
+
+    asyncio.run(on_server(lambda js: js.delete_key_value(bucket)))  # the stream is not there
+    written = threading.Thread(target=backend.set, args=(b"celery-task-meta-2", b"second"))
+    written.start()
+    wait_until(lambda: "trying again" in caplog.text, what="the backend to wait for its bucket")
+    asyncio.run(on_server(lambda js: js.create_key_value(bucket=bucket)))
+    written.join(30)
+    assert not written.is_alive()
+    assert backend.get(b"celery-task-meta-2") == b"second"
+
+
 def test_purge_drops_the_ready_messages_of_one_queue_only(nats_url: str) -> None:
     """``celery purge`` (``queue_purge``): the queue's ready messages go, another queue bound to
     the same key keeps its own."""

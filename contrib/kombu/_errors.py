@@ -12,6 +12,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.NoRespondersError,
     nats.errors.StaleConnectionError,
     nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,  # the server is back, its streams not yet
     TimeoutError,
     ConnectionError,
     OSError,

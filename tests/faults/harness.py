@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dfcore import App, DFError, WorkflowFailureError
+from dfcore.client._loopthread import run_sync
 from dfcore.core import _history as h
 
 from ..workerkit import spawn_worker, wait_until
@@ -196,15 +197,27 @@ class OrderBatch:
 
     # -- the batch ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start every workflow of the batch (a start is retried while the server is away)."""
-        self._started_at = time.monotonic()
-        for i, order_id in enumerate(self.order_ids):
+    def start(self, share: slice = slice(None)) -> None:
+        """Start the batch's workflows, or the ``share`` of them given (the rest later); a start
+        is retried while the server is away."""
+        self._started_at = self._started_at or time.monotonic()
+        for i, order_id in list(enumerate(self.order_ids))[share]:
             retry(
                 functools.partial(
                     self.client.start, "order", order_id, 10.0 + i, workflow_id=order_id
                 )
             )
+
+    def unacked_activities(self) -> int:
+        """Activity tasks delivered to some worker and not acknowledged yet, as the server
+        counts them."""
+
+        async def info() -> Any:
+            store = await self.client.client.store()
+            lay = store.layout
+            return await store.js.consumer_info(lay.tasks_stream, lay.activity_consumer("default"))
+
+        return int(run_sync(info()).num_ack_pending)
 
     def wait_for_progress(self, low: float = 0.15, high: float = 0.6) -> int:
         """Block until a random share (``low``..``high``) of the activities has run.

@@ -117,10 +117,15 @@ def test_an_activity_worker_frozen_past_the_ack_wait(batch: Any, nats_url: str) 
     # Room for more than the batch ever runs at once: its pull requests are always open, so
     # tasks published just after the freeze wait in it, unstarted, as well as those running.
     run.spawn("activities-1", "--activities-only", "--concurrency", "300")
-    run.start()
+    run.start(slice(0, 80))
     run.wait_for_progress(0.1, 0.3)
     run.pause("activities-1")
     frozen_at = time.monotonic()
+    # The last workflows start now: their first tasks are delivered to the frozen worker (its
+    # open pull requests are the only ones), where they wait unstarted.
+    held = run.unacked_activities()
+    run.start(slice(80, None))
+    wait_until(lambda: run.unacked_activities() > held, what="tasks delivered to the frozen one")
     run.spawn("activities-2", "--activities-only")
     report = run.finish(stop=False)
     run.check(report)
