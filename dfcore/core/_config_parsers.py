@@ -198,6 +198,7 @@ PARSERS: dict[str, _Parser] = {
     "workflow_ack_wait": _seconds(1, inclusive=True),
     "stream_replicas": _integer(1, 5),
     "worker_event_loop": _parse_event_loop,
+    "worker_gc_threshold": _integer(0),
     "storage": _parse_storage,
     "codec": _parse_codec,
     "default_activity_timeout": _seconds(0, inclusive=False),
