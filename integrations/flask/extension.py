@@ -95,8 +95,8 @@ class DurableFuture:
         The queue starts go to and workers poll. Default ``default``.
     ``DF_CONNECT_TIMEOUT``, ``DF_ACTIVITY_CONCURRENCY``, ``DF_WORKFLOW_CONCURRENCY``,
     ``DF_WORKFLOW_CACHE_SIZE``, ``DF_ACTIVITY_ACK_WAIT``, ``DF_WORKFLOW_ACK_WAIT``,
-    ``DF_STREAM_REPLICAS``, ``DF_WORKER_EVENT_LOOP``, ``DF_STORAGE``, ``DF_CODEC``,
-    ``DF_DEFAULT_ACTIVITY_TIMEOUT``, ``DF_HISTORY_RETENTION``
+    ``DF_STREAM_REPLICAS``, ``DF_WORKER_EVENT_LOOP``, ``DF_WORKER_GC_THRESHOLD``,
+    ``DF_STORAGE``, ``DF_CODEC``, ``DF_DEFAULT_ACTIVITY_TIMEOUT``, ``DF_HISTORY_RETENTION``
         The other core settings; see :class:`dfcore.Settings`.
     ``DF_SCHEDULES``
         Schedules by id, each a dict such as ``{"workflow": "report", "cron": "0 3 * * *",
