@@ -546,7 +546,7 @@ class App(Inspection):
         It runs on uvloop where installed (``worker_event_loop`` setting): ``bench/burst.py``
         measured about 10% less worker CPU per workflow than asyncio's own loop. While it runs,
         the garbage collector looks at the youngest objects every ``worker_gc_threshold``
-        allocations (20,000; Python's is 700): another 14% less CPU per workflow in bursts.
+        allocations (20,000; Python's is 700): another 14-17% less CPU per workflow in bursts.
         """
         settings = self.settings
         with (
