@@ -46,9 +46,14 @@ class Series:
 
 def series(setting: str) -> Series:
     """``setting`` as its environment and burst.py options."""
-    words = shlex.split(setting)
-    env = dict(word.split("=", 1) for word in words if "=" in word and not word.startswith("-"))
-    options = [word for word in words if not ("=" in word and not word.startswith("-"))]
+    env: dict[str, str] = {}
+    options: list[str] = []
+    for word in shlex.split(setting):
+        name, is_variable, value = word.partition("=")
+        if is_variable and not word.startswith("-"):
+            env[name] = value
+        else:
+            options.append(word)
     return Series(setting or "(defaults)", env, options)
 
 
